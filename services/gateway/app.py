@@ -1,0 +1,172 @@
+"""Composition root of the gateway: middlewares, routes, the push hub and its bus subscriptions."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from services.gateway.auth import KeySet
+from services.gateway.clientip import ClientIpResolver
+from services.gateway.errors import status_for
+from services.gateway.handlers import PUSHED_EVENTS, PushHandlers
+from services.gateway.limits import GatewayLimits
+from services.gateway.longpoll import StatusPoller
+from services.gateway.routes import CLIENT_IP, KEYS, LIMITS, POLLER, SOCKETS, setup_routes
+from services.gateway.store import SubscriptionStore
+from services.gateway.ws import Hub, SocketEndpoint, WsMetrics, origin_allowed
+from shared.bus import MemoryBroker, reset_correlation_id, set_correlation_id
+from shared.config import Settings
+from shared.errors import ServiceError
+from shared.logging import bind_context, get_logger, unbind_context
+from shared.runtime import BUS, READY_CHECKS, REGISTRY, SETTINGS, bus_context, new_app, on_drain
+
+SERVICE = "gateway"
+HUB = web.AppKey("hub", Hub)
+MAX_BODY = 16 * 1024
+
+log = get_logger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+# Browser-facing API paths that a site's own pages may call cross-origin.
+_CORS_PREFIXES = ("/api/login/", "/api/token/", "/api/me", "/api/logout", "/.well-known/")
+
+_HTTP_CODES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
+
+
+def error_response(code: str, message: str, status: int, retry_after: float | None = None) -> web.Response:
+    """The JSON error body of DESIGN §5."""
+    headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else None
+    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+
+
+@web.middleware
+async def correlation(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One trace id per request (``X-Request-ID`` if sane), bound to logs and bus messages."""
+    incoming = request.headers.get("X-Request-ID", "")
+    request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    token = set_correlation_id(request_id)
+    bind_context(correlation_id=request_id)
+    try:
+        response = await handler(request)
+    finally:
+        unbind_context(["correlation_id", "scene"])
+        reset_correlation_id(token)
+    if not response.prepared:
+        response.headers["X-Request-ID"] = request_id
+    return response
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes ``{"error": {"code", "message"}}``; a 500 only when truly unexpected."""
+    try:
+        return await handler(request)
+    except ServiceError as exc:
+        status = status_for(exc.error_code)
+        if status >= 500:
+            log.warning("request_failed", path=request.path, error_code=exc.error_code, status=status)
+        return error_response(exc.error_code, exc.message, status, exc.retry_after)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        return error_response(code, exc.reason, exc.status)
+    except Exception:
+        log.exception("request_crashed", path=request.path)
+        return error_response("internal", "internal error", 500)
+
+
+def security_headers(settings: Settings) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Headers on every response; pages may not be framed and send no referrer."""
+    connect = "'self'" + (f" {settings.wechat_api_base}" if settings.demo else "")
+    csp = (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        f"connect-src {connect}; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    )
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        if response.prepared:  # WebSocket
+            return response
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Content-Security-Policy", csp)
+        if request.path.startswith("/api/"):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    return middleware
+
+
+def cors(allowed: list[str]) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """CORS for the browser API, only for origins in ``WXLOGIN_ALLOWED_ORIGINS``."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        applies = request.path.startswith(_CORS_PREFIXES) and origin_allowed(origin, allowed) and origin
+        if request.method == "OPTIONS" and applies:
+            response: web.StreamResponse = web.Response(status=204)
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization, X-Login-Ticket"
+            response.headers["Access-Control-Max-Age"] = "600"
+        else:
+            response = await handler(request)
+        if applies and not response.prepared:
+            response.headers["Access-Control-Allow-Origin"] = str(origin)
+            response.headers["Vary"] = "Origin"
+        return response
+
+    return middleware
+
+
+def create_app(settings: Settings, *, broker: MemoryBroker | None = None) -> web.Application:
+    """The gateway as an aiohttp app."""
+    app = new_app(
+        settings,
+        client_max_size=MAX_BODY,
+        middlewares=[correlation, errors, security_headers(settings), cors(settings.allowed_origins)],
+    )
+    app.cleanup_ctx.append(bus_context(SERVICE, broker))
+
+    async def handlers_ctx(app: web.Application) -> AsyncIterator[None]:
+        settings, bus = app[SETTINGS], app[BUS]
+        hub = Hub(SubscriptionStore(), WsMetrics(app[REGISTRY]))
+        app[HUB] = hub
+        # Shutdown, first step: long-polls answer now and sockets close with 1001 (browsers move on).
+        on_drain(app, hub.close)
+        limits = GatewayLimits.from_settings(settings, app[REGISTRY])
+        client_ip = ClientIpResolver(settings.trusted_proxies)
+        app[LIMITS], app[CLIENT_IP] = limits, client_ip
+        app[SOCKETS] = SocketEndpoint(hub, bus, settings.allowed_origins, limits=limits, client_ip=client_ip)
+        on_drain(app, app[SOCKETS].close_all)
+        app[POLLER] = StatusPoller(hub, bus, max_wait=settings.status_max_wait_seconds)
+        keys = KeySet(bus, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+        app[KEYS] = keys
+        await bus.subscribe_broadcast(list(PUSHED_EVENTS), PushHandlers(hub).on_event)
+        await keys.refresh(force=True)  # the session service may not be up yet; retried on demand
+
+        async def keys_ready() -> bool:
+            return keys.loaded or await keys.refresh()
+
+        app[READY_CHECKS]["jwks"] = keys_ready
+        yield
+
+    app.cleanup_ctx.append(handlers_ctx)
+    setup_routes(app)
+    return app

@@ -1,0 +1,100 @@
+"""Errors raised at the gateway, and the one table that turns error codes into HTTP statuses."""
+
+from __future__ import annotations
+
+from shared.errors import ServiceError
+
+
+class BadRequest(ServiceError):
+    """The body or query is missing, malformed or fails validation."""
+
+    code = "invalid_request"
+    default_message = "the request is not valid"
+
+
+class Unauthorized(ServiceError):
+    """No bearer token, or one that does not verify."""
+
+    code = "unauthorized"
+    default_message = "a valid bearer token is required"
+
+
+class OriginNotAllowed(ServiceError):
+    """The page's Origin is not in ``WXLOGIN_ALLOWED_ORIGINS``."""
+
+    code = "origin_not_allowed"
+    default_message = "this origin may not use the login service"
+
+
+class TicketRequired(ServiceError):
+    """Scene calls from the browser must prove they hold the ticket."""
+
+    code = "ticket_required"
+    default_message = "the login ticket is missing"
+
+
+class TicketInUrl(ServiceError):
+    """The ticket was put in the URL, where logs, proxies and history keep it; it goes in a header."""
+
+    code = "ticket_in_url"
+    default_message = "send the login ticket in the X-Login-Ticket header, never in the URL"
+
+
+class RateLimited(ServiceError):
+    """This client sent more requests of this kind than its limit allows."""
+
+    code = "rate_limited"
+    default_message = "too many requests, slow down"
+
+
+# Codes from any service → HTTP status (DESIGN §5). Unknown codes are upstream failures (502).
+STATUS_BY_CODE: dict[str, int] = {
+    "invalid_request": 400,
+    "ticket_in_url": 400,
+    "code_invalid": 400,
+    "unauthorized": 401,
+    "token_invalid": 401,
+    "ticket_required": 401,
+    "ticket_invalid": 403,
+    "scan_token_invalid": 403,
+    "origin_not_allowed": 403,
+    "user_blocked": 403,
+    "scene_not_found": 404,
+    "user_not_found": 404,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "already_scanned": 409,
+    "already_confirmed": 409,
+    "already_redeemed": 409,
+    "scene_not_scanned": 409,
+    "scene_not_confirmed": 409,
+    "code_in_progress": 409,
+    "scene_state_conflict": 409,
+    "scene_expired": 410,
+    "scene_cancelled": 410,
+    "payload_too_large": 413,
+    "unsupported_media_type": 415,
+    "rate_limited": 429,
+    "internal": 500,
+    "service_unavailable": 503,
+    "rpc_timeout": 503,
+    "token_unavailable": 503,
+    "wechat_unavailable": 503,
+    "code_quota_exhausted": 503,
+    # --- identity ---
+    "refresh_invalid": 401,
+    "refresh_reused": 401,
+    "session_ended": 401,
+    "phone_code_invalid": 400,
+    "decrypt_failed": 400,
+    "watermark_invalid": 400,
+    "phone_unavailable": 403,
+    "phone_taken": 409,
+    "unionid_taken": 409,
+    "no_session_key": 409,
+}
+
+
+def status_for(code: str) -> int:
+    """The HTTP status for an error code."""
+    return STATUS_BY_CODE.get(code, 502)

@@ -1,0 +1,318 @@
+"""HTTP routes of the gateway (DESIGN §5): the browser's login API, the mini-program API, the pages."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from services.gateway.auth import KeySet, bearer_token
+from services.gateway.clientip import ClientIpResolver
+from services.gateway.errors import BadRequest, OriginNotAllowed, TicketInUrl, TicketRequired
+from services.gateway.limits import GatewayLimits
+from services.gateway.longpoll import StatusPoller, StatusQuery, status_body
+from services.gateway.ws import SocketEndpoint, request_origin_allowed, ticket_hash
+from shared.errors import RemoteError
+from shared.messages import (
+    CancelScene,
+    CompleteLogin,
+    ConfirmLogin,
+    IssueScene,
+    ScanScene,
+    SceneId,
+    TokenPair,
+)
+from shared.runtime import BUS, SETTINGS
+
+STATIC = Path(__file__).parent / "static"
+KEYS = web.AppKey("keys", KeySet)
+SOCKETS = web.AppKey("sockets", SocketEndpoint)
+LIMITS = web.AppKey("limits", GatewayLimits)
+CLIENT_IP = web.AppKey("client_ip", ClientIpResolver)
+POLLER = web.AppKey("poller", StatusPoller)
+
+M = TypeVar("M", bound=BaseModel)
+
+TICKET_PATTERN = r"^[A-Za-z0-9_-]+$"
+Ticket = Field(min_length=16, max_length=128, pattern=TICKET_PATTERN)
+
+
+class CompleteBody(BaseModel):
+    """``POST /api/login/complete``."""
+
+    model_config = ConfigDict(extra="ignore")
+    scene: SceneId
+    ticket: str = Ticket
+
+
+class SceneBody(BaseModel):
+    """``POST /api/mp/scan``."""
+
+    model_config = ConfigDict(extra="ignore")
+    scene: SceneId
+
+
+class CancelBody(BaseModel):
+    """``POST /api/mp/cancel``: only the phone that scanned (it holds the scan token) may cancel."""
+
+    model_config = ConfigDict(extra="ignore")
+    scene: SceneId
+    scan_token: str = Ticket
+
+
+class ConfirmBody(BaseModel):
+    """``POST /api/mp/confirm``: only the phone that scanned (it holds the scan token) may confirm."""
+
+    model_config = ConfigDict(extra="ignore")
+    scene: SceneId
+    scan_token: str = Ticket
+    code: str = Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")
+
+
+async def read_body(request: web.Request, model: type[M]) -> M:
+    """The JSON body validated as ``model`` (400 ``invalid_request`` otherwise)."""
+    try:
+        raw = await request.read()
+        data = json.loads(raw or b"null")
+    except ValueError:
+        raise BadRequest("the body must be JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors()[:5])
+        raise BadRequest(f"invalid or missing fields: {fields}") from None
+
+
+def parse_query(request: web.Request, model: type[M]) -> M:
+    """The query string validated as ``model`` (400 ``invalid_request`` otherwise)."""
+    try:
+        return model.model_validate(dict(request.query))
+    except ValidationError as exc:
+        fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors()[:5])
+        raise BadRequest(f"invalid or missing parameters: {fields}") from None
+
+
+def client_ip(request: web.Request) -> str:
+    """The client's address: the socket peer, or what our trusted proxies say (``X-Forwarded-For``)."""
+    return request.app[CLIENT_IP].for_request(request)
+
+
+def check_browser_call(request: web.Request, limit: str) -> str:
+    """A browser API call: an Origin, when sent, must be allowed; then the per-IP ``limit``.
+
+    Browsers send Origin on every cross-site POST, so this stops other sites from spending a visitor's
+    (and, through many visitors, the global) issue budget. Returns the client IP.
+    """
+    if "Origin" in request.headers and not request_origin_allowed(
+        request, request.app[SETTINGS].allowed_origins
+    ):
+        raise OriginNotAllowed()
+    ip = client_ip(request)
+    request.app[LIMITS].check(limit, ip)
+    return ip
+
+
+def header_ticket(request: web.Request) -> str:
+    """The ticket from ``X-Login-Ticket`` (401 when missing, 400 when malformed)."""
+    ticket = request.headers.get("X-Login-Ticket", "")
+    if not ticket:
+        raise TicketRequired()
+    if not (16 <= len(ticket) <= 128) or not re.match(TICKET_PATTERN, ticket):
+        raise BadRequest("the login ticket is malformed")
+    return ticket
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def tokens_json(pair: TokenPair) -> dict[str, Any]:
+    """The token response body (the only place tokens are unsealed for the wire)."""
+    return {
+        "access_token": pair.access_token.get_secret_value(),
+        "token_type": pair.token_type,
+        "expires_in": pair.expires_in,
+        "refresh_token": pair.refresh_token.get_secret_value(),
+        "user": pair.user.model_dump(exclude_none=True),
+    }
+
+
+# --- browser --------------------------------------------------------------------------------------
+
+
+async def issue_qrcode(request: web.Request) -> web.Response:
+    """``POST /api/login/qrcode`` → 201 ``{scene, ticket, image, expires_at, expires_in}``.
+
+    Also how a page gets a new code when its code expired or was cancelled: one more call.
+    """
+    ip = check_browser_call(request, "issue")
+    ticket = secrets.token_urlsafe(32)
+    issued = await request.app[BUS].call(
+        IssueScene(
+            ticket_hash=ticket_hash(ticket),
+            ip=ip,
+            user_agent=request.headers.get("User-Agent", "")[:512],
+        )
+    )
+    expires_in = max(0, int((issued.expires_at - datetime.now(UTC)).total_seconds()))
+    return web.json_response(
+        {
+            "scene": issued.scene,
+            "ticket": ticket,
+            "image": issued.image,
+            "expires_at": _iso(issued.expires_at),
+            "expires_in": expires_in,
+        },
+        status=201,
+    )
+
+
+async def complete_login(request: web.Request) -> web.Response:
+    """``POST /api/login/complete {scene, ticket}`` → tokens, once."""
+    check_browser_call(request, "poll")
+    body = await read_body(request, CompleteBody)
+    pair = await request.app[BUS].call(CompleteLogin(scene=body.scene, ticket_hash=ticket_hash(body.ticket)))
+    return web.json_response(tokens_json(pair))
+
+
+async def login_status(request: web.Request) -> web.Response:
+    """``GET /api/login/status?scene=…&wait=25[&since=pending]`` with ``X-Login-Ticket``: long-poll."""
+    check_browser_call(request, "poll")
+    if "ticket" in request.query:
+        raise TicketInUrl()
+    query = parse_query(request, StatusQuery)
+    ticket = header_ticket(request)
+    try:
+        state = await request.app[POLLER].poll(
+            query.scene, ticket_hash(ticket), wait=query.wait, since=query.since
+        )
+    except RemoteError as exc:
+        if exc.error_code != "scene_not_found":
+            raise
+        body = {"scene": query.scene, "state": "unknown", "error": exc.to_wire()}
+        return web.json_response(body, status=404)
+    status, body = status_body(query.scene, state)
+    return web.json_response(body, status=status)
+
+
+async def me(request: web.Request) -> web.Response:
+    """``GET /api/me`` (Bearer): the user, from the verified token alone."""
+    claims = await request.app[KEYS].verify(bearer_token(request.headers.get("Authorization")))
+    user = {"id": claims["sub"], "openid": claims.get("openid")}
+    user.update({k: claims[k] for k in ("unionid", "phone") if claims.get(k)})
+    return web.json_response(user)
+
+
+async def jwks(request: web.Request) -> web.Response:
+    """``GET /.well-known/jwks.json``."""
+    keys = request.app[KEYS]
+    if not keys.loaded:
+        await keys.refresh(force=True)
+    return web.json_response(keys.document(), headers={"Cache-Control": "public, max-age=300"})
+
+
+# --- mini-program ---------------------------------------------------------------------------------
+
+
+async def mp_scan(request: web.Request) -> web.Response:
+    """``POST /api/mp/scan {scene}`` → what the phone is about to approve, and its scan token.
+
+    The scan token binds the scene to this phone: confirm and cancel must present it, so nobody
+    else who saw the code can approve it (with their own account) or cancel it. Like the browser's
+    ticket, it is minted here and only its hash crosses the bus.
+    """
+    ip = client_ip(request)
+    request.app[LIMITS].check("mp", ip)
+    body = await read_body(request, SceneBody)
+    scan_token = secrets.token_urlsafe(32)
+    info = await request.app[BUS].call(ScanScene(scene=body.scene, scan_hash=ticket_hash(scan_token), ip=ip))
+    return web.json_response(
+        {
+            "scan_token": scan_token,
+            "site": info.site,
+            "requester": {
+                "browser": info.requester.browser,
+                "os": info.requester.os,
+                "ip": info.requester.ip,
+                "requested_at": _iso(info.requester.requested_at),
+            },
+            "expires_at": _iso(info.expires_at),
+        }
+    )
+
+
+async def mp_confirm(request: web.Request) -> web.Response:
+    """``POST /api/mp/confirm {scene, scan_token, code}`` → ``{state: "confirmed"}``."""
+    request.app[LIMITS].check("mp", client_ip(request))
+    body = await read_body(request, ConfirmBody)
+    result = await request.app[BUS].call(
+        ConfirmLogin(scene=body.scene, scan_hash=ticket_hash(body.scan_token), code=SecretStr(body.code))
+    )
+    return web.json_response({"state": result.state})
+
+
+async def mp_cancel(request: web.Request) -> web.Response:
+    """``POST /api/mp/cancel {scene, scan_token}`` → ``{state: "cancelled"}``."""
+    request.app[LIMITS].check("mp", client_ip(request))
+    body = await read_body(request, CancelBody)
+    status = await request.app[BUS].call(
+        CancelScene(scene=body.scene, scan_hash=ticket_hash(body.scan_token))
+    )
+    return web.json_response({"state": status.state})
+
+
+# --- pages ----------------------------------------------------------------------------------------
+
+
+async def demo_page(request: web.Request) -> web.FileResponse:
+    """``/``: the demo page (only with ``WXLOGIN_DEMO``)."""
+    if not request.app[SETTINGS].demo:
+        raise web.HTTPNotFound()
+    return web.FileResponse(STATIC / "index.html")
+
+
+async def demo_config(request: web.Request) -> web.Response:
+    """``/demo/config.json``: where the simulated phone finds the WeChat simulator."""
+    settings = request.app[SETTINGS]
+    if not settings.demo:
+        raise web.HTTPNotFound()
+    return web.json_response({"sim_url": settings.wechat_api_base, "site_name": settings.site_name})
+
+
+async def sdk(request: web.Request) -> web.FileResponse:
+    """``/sdk/wxlogin.js``: the browser SDK."""
+    return web.FileResponse(STATIC / "wxlogin.js", headers={"Cache-Control": "public, max-age=300"})
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    """``GET /api/login/ws``: see :mod:`services.gateway.ws`."""
+    return await request.app[SOCKETS].handle(request)
+
+
+def setup_routes(app: web.Application) -> None:
+    """Every HTTP route of the gateway, in one place."""
+    from services.gateway.identity import setup_identity_routes  # it builds on this module
+
+    r = app.router
+    r.add_post("/api/login/qrcode", issue_qrcode)
+    r.add_get("/api/login/ws", websocket)
+    r.add_get("/api/login/status", login_status)
+    r.add_post("/api/login/complete", complete_login)
+    r.add_get("/api/me", me)
+    r.add_get("/.well-known/jwks.json", jwks)
+    r.add_post("/api/mp/scan", mp_scan)
+    r.add_post("/api/mp/confirm", mp_confirm)
+    r.add_post("/api/mp/cancel", mp_cancel)
+    r.add_get("/", demo_page)
+    r.add_get("/demo/config.json", demo_config)
+    r.add_get("/sdk/wxlogin.js", sdk)
+    r.add_static("/static/", STATIC, append_version=False)
+    setup_identity_routes(app)

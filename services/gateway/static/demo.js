@@ -1,0 +1,96 @@
+/* The demo page: the SDK's login box on the left, a simulated phone on the right. */
+(function () {
+  'use strict';
+  var $ = function (id) { return document.getElementById(id); };
+  var sim = null;        // {sim_url, site_name}
+  var openid = null;     // the simulated phone's WeChat user
+  var scene = null;      // the code currently shown
+  var scanToken = null;  // what the gateway gave this phone when it scanned (confirm/cancel need it)
+  var box = null;
+
+  function post(url, body, headers) {
+    return fetch(url, {
+      method: 'POST',
+      headers: Object.assign({'Content-Type': 'application/json'}, headers || {}),
+      body: JSON.stringify(body || {})
+    }).then(function (resp) {
+      return resp.json().then(function (data) {
+        if (!resp.ok) throw new Error((data.error && (data.error.code + ': ' + data.error.message)) || data.error || resp.status);
+        return data;
+      });
+    });
+  }
+
+  function phoneReset(text) {
+    $('phone-approve').hidden = true;
+    $('phone-scan').hidden = false;
+    $('phone-result').textContent = text || '';
+  }
+
+  function ensureUser() {
+    if (openid) return Promise.resolve(openid);
+    return post(sim.sim_url + '/sim/users', {}).then(function (user) { openid = user.openid; return openid; });
+  }
+
+  $('phone-scan').addEventListener('click', function () {
+    if (!scene) return;
+    post('/api/mp/scan', {scene: scene}).then(function (info) {
+      scanToken = info.scan_token;
+      $('phone-site').textContent = info.site + ' 请求登录 · wants you to log in';
+      $('phone-browser').textContent = info.requester.browser + ' · ' + info.requester.os;
+      $('phone-ip').textContent = 'IP ' + info.requester.ip;
+      $('phone-time').textContent = new Date(info.requester.requested_at).toLocaleString();
+      $('phone-scan').hidden = true;
+      $('phone-approve').hidden = false;
+      $('phone-result').textContent = '';
+    }, function (err) { phoneReset(String(err.message)); });
+  });
+
+  $('phone-confirm').addEventListener('click', function () {
+    ensureUser()
+      .then(function (id) { return post(sim.sim_url + '/sim/codes', {openid: id}); })
+      .then(function (login) { return post('/api/mp/confirm', {scene: scene, scan_token: scanToken, code: login.code}); })
+      .then(function () { phoneReset('已确认 · Confirmed'); $('phone-scan').hidden = true; },
+            function (err) { phoneReset(String(err.message)); });
+  });
+
+  $('phone-cancel').addEventListener('click', function () {
+    post('/api/mp/cancel', {scene: scene, scan_token: scanToken}).then(function () { phoneReset('已取消 · Cancelled'); },
+      function (err) { phoneReset(String(err.message)); });
+  });
+
+  function showAccount(result) {
+    fetch('/api/me', {headers: {Authorization: 'Bearer ' + result.access_token}})
+      .then(function (r) { return r.json(); })
+      .then(function (me) {
+        var dl = $('profile');
+        dl.innerHTML = '';
+        Object.keys(me).forEach(function (k) {
+          var dt = document.createElement('dt'); dt.textContent = k;
+          var dd = document.createElement('dd'); dd.textContent = me[k];
+          dl.appendChild(dt); dl.appendChild(dd);
+        });
+        $('login').hidden = true;
+        $('account').hidden = false;
+        $('phone-scan').hidden = true;
+      });
+  }
+
+  $('logout').addEventListener('click', function () {
+    $('account').hidden = true;
+    $('login').hidden = false;
+    phoneReset('');
+    box.refresh();
+  });
+
+  fetch('/demo/config.json').then(function (r) { return r.json(); }).then(function (config) {
+    sim = config;
+    box = WxLogin.mount('#login', {
+      endpoint: '',
+      onCode: function (code) { scene = code.scene; phoneReset(''); },
+      onSuccess: showAccount,
+      onCancel: function () { phoneReset('已取消 · Cancelled'); },
+      onExpired: function () { phoneReset('二维码已过期 · Expired'); }
+    });
+  });
+})();

@@ -1,0 +1,1 @@
+"""qrcode service: owns login scenes (mint, state machine, expiry) and their mini-program codes."""

@@ -1,0 +1,149 @@
+"""Composition root of the qrcode service: builds its clients and wires its handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from services.qrcode.handlers import SceneHandlers, SceneSettings
+from services.qrcode.limits import SharedRateLimit
+from services.qrcode.metrics import SceneMetrics
+from services.qrcode.pool import CodePool, CodeRenderer, PoolSettings, RenderSettings, stop_if_cancelled
+from services.qrcode.store import INDEXES, PoolStore, RateWindowStore, SceneStore
+from shared.bus import MemoryBroker
+from shared.config import Settings
+from shared.logging import get_logger
+from shared.messages import (
+    CancelScene,
+    ConfirmScene,
+    GetSceneStatus,
+    IssueScene,
+    RedeemScene,
+    ScanScene,
+    TokenRefreshed,
+)
+from shared.runtime import (
+    BUS,
+    DB,
+    HTTP,
+    READY_CHECKS,
+    REGISTRY,
+    SETTINGS,
+    background,
+    bus_context,
+    http_context,
+    mongo_context,
+    new_app,
+)
+from shared.tokens import TokenCache
+from shared.wechat import WeChatClient
+
+SERVICE = "qrcode"
+HANDLERS = web.AppKey("handlers", SceneHandlers)
+POOL = web.AppKey("pool", CodePool)
+SWEEP_INTERVAL = 1.0
+
+log = get_logger(__name__)
+
+
+def scene_settings(settings: Settings) -> SceneSettings:
+    """Scene lifetime and what the phone is shown, from configuration."""
+    return SceneSettings(scene_ttl=float(settings.scene_ttl_seconds), site_name=settings.site_name)
+
+
+def render_settings(settings: Settings) -> RenderSettings:
+    """How codes are rendered, from configuration."""
+    return RenderSettings(
+        page=settings.miniprogram_page,
+        env_version=settings.miniprogram_env_version,
+        check_path=settings.miniprogram_check_path,
+        width=settings.miniprogram_code_width,
+        appid=settings.appid,
+    )
+
+
+def pool_settings(settings: Settings) -> PoolSettings:
+    """Pool size and refill behaviour, from configuration."""
+    return PoolSettings(
+        size=settings.code_pool_size,
+        refill_below=settings.code_pool_refill_below,
+        concurrency=settings.code_pool_refill_concurrency,
+    )
+
+
+async def sweep_forever(handlers: SceneHandlers, interval: float = SWEEP_INTERVAL) -> None:
+    """Run the expiry sweeper every ``interval`` seconds (errors are logged, never fatal)."""
+    while True:
+        stop_if_cancelled("scene-sweeper")
+        try:
+            await handlers.sweep()
+        except Exception:  # the sweeper must survive a Mongo or bus hiccup
+            log.exception("sweep_failed")
+        await asyncio.sleep(interval)
+
+
+def create_app(
+    settings: Settings, *, broker: MemoryBroker | None = None, clock: Callable[[], float] = time.time
+) -> web.Application:
+    """The qrcode service as an aiohttp app (its HTTP side is only the ops endpoints)."""
+    app = new_app(settings)
+    app.cleanup_ctx.extend([mongo_context(INDEXES), bus_context(SERVICE, broker), http_context])
+
+    async def handlers_ctx(app: web.Application) -> AsyncIterator[None]:
+        settings, bus, db = app[SETTINGS], app[BUS], app[DB]
+        wechat = WeChatClient(
+            app[HTTP],
+            base_url=settings.wechat_api_base,
+            appid=settings.appid,
+            secret=settings.secret,
+            timeout=settings.wechat_timeout_seconds,
+        )
+        tokens = TokenCache(bus, clock=clock)
+        await bus.subscribe_broadcast([TokenRefreshed], tokens.on_refreshed)
+
+        async def token_ready() -> bool:  # codes cannot be rendered without an access_token
+            return tokens.valid or await tokens.fetch()
+
+        app[READY_CHECKS]["token"] = token_ready
+        metrics = SceneMetrics(app[REGISTRY])
+        rates = RateWindowStore(db)
+        render = render_settings(settings)
+        pool = CodePool(
+            PoolStore(db),
+            CodeRenderer(wechat, tokens, render),
+            SharedRateLimit(rates, "renders", settings.code_renders_per_minute),
+            render,
+            pool_settings(settings),
+            metrics=metrics,
+            clock=clock,
+            holder=bus.instance,
+        )
+        handlers = SceneHandlers(
+            SceneStore(db),
+            pool,
+            bus,
+            scene_settings(settings),
+            issue_limit=SharedRateLimit(rates, "issue", settings.limit_issue_global_per_minute),
+            metrics=metrics,
+            clock=clock,
+        )
+        app[HANDLERS], app[POOL] = handlers, pool
+        await bus.serve(
+            {
+                IssueScene: handlers.issue,
+                GetSceneStatus: handlers.status,
+                ScanScene: handlers.scan,
+                CancelScene: handlers.cancel,
+                ConfirmScene: handlers.confirm,
+                RedeemScene: handlers.redeem,
+            }
+        )
+        background(app, sweep_forever(handlers), "scene-sweeper")
+        background(app, pool.run(), "code-pool-refill")
+        yield
+
+    app.cleanup_ctx.append(handlers_ctx)
+    return app

@@ -1,0 +1,103 @@
+"""Errors of the qrcode service; the gateway maps each ``code`` to an HTTP status."""
+
+from __future__ import annotations
+
+from shared.errors import ServiceError
+
+
+class SceneNotFound(ServiceError):
+    """No such scene (never issued, or purged long after it ended)."""
+
+    code = "scene_not_found"
+    default_message = "unknown login code"
+
+
+class SceneExpired(ServiceError):
+    """The scene outlived its lifetime."""
+
+    code = "scene_expired"
+    default_message = "the login code has expired"
+
+
+class SceneCancelled(ServiceError):
+    """The phone declined this login."""
+
+    code = "scene_cancelled"
+    default_message = "the login was cancelled"
+
+
+class AlreadyScanned(ServiceError):
+    """Another phone already scanned this code."""
+
+    code = "already_scanned"
+    default_message = "this login code was already scanned"
+
+
+class NotScanned(ServiceError):
+    """Confirm before scan."""
+
+    code = "scene_not_scanned"
+    default_message = "the login code has not been scanned"
+
+
+class AlreadyConfirmed(ServiceError):
+    """The scene was confirmed already."""
+
+    code = "already_confirmed"
+    default_message = "the login was already confirmed"
+
+
+class NotConfirmed(ServiceError):
+    """Complete before the phone confirmed."""
+
+    code = "scene_not_confirmed"
+    default_message = "the login has not been confirmed yet"
+
+
+class AlreadyRedeemed(ServiceError):
+    """The login was already collected."""
+
+    code = "already_redeemed"
+    default_message = "the login was already completed"
+
+
+class SceneConflict(ServiceError):
+    """The scene changed under the request in a way no other error describes."""
+
+    code = "scene_state_conflict"
+    default_message = "the login code changed state, read it again"
+
+
+class TicketMismatch(ServiceError):
+    """The caller is not the browser that asked for this scene."""
+
+    code = "ticket_invalid"
+    default_message = "this login code belongs to another browser"
+
+
+class CodeUnavailable(ServiceError):
+    """WeChat could not render a code right now."""
+
+    code = "wechat_unavailable"
+    default_message = "the login code could not be created, try again"
+
+
+class IssueRateLimited(ServiceError):
+    """All replicas together issued as many scenes as the global limit allows for now."""
+
+    code = "rate_limited"
+    default_message = "too many login codes are being issued, try again shortly"
+
+
+class CodeQuotaExhausted(ServiceError):
+    """The pool is empty and the shared WeChat render budget of this window is spent."""
+
+    code = "code_quota_exhausted"
+    default_message = "no login code can be rendered right now, try again shortly"
+
+
+class ScanTokenMismatch(ServiceError):
+    """Only the phone that scanned the code may confirm or cancel it."""
+
+    code = "scan_token_invalid"
+    default_message = "this login code was scanned by another phone"

@@ -1,0 +1,323 @@
+"""The scene state machine: issue, status, scan, cancel, confirm, redeem, and the expiry sweeper.
+
+``pending → scanned → confirmed → redeemed``; ``pending|scanned → cancelled``; ``pending|scanned →
+expired``. Every transition is one conditional update that also requires ``expires_at > now`` (Mongo's
+TTL monitor lags, so a stored scene may be past its life); a refused one is explained by reading the
+scene (unknown, expired, cancelled or a conflict), never guessed. Tickets are compared as hashes, in
+constant time, before any state is revealed.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from services.qrcode.errors import (
+    AlreadyConfirmed,
+    AlreadyRedeemed,
+    AlreadyScanned,
+    IssueRateLimited,
+    NotConfirmed,
+    NotScanned,
+    ScanTokenMismatch,
+    SceneCancelled,
+    SceneConflict,
+    SceneExpired,
+    SceneNotFound,
+    TicketMismatch,
+)
+from services.qrcode.limits import Decision
+from services.qrcode.metrics import SceneMetrics
+from services.qrcode.pool import IssuedCode, data_uri
+from services.qrcode.store import Scene, SceneStore
+from services.qrcode.useragent import summarize
+from shared.bus import Publisher
+from shared.errors import ServiceError
+from shared.logging import bind_context, get_logger
+from shared.messages import (
+    CancelScene,
+    ConfirmScene,
+    GetSceneStatus,
+    IssuedScene,
+    IssueScene,
+    RedeemedScene,
+    RedeemScene,
+    Requester,
+    ScanInfo,
+    ScanScene,
+    SceneIssued,
+    SceneScanned,
+    SceneStatus,
+)
+from shared.messages import (
+    SceneCancelled as SceneCancelledEvent,
+)
+from shared.messages import (
+    SceneExpired as SceneExpiredEvent,
+)
+
+log = get_logger(__name__)
+
+# An expired scene whose announcement failed is retried after this long, by one replica.
+ANNOUNCE_RETRY_AFTER = 10.0
+
+# Why each action is refused in each live state (expired and cancelled are answered first).
+_CONFLICTS: dict[str, dict[str, type[ServiceError]]] = {
+    "scan": {"scanned": AlreadyScanned, "confirmed": AlreadyScanned, "redeemed": AlreadyScanned},
+    "cancel": {"pending": NotScanned, "confirmed": AlreadyConfirmed, "redeemed": AlreadyConfirmed},
+    "confirm": {"pending": NotScanned, "confirmed": AlreadyConfirmed, "redeemed": AlreadyConfirmed},
+    "redeem": {"pending": NotConfirmed, "scanned": NotConfirmed, "redeemed": AlreadyRedeemed},
+}
+
+
+def _at(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def _same_phone(scene: Scene, scan_hash: str) -> bool:
+    """True when ``scan_hash`` is the hash of the scan token of the phone that scanned ``scene``."""
+    return scene.scan_hash is not None and hmac.compare_digest(scene.scan_hash, scan_hash)
+
+
+@dataclass(frozen=True)
+class SceneSettings:
+    """How long scenes live and what the phone is told (from configuration)."""
+
+    scene_ttl: float
+    site_name: str
+    redeem_window: float = 60.0  # a confirmed scene must be collected within this
+
+
+class Codes(Protocol):
+    """Where new scenes get their code (the pool, or a fake in tests)."""
+
+    async def take(self) -> IssuedCode:
+        """A code for a new scene."""
+        ...
+
+
+class IssueLimit(Protocol):
+    """The global issue limit shared by every replica."""
+
+    async def take(self, now: float) -> Decision:
+        """Count one issue at ``now`` if the limit allows it."""
+        ...
+
+
+class SceneHandlers:
+    """RPC handlers of the qrcode service, and its expiry sweeper."""
+
+    def __init__(
+        self,
+        store: SceneStore,
+        codes: Codes,
+        publisher: Publisher,
+        settings: SceneSettings,
+        *,
+        issue_limit: IssueLimit | None = None,
+        metrics: SceneMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._codes = codes
+        self._publisher = publisher
+        self._settings = settings
+        self._issue_limit = issue_limit
+        self._metrics = metrics or SceneMetrics()
+        self._clock = clock
+
+    async def issue(self, request: IssueScene) -> IssuedScene:
+        """RPC ``qrcode.issue``: a new pending scene bound to the ticket's hash, with its code."""
+        if self._issue_limit is not None:
+            decision = await self._issue_limit.take(self._clock())
+            if not decision.allowed:
+                self._metrics.refused.labels("issue", IssueRateLimited.code).inc()
+                raise IssueRateLimited(retry_after=decision.retry_after)
+        code = await self._codes.take()
+        bind_context(scene=code.scene)
+        scene = Scene.new(
+            code.scene,
+            ticket_hash=request.ticket_hash,
+            ip=request.ip,
+            user_agent=request.user_agent,
+            now=self._clock(),
+            ttl=self._settings.scene_ttl,
+        )
+        await self._store.insert(scene)
+        await self._publisher.publish(SceneIssued(scene=scene.id, expires_at=_at(scene.expires_at)))
+        self._metrics.issued.labels(code.source).inc()
+        log.info("scene_issued", source=code.source)
+        return IssuedScene(scene=scene.id, image=data_uri(code.image), expires_at=_at(scene.expires_at))
+
+    async def status(self, request: GetSceneStatus) -> SceneStatus:
+        """RPC ``qrcode.status``; with a ticket hash, only the browser that asked may read."""
+        scene = await self._store.get(request.scene)
+        if scene is None:
+            raise SceneNotFound()
+        if request.ticket_hash is not None and not hmac.compare_digest(
+            scene.ticket_hash, request.ticket_hash
+        ):
+            raise TicketMismatch()
+        if (
+            request.scan_hash is not None
+            and scene.scan_hash is not None
+            and not _same_phone(scene, request.scan_hash)
+        ):
+            raise ScanTokenMismatch()
+        return SceneStatus(
+            scene=scene.id,
+            state=scene.visible_state(self._clock()),
+            expires_at=_at(scene.expires_at),
+            user_id=scene.user_id,
+        )
+
+    async def scan(self, request: ScanScene) -> ScanInfo:
+        """RPC ``qrcode.scan``: ``pending → scanned``; tells the phone what it is about to approve."""
+        bind_context(scene=request.scene)
+        scene = await self._store.transition(
+            request.scene,
+            from_states=("pending",),
+            to_state="scanned",
+            now=self._clock(),
+            set_fields={"scanned_ip": request.ip, "scan_hash": request.scan_hash},
+        )
+        if scene is None:
+            raise await self._refusal(request.scene, "scan")
+        await self._publisher.publish(SceneScanned(scene=scene.id))
+        self._metrics.scanned.inc()
+        log.info("scene_scanned")
+        browser, system = summarize(scene.user_agent)
+        return ScanInfo(
+            site=self._settings.site_name,
+            requester=Requester(
+                browser=browser, os=system, ip=scene.ip, requested_at=_at(scene.requested_at)
+            ),
+            expires_at=_at(scene.expires_at),
+        )
+
+    async def cancel(self, request: CancelScene) -> SceneStatus:
+        """RPC ``qrcode.cancel``: ``scanned → cancelled`` by the phone that scanned; again is a no-op."""
+        bind_context(scene=request.scene)
+        scene = await self._store.transition(
+            request.scene,
+            from_states=("scanned",),
+            to_state="cancelled",
+            now=self._clock(),
+            scan_hash=request.scan_hash,
+        )
+        if scene is None:
+            again = await self._store.get(request.scene)
+            if again is not None and again.state == "cancelled" and _same_phone(again, request.scan_hash):
+                # a retried or duplicated cancel from the same phone
+                return SceneStatus(scene=again.id, state="cancelled", expires_at=_at(again.expires_at))
+            raise await self._refusal(request.scene, "cancel", request.scan_hash)
+        await self._publisher.publish(SceneCancelledEvent(scene=scene.id))
+        self._metrics.cancelled.inc()
+        log.info("scene_cancelled")
+        return SceneStatus(scene=scene.id, state="cancelled", expires_at=_at(scene.expires_at))
+
+    async def confirm(self, request: ConfirmScene) -> SceneStatus:
+        """RPC ``qrcode.confirm``: ``scanned → confirmed`` for ``user_id``; opens the redeem window.
+
+        Exactly one request wins; any other, a duplicate of the winner included, is refused with
+        ``already_confirmed`` (the session service answers its own retries, so that ``login.confirmed``
+        is announced once).
+        """
+        bind_context(scene=request.scene)
+        now = self._clock()
+        current = await self._store.get(request.scene)
+        deadline = now + self._settings.redeem_window
+        if current is not None:
+            deadline = min(current.expires_at + self._settings.redeem_window, deadline)
+        scene = await self._store.transition(
+            request.scene,
+            from_states=("scanned",),
+            to_state="confirmed",
+            now=now,
+            scan_hash=request.scan_hash,
+            set_fields={"user_id": request.user_id, "expires_at": deadline},
+        )
+        if scene is None:
+            raise await self._refusal(request.scene, "confirm", request.scan_hash)
+        self._metrics.confirmed.inc()
+        self._metrics.issue_to_confirm.observe(max(0.0, now - scene.requested_at))
+        log.info("scene_confirmed", user_id=request.user_id)
+        return SceneStatus(scene=scene.id, state="confirmed", expires_at=_at(scene.expires_at))
+
+    async def redeem(self, request: RedeemScene) -> RedeemedScene:
+        """RPC ``qrcode.redeem``: ``confirmed → redeemed``, once, by the ticket holder only."""
+        bind_context(scene=request.scene)
+        current = await self._store.get(request.scene)
+        if current is None:
+            raise SceneNotFound()
+        if not hmac.compare_digest(current.ticket_hash, request.ticket_hash):
+            raise TicketMismatch()
+        scene = await self._store.transition(
+            request.scene,
+            from_states=("confirmed",),
+            to_state="redeemed",
+            now=self._clock(),
+            ticket_hash=current.ticket_hash,
+        )
+        if scene is None or scene.user_id is None:
+            raise await self._refusal(request.scene, "redeem")
+        self._metrics.redeemed.inc()
+        log.info("scene_redeemed", user_id=scene.user_id)
+        return RedeemedScene(scene=scene.id, user_id=scene.user_id)
+
+    async def sweep(self) -> int:
+        """Expire overdue scenes; returns how many this replica expired.
+
+        Each scene is expired by one conditional update, so exactly one replica wins it and announces
+        ``scene.expired``. If that publish fails, the scene stays marked unannounced and a later sweep
+        (of any replica, one at a time) retries it.
+        """
+        now = self._clock()
+        expired = 0
+        for scene_id in await self._store.overdue(now):
+            scene = await self._store.transition(
+                scene_id,
+                from_states=("pending", "scanned"),
+                to_state="expired",
+                now=now,
+                unexpired=False,
+                set_fields={"announced": False},
+            )
+            if scene is not None:
+                expired += 1
+                self._metrics.expired.inc()
+                await self._announce_expired(scene_id)
+        for scene_id in await self._store.claim_unannounced(now, older_than=ANNOUNCE_RETRY_AFTER):
+            await self._announce_expired(scene_id)
+        return expired
+
+    async def _announce_expired(self, scene_id: str) -> None:
+        try:
+            await self._publisher.publish(SceneExpiredEvent(scene=scene_id))
+        except Exception:  # the bus is down: the scene stays unannounced and is retried
+            log.exception("scene_expiry_announce_failed", scene=scene_id)
+            return
+        await self._store.mark_announced(scene_id)
+        log.info("scene_expired", scene=scene_id)
+
+    async def _refusal(self, scene_id: str, action: str, scan_hash: str | None = None) -> ServiceError:
+        """Why a transition did not happen, read from the stored scene."""
+        scene = await self._store.get(scene_id)
+        if scene is None:
+            error: ServiceError = SceneNotFound()
+        else:
+            state = scene.visible_state(self._clock())
+            if state == "expired":
+                error = SceneExpired()
+            elif state == "cancelled":
+                error = SceneCancelled()
+            elif state == "scanned" and scan_hash is not None and not _same_phone(scene, scan_hash):
+                error = ScanTokenMismatch()
+            else:
+                error = _CONFLICTS[action].get(state, SceneConflict)()
+        self._metrics.refused.labels(action, error.code).inc()
+        return error

@@ -1,0 +1,46 @@
+"""Limits every qrcode replica agrees on: fixed-window counters in Mongo (``scene_rates``).
+
+A limit of ``per_minute`` allows ``per_minute / 6`` uses in each 10 s window. Any sliding minute
+overlaps at most seven windows, so it sees at most ``7/6 * per_minute`` uses: 4200/min stays under
+WeChat's 5000/min for getwxacodeunlimit even when traffic bunches at a window boundary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from services.qrcode.store import RateWindowStore
+
+WINDOW_SECONDS = 10.0
+# Counters outlive their window a little, so a slow replica's late increment still finds its window.
+KEEP_SECONDS = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Whether one use is allowed, and otherwise how many whole seconds until the next window opens."""
+
+    allowed: bool
+    retry_after: float = 0.0
+
+
+class SharedRateLimit:
+    """At most ``per_minute / 6`` uses per 10 s window, counted in Mongo by every replica."""
+
+    def __init__(
+        self, store: RateWindowStore, name: str, per_minute: int, *, window: float = WINDOW_SECONDS
+    ) -> None:
+        self._store = store
+        self.name = name
+        self.window = window
+        # Limits under 6/min round up to one use per window.
+        self.capacity = max(1, math.floor(per_minute * window / 60.0))
+
+    async def take(self, now: float) -> Decision:
+        """Count one use at ``now`` if the current window has room."""
+        index = math.floor(now / self.window)
+        window_end = (index + 1) * self.window
+        allowed = await self._store.take(self.name, index, self.capacity, purge_at=window_end + KEEP_SECONDS)
+        # Whole seconds, rounded up: a client that waits Retry-After is not refused again.
+        return Decision(True) if allowed else Decision(False, float(max(1, math.ceil(window_end - now))))

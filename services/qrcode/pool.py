@@ -1,0 +1,270 @@
+"""Mini-program codes: rendering them through WeChat, and the pool of pre-rendered ones.
+
+Issuing takes a ready code from ``scene_pool`` (claim, then delete) and renders on demand only when
+the pool is empty, so a browser does not wait for WeChat. One replica at a time refills the pool (the
+holder of a lease in Mongo), so replicas neither over-fill it nor render the same scene twice; every
+render, refill or on demand, takes a use of the shared render budget first. Codes rendered for another
+configuration (appid, page, env_version, check_path, width) carry another ``variant`` and are never
+handed out; the TTL index collects them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from services.qrcode.errors import CodeQuotaExhausted, CodeUnavailable
+from services.qrcode.limits import SharedRateLimit
+from services.qrcode.metrics import SceneMetrics
+from services.qrcode.store import PooledCode, PoolStore
+from shared.errors import ServiceError
+from shared.logging import get_logger
+from shared.wechat import CodeImage, TokenProvider, WeChatClient, WeChatError, call_with_token
+
+log = get_logger(__name__)
+
+LEASE_TTL = 15.0  # a refiller that dies is replaced after at most this long
+REFILL_INTERVAL = 1.0  # how often a replica checks the pool (the lease holder) or the lease (others)
+MAX_BACKOFF = 30.0
+
+CodeSource = Literal["pool", "render"]
+
+
+def new_scene_id() -> str:
+    """32 URL-safe characters (192 random bits), inside WeChat's allowed scene alphabet."""
+    return secrets.token_urlsafe(24)
+
+
+def data_uri(image: CodeImage) -> str:
+    """The image as a ``data:`` URI for the browser."""
+    return f"data:{image.content_type};base64,{base64.b64encode(image.data).decode()}"
+
+
+def stop_if_cancelled(loop_name: str) -> None:
+    """Raise CancelledError when this task was cancelled but a callee swallowed it.
+
+    On Python 3.11 ``asyncio.wait_for`` can swallow a cancellation that arrives as its inner awaitable
+    completes (fixed in 3.12); the task's ``cancelling()`` count still records it, so a forever-loop
+    checks it once per round instead of outliving its app.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling() > 0:
+        log.warning("cancel_was_swallowed", loop=loop_name)
+        raise asyncio.CancelledError
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """How codes are rendered (from configuration); any change makes pooled codes unusable."""
+
+    page: str
+    env_version: str
+    check_path: bool
+    width: int
+    appid: str = ""
+
+    @property
+    def variant(self) -> str:
+        """A short name for this configuration, stored with every pooled code."""
+        text = "|".join([self.appid, self.page, self.env_version, str(self.check_path), str(self.width)])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """Pool size and refill behaviour (from configuration)."""
+
+    size: int
+    refill_below: int
+    concurrency: int = 4
+
+    @property
+    def threshold(self) -> int:
+        """Refill starts when fewer codes than this are ready (at least 1, at most ``size``)."""
+        return max(1, min(self.refill_below, self.size))
+
+
+class Renderer(Protocol):
+    """Turns a scene id into its code image (WeChat, or a fake in tests)."""
+
+    async def render(self, scene_id: str) -> CodeImage:
+        """The code image for ``scene_id`` (raises a ServiceError when it cannot be had now)."""
+        ...
+
+
+class CodeRenderer:
+    """Renders the mini-program code of a scene through WeChat's getwxacodeunlimit."""
+
+    def __init__(self, wechat: WeChatClient, tokens: TokenProvider, settings: RenderSettings) -> None:
+        self._wechat = wechat
+        self._tokens = tokens
+        self._settings = settings
+
+    async def render(self, scene_id: str) -> CodeImage:
+        """The code image for ``scene_id`` (raises :class:`CodeUnavailable`)."""
+        s = self._settings
+        try:
+            return await call_with_token(
+                self._tokens,
+                lambda token: self._wechat.get_unlimited_qrcode(
+                    token,
+                    scene=scene_id,
+                    page=s.page,
+                    check_path=s.check_path,
+                    env_version=s.env_version,
+                    width=s.width,
+                ),
+            )
+        except WeChatError as exc:
+            log.warning("code_render_failed", errcode=exc.errcode)
+            raise CodeUnavailable(retry_after=getattr(exc, "retry_after", 2)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCode:
+    """A code for a new scene, and whether it came from the pool or was rendered just now."""
+
+    scene: str
+    image: CodeImage
+    source: CodeSource
+
+
+class CodePool:
+    """Hands out codes for new scenes and keeps the shared pool topped up."""
+
+    def __init__(
+        self,
+        store: PoolStore,
+        renderer: Renderer,
+        budget: SharedRateLimit,
+        render: RenderSettings,
+        pool: PoolSettings,
+        *,
+        metrics: SceneMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+        holder: str | None = None,
+    ) -> None:
+        self._store = store
+        self._renderer = renderer
+        self._budget = budget
+        self._variant = render.variant
+        self._pool = pool
+        self._metrics = metrics or SceneMetrics()
+        self._clock = clock
+        self.holder = holder or uuid.uuid4().hex
+        self._filling = False
+        self._wake = asyncio.Event()
+
+    @property
+    def variant(self) -> str:
+        """The configuration name of the codes this pool hands out."""
+        return self._variant
+
+    async def take(self) -> IssuedCode:
+        """A code for a new scene: from the pool, or rendered now when the pool is empty."""
+        if self._pool.size > 0:
+            pooled = await self._store.claim(self._variant, self._clock())
+            self._wake.set()
+            if pooled is not None:
+                return IssuedCode(pooled.scene, CodeImage(pooled.image, pooled.content_type), "pool")
+        decision = await self._budget.take(self._clock())
+        if not decision.allowed:
+            raise CodeQuotaExhausted(retry_after=decision.retry_after)
+        scene = new_scene_id()
+        return IssuedCode(scene, await self._render(scene, "on_demand"), "render")
+
+    async def refill_once(self) -> int:
+        """One refill round; returns how many codes were added (0 when another replica holds the lease).
+
+        Refilling starts below the threshold and goes on, round after round, until the pool is full.
+        """
+        if self._pool.size == 0:
+            return 0
+        if not await self._store.hold_lease(self.holder, self._clock(), LEASE_TTL):
+            self._filling = False
+            return 0
+        ready = await self._store.count_ready(self._variant, up_to=self._pool.size)
+        self._metrics.pool_size.set(ready)
+        if ready >= self._pool.size or (not self._filling and ready >= self._pool.threshold):
+            self._filling = False
+            return 0
+        self._filling = True
+        added = 0
+        while ready + added < self._pool.size:
+            wanted = min(self._pool.concurrency, self._pool.size - ready - added)
+            granted = await self._take_budget(wanted)
+            if granted == 0:
+                break
+            results = await asyncio.gather(
+                *(self._render_into_pool() for _ in range(granted)), return_exceptions=True
+            )
+            added += sum(1 for r in results if r is None)
+            failures = [r for r in results if isinstance(r, BaseException)]
+            if failures:
+                self._metrics.pool_size.set(ready + added)
+                raise failures[0]
+            if granted < wanted or not await self._store.hold_lease(self.holder, self._clock(), LEASE_TTL):
+                break
+        self._metrics.pool_size.set(ready + added)
+        if ready + added >= self._pool.size:
+            self._filling = False  # full: wait for the threshold again
+        if added:
+            log.info("pool_refilled", added=added, ready=ready + added)
+        return added
+
+    async def run(self, interval: float = REFILL_INTERVAL) -> None:
+        """Refill forever: every ``interval``, sooner after a local claim, slower after failures."""
+        delay = interval
+        try:
+            while True:
+                stop_if_cancelled("code-pool-refill")
+                self._wake.clear()  # claims from now on wake the next round early
+                try:
+                    await self.refill_once()
+                    delay = interval
+                except ServiceError as exc:  # WeChat or the token service is unavailable: back off
+                    delay = min(MAX_BACKOFF, max(delay * 2, exc.retry_after or interval))
+                    log.warning("pool_refill_failed", error_code=exc.error_code, retry_in=round(delay, 1))
+                except Exception:  # Mongo down, a bug: log it, keep the loop alive
+                    delay = min(MAX_BACKOFF, delay * 2)
+                    log.exception("pool_refill_crashed", retry_in=round(delay, 1))
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands as
+                # the event fires, and this loop would then outlive its app.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+        finally:
+            await self._store.release_lease(self.holder)
+
+    async def _take_budget(self, wanted: int) -> int:
+        granted = 0
+        for _ in range(wanted):
+            if not (await self._budget.take(self._clock())).allowed:
+                log.info("pool_refill_paused", reason="render_budget")
+                break
+            granted += 1
+        return granted
+
+    async def _render_into_pool(self) -> None:
+        scene = new_scene_id()
+        image = await self._render(scene, "refill")
+        await self._store.add(PooledCode(scene, self._variant, image.data, image.content_type, self._clock()))
+
+    async def _render(self, scene: str, purpose: str) -> CodeImage:
+        started = time.monotonic()
+        try:
+            image = await self._renderer.render(scene)
+        except ServiceError:
+            self._metrics.renders.labels(purpose, "failed").inc()
+            raise
+        self._metrics.render_seconds.observe(time.monotonic() - started)
+        self._metrics.renders.labels(purpose, "ok").inc()
+        return image

@@ -1,0 +1,144 @@
+"""Composition root of the session service: builds its clients and wires its handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from services.session.handlers import SessionHandlers, SessionStores
+from services.session.keys import Signer
+from services.session.refresh import RefreshFamilies
+from services.session.store import (
+    INDEXES,
+    CodeUseStore,
+    MpSessionStore,
+    RefreshTokenStore,
+    SigningKeyStore,
+    UserStore,
+)
+from shared.bus import Bus, MemoryBroker
+from shared.config import Settings
+from shared.logging import get_logger
+from shared.messages import (
+    BindPhone,
+    CompleteLogin,
+    ConfirmLogin,
+    DecryptData,
+    EndSession,
+    GetJwks,
+    LoginMiniProgram,
+    RefreshTokens,
+    SigningKeysChanged,
+)
+from shared.runtime import BUS, DB, HTTP, SETTINGS, bus_context, http_context, mongo_context, new_app
+from shared.sealing import Sealer, decode_key
+from shared.tokens import TokenCache
+from shared.wechat import WeChatClient
+
+SERVICE = "session"
+HANDLERS = web.AppKey("handlers", SessionHandlers)
+SIGNER = web.AppKey("signer", Signer)
+
+log = get_logger(__name__)
+
+
+def data_sealer(settings: Settings) -> Sealer:
+    """The sealer for secrets at rest (``WXLOGIN_DATA_KEY``)."""
+    key = settings.data_key.get_secret_value()
+    if not key:
+        raise RuntimeError("WXLOGIN_DATA_KEY is not set (base64 of 32 random bytes)")
+    return Sealer.from_text(key)
+
+
+def successor_key(settings: Settings) -> bytes:
+    """The key that derives refresh-token successors, separated from the data key with HKDF."""
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"wxlogin refresh-token successor v1")
+    return hkdf.derive(decode_key(settings.data_key.get_secret_value()))
+
+
+async def reload_keys_forever(signer: Signer, bus: Bus, interval: float) -> None:
+    """Adopt rotations made with ``keys rotate``/``keys retire``; tell the gateways when keys change."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            if await signer.reload():
+                kids = [jwk["kid"] for jwk in signer.jwks()]
+                log.info("signing_keys_changed", kids=kids)
+                await bus.publish(SigningKeysChanged(kids=kids))
+        except Exception:  # Mongo or the bus hiccuped: the next round tries again
+            log.exception("signing_keys_reload_failed")
+
+
+def create_app(
+    settings: Settings, *, broker: MemoryBroker | None = None, clock: Callable[[], float] = time.time
+) -> web.Application:
+    """The session service as an aiohttp app (its HTTP side is only the ops endpoints)."""
+    sealer = data_sealer(settings)  # fail at start-up, not at the first login
+    app = new_app(settings)
+    app.cleanup_ctx.extend([mongo_context(INDEXES), bus_context(SERVICE, broker), http_context])
+
+    async def handlers_ctx(app: web.Application) -> AsyncIterator[None]:
+        settings, db, bus = app[SETTINGS], app[DB], app[BUS]
+        wechat = WeChatClient(
+            app[HTTP],
+            base_url=settings.wechat_api_base,
+            appid=settings.appid,
+            secret=settings.secret,
+            timeout=settings.wechat_timeout_seconds,
+        )
+        # getuserphonenumber needs the access_token the token service broadcasts. Not a readiness
+        # condition: logins and tokens work without it, phone binding waits for it (bounded).
+        access_tokens = TokenCache(bus, clock=clock)
+        await access_tokens.start()
+        signer = Signer(
+            SigningKeyStore(db),
+            sealer,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            ttl=settings.access_token_ttl_seconds,
+            clock=clock,
+        )
+        await signer.load()
+        app[SIGNER] = signer
+        families = RefreshFamilies(
+            RefreshTokenStore(db),
+            successor_key(settings),
+            ttl=float(settings.refresh_token_ttl_seconds),
+            grace=settings.refresh_grace_seconds,
+            clock=clock,
+        )
+        stores = SessionStores(UserStore(db), CodeUseStore(db), MpSessionStore(db))
+        handlers = SessionHandlers(
+            stores, signer, families, wechat, access_tokens, bus, bus, sealer, clock=clock
+        )
+        app[HANDLERS] = handlers
+        await bus.serve(
+            {
+                ConfirmLogin: handlers.confirm,
+                CompleteLogin: handlers.complete,
+                LoginMiniProgram: handlers.mp_login,
+                RefreshTokens: handlers.refresh,
+                EndSession: handlers.logout,
+                BindPhone: handlers.bind_phone,
+                DecryptData: handlers.decrypt,
+                GetJwks: handlers.jwks,
+            }
+        )
+        reloader = asyncio.ensure_future(
+            reload_keys_forever(signer, bus, settings.signing_keys_reload_seconds)
+        )
+        try:
+            yield
+        finally:
+            reloader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reloader
+
+    app.cleanup_ctx.append(handlers_ctx)
+    return app

@@ -1,0 +1,440 @@
+"""Identity handlers: logins (scan confirm, mini-program), tokens, logout, phone binding, decryption."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic import SecretStr
+
+from services.session.errors import (
+    CodeAlreadyUsed,
+    CodeInProgress,
+    CodeInvalid,
+    DecryptFailed,
+    NoSessionKey,
+    PhoneCodeInvalid,
+    PhoneTaken,
+    PhoneUnavailable,
+    UnionIdTaken,
+    UserBlocked,
+    UserNotFound,
+    WatermarkInvalid,
+    WeChatUnavailable,
+)
+from services.session.keys import Signer
+from services.session.refresh import RefreshFamilies, sha256_hex
+from services.session.store import (
+    CODE_LIFETIME,
+    CodeUse,
+    CodeUseStore,
+    MpSessionStore,
+    Taken,
+    User,
+    UserStore,
+)
+from shared.bus import Caller, Publisher
+from shared.errors import RemoteError, ServiceError
+from shared.logging import bind_context, get_logger
+from shared.messages import (
+    BindPhone,
+    CompleteLogin,
+    ConfirmLogin,
+    ConfirmResult,
+    ConfirmScene,
+    DecryptData,
+    DecryptedData,
+    EndSession,
+    GetJwks,
+    GetSceneStatus,
+    Jwks,
+    LoggedOut,
+    LoginConfirmed,
+    LoginMiniProgram,
+    PhoneBound,
+    RedeemScene,
+    RefreshTokens,
+    TokenPair,
+    UserCreated,
+)
+from shared.sealing import Sealer
+from shared.wechat import (
+    PhoneInfo,
+    TokenProvider,
+    WeChatBadRequest,
+    WeChatClient,
+    WeChatError,
+    call_with_token,
+)
+from shared.wxcrypto import DecryptionFailed, WatermarkMismatch, decrypt_encrypted_data
+
+log = get_logger(__name__)
+
+# Why a scene in this state cannot be confirmed (the codes the qrcode service also uses).
+_NOT_CONFIRMABLE = {
+    "pending": ("scene_not_scanned", "the login code has not been scanned"),
+    "confirmed": ("already_confirmed", "the login was already confirmed"),
+    "redeemed": ("already_confirmed", "the login was already confirmed"),
+    "cancelled": ("scene_cancelled", "the login was cancelled"),
+    "expired": ("scene_expired", "the login code has expired"),
+}
+_CODE_ERRORS = {40029: CodeInvalid, 40163: CodeInvalid, 41008: CodeInvalid, 40226: UserBlocked}
+# getuserphonenumber: 40029 bad/used/expired code, 40003 the code is not this openid's.
+_PHONE_CODE_ERRORS = frozenset({40029, 40003, 41008})
+_API_UNAUTHORIZED = 48001  # the mini-program may not call this API (personal or unverified)
+MP_LOGIN = "mp_login"
+
+
+def session_key_purpose(openid: str) -> str:
+    """Sealing purpose that ties a stored session_key to its user."""
+    return f"session-key:{openid}"
+
+
+def confirm_purpose(scene: str) -> str:
+    """What a wx.login code is spent on when it confirms ``scene``."""
+    return f"confirm:{scene}"
+
+
+def e164(info: PhoneInfo) -> str:
+    """The number as ``+<country code><national number>`` (unambiguous across countries)."""
+    digits = "".join(ch for ch in info.pure_phone_number if ch.isdigit())
+    country = "".join(ch for ch in info.country_code if ch.isdigit()) or "86"
+    return f"+{country}{digits}"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a wx.login code belongs to, with their session_key sealed for storage."""
+
+    code_hash: str
+    openid: str
+    unionid: str | None
+    sealed_session_key: str
+
+
+@dataclass(frozen=True)
+class SessionStores:
+    """The collections the handlers work on (refresh tokens are behind :class:`RefreshFamilies`)."""
+
+    users: UserStore
+    code_uses: CodeUseStore
+    mp_sessions: MpSessionStore
+
+
+class SessionHandlers:
+    """RPC handlers of the session service."""
+
+    def __init__(
+        self,
+        stores: SessionStores,
+        signer: Signer,
+        families: RefreshFamilies,
+        wechat: WeChatClient,
+        access_tokens: TokenProvider,
+        bus: Caller,
+        publisher: Publisher,
+        data_sealer: Sealer,
+        *,
+        clock: Callable[[], float] = time.time,
+        claim_wait: float = 5.0,
+    ) -> None:
+        self._stores = stores
+        self._signer = signer
+        self._families = families
+        self._wechat = wechat
+        self._access_tokens = access_tokens
+        self._bus = bus
+        self._publisher = publisher
+        self._data_sealer = data_sealer
+        self._clock = clock
+        self._claim_wait = claim_wait
+
+    # -- logins --
+
+    async def confirm(self, request: ConfirmLogin) -> ConfirmResult:
+        """RPC ``session.confirm``: identify the phone's user and confirm the scene for them.
+
+        Idempotent for the same code and scene: a retried or redelivered request answers
+        ``confirmed`` again without calling WeChat or announcing anything twice.
+        """
+        bind_context(scene=request.scene)
+        code = request.code.get_secret_value()
+        code_hash = sha256_hex(code)
+        purpose = confirm_purpose(request.scene)
+        # Checked before WeChat sees the code: only the phone that scanned may confirm.
+        status = await self._bus.call(GetSceneStatus(scene=request.scene, scan_hash=request.scan_hash))
+        if status.state != "scanned":
+            if status.state in ("confirmed", "redeemed") and await self._confirmed_by(code_hash, purpose):
+                log.info("confirm_repeated")
+                return ConfirmResult(scene=request.scene, state="confirmed")
+            error_code, message = _NOT_CONFIRMABLE[status.state]
+            raise RemoteError(error_code, message)
+        identity = await self._exchange(code, purpose)
+        user = await self._record_login(identity)
+        try:
+            await self._bus.call(
+                ConfirmScene(scene=request.scene, scan_hash=request.scan_hash, user_id=user.id)
+            )
+        except RemoteError as exc:
+            # A twin of this request (same code, hence same user) may have confirmed it a moment ago;
+            # another phone's win is refused at once rather than waited on.
+            if exc.error_code == "already_confirmed" and await self._confirmed_for(request.scene, user.id):
+                return ConfirmResult(scene=request.scene, state="confirmed")
+            raise
+        await self._stores.code_uses.mark_done(code_hash)
+        await self._publisher.publish(LoginConfirmed(scene=request.scene, user_id=user.id))
+        log.info("login_confirmed", user_id=user.id)
+        return ConfirmResult(scene=request.scene, state="confirmed")
+
+    async def complete(self, request: CompleteLogin) -> TokenPair:
+        """RPC ``session.complete``: redeem the confirmed scene (ticket checked) and issue tokens."""
+        bind_context(scene=request.scene)
+        redeemed = await self._bus.call(RedeemScene(scene=request.scene, ticket_hash=request.ticket_hash))
+        user = await self._stores.users.get(redeemed.user_id)
+        if user is None:
+            raise UserNotFound()
+        log.info("login_completed", user_id=user.id)
+        return await self._new_session(user)
+
+    async def mp_login(self, request: LoginMiniProgram) -> TokenPair:
+        """RPC ``session.mp_login``: plain in-mini-program login with a wx.login code.
+
+        A retry with the same code (lost response) reuses the stored exchange and gets a new
+        session; the login is counted once.
+        """
+        identity = await self._exchange(request.code.get_secret_value(), MP_LOGIN)
+        user = await self._record_login(identity)
+        log.info("mp_login", user_id=user.id)
+        return await self._new_session(user)
+
+    # -- tokens --
+
+    async def refresh(self, request: RefreshTokens) -> TokenPair:
+        """RPC ``session.refresh``: rotate the refresh token, issue a fresh access token."""
+        grant = await self._families.rotate(request.refresh_token.get_secret_value())
+        user = await self._stores.users.get(grant.user_id)
+        if user is None:
+            raise UserNotFound()
+        return self._pair(user, grant.family, grant.token)
+
+    async def logout(self, request: EndSession) -> LoggedOut:
+        """RPC ``session.logout``: revoke the family of a verified access token or a refresh token."""
+        family: str | None = None
+        if request.sid and request.user_id:
+            family = request.sid
+            await self._families.check_live(family, request.user_id)
+        elif request.refresh_token is not None:
+            family = await self._families.family_of(request.refresh_token.get_secret_value())
+        if family is None:
+            return LoggedOut(revoked=False)  # unknown token: nothing to end, and nothing to reveal
+        return LoggedOut(revoked=await self._families.revoke(family, "logout"))
+
+    async def jwks(self, _request: GetJwks) -> Jwks:
+        """RPC ``session.jwks``: the public keys that verify access tokens."""
+        return Jwks(keys=self._signer.jwks())
+
+    # -- phone and open data --
+
+    async def bind_phone(self, request: BindPhone) -> PhoneBound:
+        """RPC ``session.bind_phone``: bind the number behind a getPhoneNumber code.
+
+        No phone yet → bound; the same number again → unchanged; a different number verified by
+        WeChat → replaces it; a number another user has → ``phone_taken``.
+        """
+        user = await self._live_user(request.user_id, request.sid)
+        code = request.code.get_secret_value()
+        info = await self._phone_info(code, user.openid)
+        phone = e164(info)
+        for _ in range(3):
+            if user.phone == phone:
+                break
+            try:
+                changed = await self._stores.users.set_phone(
+                    user.id, phone, replacing=user.phone, now=self._clock()
+                )
+            except Taken:
+                log.warning("phone_taken", user_id=user.id)
+                raise PhoneTaken() from None
+            if changed:
+                log.info("phone_bound", user_id=user.id, replaced=user.phone is not None)
+            user = await self._must_get(user.id)
+        else:
+            raise WeChatUnavailable("the account changed during the request; try again", retry_after=1)
+        return PhoneBound(
+            user=user.view(),
+            access_token=SecretStr(self._signer.issue(user, request.sid)),
+            expires_in=self._signer.ttl,
+        )
+
+    async def decrypt(self, request: DecryptData) -> DecryptedData:
+        """RPC ``session.decrypt``: open ``encryptedData`` with the user's stored session_key.
+
+        The watermark must name our appid. A ``unionId`` inside is linked to a user who has none.
+        """
+        user = await self._live_user(request.user_id, request.sid)
+        sealed = await self._stores.mp_sessions.get(user.id)
+        if sealed is None:
+            raise NoSessionKey()
+        session_key = self._data_sealer.open(sealed, purpose=session_key_purpose(user.openid))
+        try:
+            data = decrypt_encrypted_data(
+                session_key, request.encrypted_data.get_secret_value(), request.iv, appid=self._wechat.appid
+            )
+        except WatermarkMismatch:
+            log.warning("decrypt_watermark_mismatch", user_id=user.id)
+            raise WatermarkInvalid() from None
+        except DecryptionFailed as exc:
+            log.info("decrypt_failed", user_id=user.id, reason=str(exc))
+            raise DecryptFailed() from None
+        unionid = data.get("unionId")
+        if isinstance(unionid, str) and unionid:
+            user = await self._link_unionid(user, unionid)
+        return DecryptedData(data=SecretStr(json.dumps(data, ensure_ascii=False)), user=user.view())
+
+    # -- helpers --
+
+    async def _new_session(self, user: User) -> TokenPair:
+        grant = await self._families.start(user.id)
+        return self._pair(user, grant.family, grant.token)
+
+    def _pair(self, user: User, family: str, refresh_token: str) -> TokenPair:
+        return TokenPair(
+            access_token=SecretStr(self._signer.issue(user, family)),
+            expires_in=self._signer.ttl,
+            refresh_token=SecretStr(refresh_token),
+            user=user.view(),
+        )
+
+    async def _live_user(self, user_id: str, sid: str) -> User:
+        await self._families.check_live(sid, user_id)
+        return await self._must_get(user_id)
+
+    async def _must_get(self, user_id: str) -> User:
+        user = await self._stores.users.get(user_id)
+        if user is None:
+            raise UserNotFound()
+        return user
+
+    async def _record_login(self, identity: Identity) -> User:
+        """Find or create the user; count the login and keep the session_key once per code."""
+        now = self._clock()
+        try:
+            user, created = await self._stores.users.ensure(identity.openid, identity.unionid, now)
+        except Taken:
+            holder = await self._stores.users.by_unionid(identity.unionid or "")
+            log.warning("unionid_conflict", security=True, linked_user=holder.id if holder else None)
+            raise UnionIdTaken() from None
+        if created:
+            await self._publisher.publish(
+                UserCreated(user_id=user.id, openid=user.openid, unionid=user.unionid)
+            )
+            log.info("user_created", user_id=user.id)
+        if identity.unionid and user.unionid != identity.unionid:
+            log.warning("unionid_mismatch", security=True, user_id=user.id)  # kept the linked one
+        # The same code always carries the same key, so saving it again on a retry is harmless.
+        await self._stores.mp_sessions.save(user.id, identity.sealed_session_key, now)
+        if await self._stores.code_uses.attach_user(identity.code_hash, user.id):
+            user = await self._stores.users.count_login(user.id, now)
+        return user
+
+    async def _link_unionid(self, user: User, unionid: str) -> User:
+        if user.unionid == unionid:
+            return user
+        if user.unionid is not None:
+            log.warning("unionid_mismatch", security=True, user_id=user.id)  # a unionid never changes
+            return user
+        try:
+            linked = await self._stores.users.link_unionid(user.id, unionid)
+        except Taken:
+            holder = await self._stores.users.by_unionid(unionid)
+            log.warning(
+                "unionid_conflict", security=True, user_id=user.id, linked_user=holder.id if holder else None
+            )
+            raise UnionIdTaken() from None
+        log.info("unionid_linked", user_id=user.id)
+        return linked
+
+    async def _phone_info(self, code: str, openid: str) -> PhoneInfo:
+        async def fetch(token: str) -> PhoneInfo:
+            return await self._wechat.get_phone_number(token, code, openid=openid)
+
+        try:
+            info = await call_with_token(self._access_tokens, fetch)
+        except WeChatBadRequest as exc:
+            if exc.errcode in _PHONE_CODE_ERRORS:
+                raise PhoneCodeInvalid() from None
+            if exc.errcode == _API_UNAUTHORIZED:
+                log.error("phone_api_unauthorized", errcode=exc.errcode)
+                raise PhoneUnavailable() from None
+            log.error("phone_number_refused", errcode=exc.errcode)
+            raise WeChatUnavailable() from None
+        except WeChatError as exc:
+            raise WeChatUnavailable(retry_after=getattr(exc, "retry_after", 2)) from None
+        if info.watermark_appid is not None and info.watermark_appid != self._wechat.appid:
+            log.warning("phone_watermark_mismatch")
+            raise WatermarkInvalid()
+        if not info.pure_phone_number:
+            raise WeChatUnavailable("WeChat returned no phone number")
+        return info
+
+    async def _exchange(self, code: str, purpose: str) -> Identity:
+        """Exchange a wx.login code with WeChat at most once; a retry for the same purpose reuses it."""
+        code_hash = sha256_hex(code)
+        now = self._clock()
+        earlier = await self._stores.code_uses.claim(code_hash, purpose, now)
+        if earlier is not None:
+            if earlier.purpose != purpose or now - earlier.created_at > CODE_LIFETIME:
+                log.info("code_reuse_refused")
+                raise CodeAlreadyUsed()
+            return await self._await_claim(code_hash, earlier)
+        try:
+            result = await self._wechat.code2session(code)
+        except WeChatBadRequest as exc:
+            await self._stores.code_uses.fail(code_hash, exc.errcode)
+            raise self._code_error(exc.errcode) from None
+        except WeChatError as exc:
+            # WeChat may not have seen the code: let a retry exchange it again.
+            await self._stores.code_uses.release(code_hash)
+            raise WeChatUnavailable(retry_after=getattr(exc, "retry_after", 2)) from None
+        sealed = self._data_sealer.seal(result.session_key, purpose=session_key_purpose(result.openid))
+        await self._stores.code_uses.succeed(code_hash, result.openid, result.unionid, sealed)
+        return Identity(code_hash, result.openid, result.unionid, sealed)
+
+    async def _await_claim(self, code_hash: str, use: CodeUse) -> Identity:
+        deadline = time.monotonic() + self._claim_wait
+        while True:
+            if use.status == "done" and use.openid and use.sealed_session_key:
+                return Identity(code_hash, use.openid, use.unionid, use.sealed_session_key)
+            if use.status == "failed":
+                raise self._code_error(use.errcode or 40029)
+            if time.monotonic() >= deadline:
+                raise CodeInProgress(retry_after=1)
+            await asyncio.sleep(0.05)
+            use = await self._stores.code_uses.get(code_hash) or CodeUse("exchanging")
+
+    async def _confirmed_for(self, scene: str, user_id: str) -> bool:
+        """True when ``scene`` is confirmed for ``user_id`` (by a twin of this request)."""
+        status = await self._bus.call(GetSceneStatus(scene=scene))
+        return status.state in ("confirmed", "redeemed") and status.user_id == user_id
+
+    async def _confirmed_by(self, code_hash: str, purpose: str, *, wait: float = 0.0) -> bool:
+        """True when this code already confirmed this scene (polls up to ``wait`` seconds)."""
+        deadline = time.monotonic() + wait
+        while True:
+            use = await self._stores.code_uses.get(code_hash)
+            if use is not None and use.purpose == purpose and use.done:
+                return True
+            if use is None or use.purpose != purpose or time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+
+    @staticmethod
+    def _code_error(errcode: int) -> ServiceError:
+        error_class = _CODE_ERRORS.get(errcode)
+        if error_class is None:
+            log.error("code_exchange_refused", errcode=errcode)  # appid/secret misconfiguration
+            return WeChatUnavailable()
+        return error_class()

@@ -1,0 +1,525 @@
+"""Collections of the session service: ``users``, ``code_uses``, ``mp_sessions``, ``refresh_tokens``,
+``signing_keys``. Times are epoch seconds; ``purge_at`` dates (written at insert) drive TTL indexes.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo.errors import DuplicateKeyError
+
+from shared.messages import UserView
+from shared.mongo import Index
+from shared.runtime import Database
+
+USERS = "users"
+CODE_USES = "code_uses"
+MP_SESSIONS = "mp_sessions"
+REFRESH_TOKENS = "refresh_tokens"
+SIGNING_KEYS = "signing_keys"
+
+INDEXES = [
+    Index(USERS, [("openid", 1)], unique=True, name="users_openid"),
+    Index(
+        USERS, [("unionid", 1)], unique=True, partial={"unionid": {"$type": "string"}}, name="users_unionid"
+    ),
+    Index(USERS, [("phone", 1)], unique=True, partial={"phone": {"$type": "string"}}, name="users_phone"),
+    Index(CODE_USES, [("purge_at", 1)], expire_after_seconds=0, name="code_uses_ttl"),
+    Index(REFRESH_TOKENS, [("purge_at", 1)], expire_after_seconds=0, name="refresh_tokens_ttl"),
+    Index(REFRESH_TOKENS, [("family", 1)], name="refresh_tokens_family"),
+    Index(
+        SIGNING_KEYS,
+        [("status", 1)],
+        unique=True,
+        partial={"status": "current"},
+        name="signing_keys_one_current",
+    ),
+]
+
+
+def _date(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def new_user_id() -> str:
+    """An opaque, unguessable user id."""
+    return "u_" + secrets.token_urlsafe(12)
+
+
+# --- users ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """A person known by their openid in this mini-program."""
+
+    id: str
+    openid: str
+    unionid: str | None
+    phone: str | None
+    created_at: float
+    last_login_at: float
+    login_count: int
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> User:
+        return cls(
+            id=str(doc["_id"]),
+            openid=str(doc["openid"]),
+            unionid=doc.get("unionid") or None,
+            phone=doc.get("phone") or None,
+            created_at=float(doc["created_at"]),
+            last_login_at=float(doc.get("last_login_at", doc["created_at"])),
+            login_count=int(doc.get("login_count", 0)),
+        )
+
+    def to_doc(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "_id": self.id,
+            "openid": self.openid,
+            "created_at": self.created_at,
+            "last_login_at": self.last_login_at,
+            "login_count": self.login_count,
+        }
+        # Absent rather than null, so the partial unique indexes ignore them.
+        if self.unionid:
+            doc["unionid"] = self.unionid
+        if self.phone:
+            doc["phone"] = self.phone
+        return doc
+
+    def view(self) -> UserView:
+        return UserView(id=self.id, openid=self.openid, unionid=self.unionid, phone=self.phone)
+
+
+class Taken(Exception):
+    """A unique field (``unionid``, ``phone``) already belongs to another user."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(f"{field} already belongs to another user")
+        self.field = field
+
+
+class UserStore:
+    """Users keyed by openid; ``unionid`` and ``phone`` are unique when present.
+
+    Changes to a unique field use ``update_one`` (it raises ``DuplicateKeyError`` everywhere;
+    nx-27017's ``find_one_and_update`` silently returns None instead) and then read the user back.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._users = db[USERS]
+
+    async def get(self, user_id: str) -> User | None:
+        doc = await self._users.find_one({"_id": user_id})
+        return User.from_doc(doc) if doc else None
+
+    async def by_openid(self, openid: str) -> User | None:
+        doc = await self._users.find_one({"openid": openid})
+        return User.from_doc(doc) if doc else None
+
+    async def by_unionid(self, unionid: str) -> User | None:
+        doc = await self._users.find_one({"unionid": unionid})
+        return User.from_doc(doc) if doc else None
+
+    async def ensure(self, openid: str, unionid: str | None, now: float) -> tuple[User, bool]:
+        """The user of ``openid``, created the first time; returns (user, created).
+
+        A unionid is linked to an existing user who has none. Raises :class:`Taken` when the
+        unionid belongs to another user (the user is then neither created nor changed).
+        """
+        for _ in range(3):
+            user = await self.by_openid(openid)
+            if user is not None:
+                if unionid and user.unionid is None:
+                    user = await self.link_unionid(user.id, unionid)
+                return user, False
+            user = User(new_user_id(), openid, unionid, None, now, now, 0)
+            try:
+                await self._users.insert_one(user.to_doc())
+            except DuplicateKeyError:
+                if (
+                    unionid
+                    and await self.by_openid(openid) is None
+                    and await self._users.find_one({"unionid": unionid}, {"_id": 1})
+                ):
+                    raise Taken("unionid") from None
+                continue  # another request created this openid a moment ago: use theirs
+            return user, True
+        raise RuntimeError(f"could not create or find the user after 3 attempts: {openid[:6]}…")
+
+    async def link_unionid(self, user_id: str, unionid: str) -> User:
+        """Set the unionid of a user who has none (a user's unionid never changes once set)."""
+        try:
+            await self._users.update_one(
+                {"_id": user_id, "unionid": {"$exists": False}}, {"$set": {"unionid": unionid}}
+            )
+        except DuplicateKeyError:
+            raise Taken("unionid") from None
+        return await self._must_get(user_id)
+
+    async def set_phone(self, user_id: str, phone: str, *, replacing: str | None, now: float) -> bool:
+        """Bind ``phone`` if the user's phone is still ``replacing``; False when it changed meanwhile.
+
+        Raises :class:`Taken` when another user has the number.
+        """
+        current: dict[str, Any] = {"$exists": False} if replacing is None else {"$eq": replacing}
+        try:
+            result = await self._users.update_one(
+                {"_id": user_id, "phone": current}, {"$set": {"phone": phone, "phone_bound_at": now}}
+            )
+        except DuplicateKeyError:
+            raise Taken("phone") from None
+        return result.matched_count == 1
+
+    async def count_login(self, user_id: str, now: float) -> User:
+        """Record one login: ``last_login_at`` and ``login_count``."""
+        await self._users.update_one(
+            {"_id": user_id}, {"$set": {"last_login_at": now}, "$inc": {"login_count": 1}}
+        )
+        return await self._must_get(user_id)
+
+    async def _must_get(self, user_id: str) -> User:
+        user = await self.get(user_id)
+        if user is None:
+            raise RuntimeError(f"user {user_id} vanished")
+        return user
+
+
+# --- wx.login code exchanges ----------------------------------------------------------------------
+
+# WeChat's wx.login codes live five minutes; so does our record of exchanging one.
+CODE_LIFETIME = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class CodeUse:
+    """The stored outcome of exchanging one wx.login code (keyed by the code's hash).
+
+    ``purpose`` is what the code was spent on (``confirm:<scene>`` or ``mp_login``): a retry for the
+    same purpose reuses the result, any other use is refused like WeChat's 40163. ``user_id`` is set
+    once the login is recorded (so it is counted once), ``done`` once the purpose is complete.
+    """
+
+    status: str  # exchanging | done | failed
+    purpose: str = ""
+    created_at: float = 0.0
+    openid: str | None = None
+    unionid: str | None = None
+    sealed_session_key: str | None = None
+    errcode: int | None = None
+    user_id: str | None = None
+    done: bool = False
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> CodeUse:
+        return cls(
+            status=str(doc["status"]),
+            purpose=str(doc.get("purpose", "")),
+            created_at=float(doc.get("created_at", 0.0)),
+            openid=doc.get("openid"),
+            unionid=doc.get("unionid"),
+            sealed_session_key=doc.get("session_key"),
+            errcode=doc.get("errcode"),
+            user_id=doc.get("user_id"),
+            done=bool(doc.get("done", False)),
+        )
+
+
+class CodeUseStore:
+    """At most one exchange per code: a claim document with a unique ``_id`` (the code's hash).
+
+    Documents expire with the code (a TTL index on ``purge_at``); reads also check the age, since
+    the TTL monitor runs only every 60 s.
+    """
+
+    def __init__(self, db: Database, *, keep_seconds: float = CODE_LIFETIME) -> None:
+        self._uses = db[CODE_USES]
+        self._keep = keep_seconds
+
+    async def claim(self, code_hash: str, purpose: str, now: float) -> CodeUse | None:
+        """Claim the code; None when we got it, else what the first claimant stored."""
+        try:
+            await self._uses.insert_one(
+                {
+                    "_id": code_hash,
+                    "status": "exchanging",
+                    "purpose": purpose,
+                    "created_at": now,
+                    "purge_at": _date(now + self._keep),
+                }
+            )
+        except DuplicateKeyError:
+            doc = await self._uses.find_one({"_id": code_hash})
+            return CodeUse.from_doc(doc) if doc else CodeUse("exchanging", purpose, now)
+        return None
+
+    async def get(self, code_hash: str) -> CodeUse | None:
+        doc = await self._uses.find_one({"_id": code_hash})
+        return CodeUse.from_doc(doc) if doc else None
+
+    async def succeed(
+        self, code_hash: str, openid: str, unionid: str | None, sealed_session_key: str
+    ) -> None:
+        await self._uses.update_one(
+            {"_id": code_hash},
+            {
+                "$set": {
+                    "status": "done",
+                    "openid": openid,
+                    "unionid": unionid,
+                    "session_key": sealed_session_key,
+                }
+            },
+        )
+
+    async def fail(self, code_hash: str, errcode: int) -> None:
+        await self._uses.update_one({"_id": code_hash}, {"$set": {"status": "failed", "errcode": errcode}})
+
+    async def release(self, code_hash: str) -> None:
+        """Forget a claim whose exchange failed transiently, so a retry may exchange again."""
+        await self._uses.delete_one({"_id": code_hash, "status": "exchanging"})
+
+    async def attach_user(self, code_hash: str, user_id: str) -> bool:
+        """Record that the code's login was counted for ``user_id``; True only the first time."""
+        result = await self._uses.update_one(
+            {"_id": code_hash, "user_id": {"$exists": False}}, {"$set": {"user_id": user_id}}
+        )
+        return result.modified_count == 1
+
+    async def mark_done(self, code_hash: str) -> None:
+        """The code's purpose is complete (its scene is confirmed)."""
+        await self._uses.update_one({"_id": code_hash}, {"$set": {"done": True}})
+
+
+# --- session keys ---------------------------------------------------------------------------------
+
+
+class MpSessionStore:
+    """The latest WeChat session_key of each user, sealed with the data key."""
+
+    def __init__(self, db: Database) -> None:
+        self._sessions = db[MP_SESSIONS]
+
+    async def save(self, user_id: str, sealed_session_key: str, now: float) -> None:
+        await self._sessions.update_one(
+            {"_id": user_id}, {"$set": {"session_key": sealed_session_key, "updated_at": now}}, upsert=True
+        )
+
+    async def get(self, user_id: str) -> str | None:
+        doc = await self._sessions.find_one({"_id": user_id})
+        return str(doc["session_key"]) if doc else None
+
+
+# --- refresh tokens -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshRecord:
+    """A refresh token as stored (its SHA-256 only), in its family (one login, every rotation).
+
+    ``rotated_at`` marks a spent token and ``successor`` names (by hash) the token it was rotated
+    into. A family is revoked when any of its records is: revocation marks every record, and a
+    record inserted concurrently is caught by the same "any revoked" check.
+    """
+
+    token_hash: str
+    family: str
+    user_id: str
+    created_at: float
+    expires_at: float
+    rotated_at: float | None = None
+    successor: str | None = None
+    revoked: bool = False
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> RefreshRecord:
+        rotated_at = doc.get("rotated_at")
+        return cls(
+            token_hash=str(doc["_id"]),
+            family=str(doc["family"]),
+            user_id=str(doc["user_id"]),
+            created_at=float(doc["created_at"]),
+            expires_at=float(doc["expires_at"]),
+            rotated_at=float(rotated_at) if rotated_at is not None else None,
+            successor=doc.get("successor"),
+            revoked=bool(doc.get("revoked", False)),
+        )
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "_id": self.token_hash,
+            "family": self.family,
+            "user_id": self.user_id,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "rotated_at": self.rotated_at,
+            "successor": self.successor,
+            "revoked": self.revoked,
+            "purge_at": _date(self.expires_at),
+        }
+
+
+class RefreshTokenStore:
+    """Refresh tokens by hash, grouped in families; every state change is one conditional update."""
+
+    def __init__(self, db: Database) -> None:
+        self._tokens = db[REFRESH_TOKENS]
+
+    async def insert(self, record: RefreshRecord) -> bool:
+        """Store a new token; False when it already exists (a concurrent twin inserted it)."""
+        try:
+            await self._tokens.insert_one(record.to_doc())
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def get(self, token_hash: str) -> RefreshRecord | None:
+        doc = await self._tokens.find_one({"_id": token_hash})
+        return RefreshRecord.from_doc(doc) if doc else None
+
+    async def spend(self, token_hash: str, successor: str, now: float) -> bool:
+        """Mark a live token spent, naming its successor; False when it was not live any more."""
+        result = await self._tokens.update_one(
+            {"_id": token_hash, "rotated_at": None, "revoked": False},
+            {"$set": {"rotated_at": now, "successor": successor}},
+        )
+        return result.modified_count == 1
+
+    async def family_revoked(self, family: str) -> bool:
+        """True when any token of the family is revoked (so the whole family is)."""
+        return await self._tokens.find_one({"family": family, "revoked": True}, {"_id": 1}) is not None
+
+    async def family_owner(self, family: str) -> str | None:
+        """The user a family belongs to (None when no token of it is stored)."""
+        doc = await self._tokens.find_one({"family": family}, {"user_id": 1})
+        return str(doc["user_id"]) if doc else None
+
+    async def revoke_family(self, family: str, reason: str, now: float) -> int:
+        """Revoke every token of the family; returns how many were live-flagged until now."""
+        result = await self._tokens.update_many(
+            {"family": family, "revoked": False},
+            {"$set": {"revoked": True, "revoked_at": now, "revoked_reason": reason}},
+        )
+        return result.modified_count
+
+
+# --- signing keys ---------------------------------------------------------------------------------
+
+KEY_STATUSES = ("pending", "current", "previous", "retired")
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKeyRecord:
+    """An Ed25519 signing key; the private half is sealed with the data key (and dropped at retirement).
+
+    Lifecycle: ``pending`` (being installed by a rotation) → ``current`` (published; signs from
+    ``active_from``) → ``previous`` (published; signs only until the new current's ``active_from``,
+    which is its ``demoted_at``) → ``retired`` (not published: its tokens fail).
+    """
+
+    kid: str
+    status: str
+    created_at: float
+    sealed_private_key: str | None
+    public_jwk: dict[str, Any]
+    active_from: float = 0.0
+    demoted_at: float | None = None
+    retired_at: float | None = None
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> SigningKeyRecord:
+        demoted_at, retired_at = doc.get("demoted_at"), doc.get("retired_at")
+        return cls(
+            kid=str(doc["_id"]),
+            status=str(doc["status"]),
+            created_at=float(doc["created_at"]),
+            sealed_private_key=doc.get("private_key"),
+            public_jwk=dict(doc["public_jwk"]),
+            active_from=float(doc.get("active_from", doc["created_at"])),
+            demoted_at=float(demoted_at) if demoted_at is not None else None,
+            retired_at=float(retired_at) if retired_at is not None else None,
+        )
+
+    def to_doc(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "_id": self.kid,
+            "status": self.status,
+            "created_at": self.created_at,
+            "active_from": self.active_from,
+            "public_jwk": self.public_jwk,
+        }
+        if self.sealed_private_key is not None:
+            doc["private_key"] = self.sealed_private_key
+        return doc
+
+
+class SigningKeyStore:
+    """Signing keys; a partial unique index keeps at most one ``current``."""
+
+    def __init__(self, db: Database) -> None:
+        self._keys = db[SIGNING_KEYS]
+
+    async def current(self) -> SigningKeyRecord | None:
+        doc = await self._keys.find_one({"status": "current"})
+        return SigningKeyRecord.from_doc(doc) if doc else None
+
+    async def previous(self) -> SigningKeyRecord | None:
+        doc = await self._keys.find_one({"status": "previous"})
+        return SigningKeyRecord.from_doc(doc) if doc else None
+
+    async def published(self) -> list[SigningKeyRecord]:
+        """The keys whose public half verifies tokens: current and previous."""
+        cursor = self._keys.find({"status": {"$in": ["current", "previous"]}})
+        return [SigningKeyRecord.from_doc(doc) async for doc in cursor]
+
+    async def all(self) -> list[SigningKeyRecord]:
+        """Every key, oldest first."""
+        records = [SigningKeyRecord.from_doc(doc) async for doc in self._keys.find({})]
+        return sorted(records, key=lambda r: r.created_at)
+
+    async def insert_current(self, record: SigningKeyRecord) -> bool:
+        """Insert ``record`` as the current key; False when another replica's key won."""
+        try:
+            await self._keys.insert_one(record.to_doc())
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def insert(self, record: SigningKeyRecord) -> None:
+        """Insert a key in its stated status (rotation inserts ``pending`` keys)."""
+        await self._keys.insert_one(record.to_doc())
+
+    async def retire_previous(self, now: float) -> list[str]:
+        """Retire every ``previous`` key (its private half is deleted); returns their kids."""
+        kids = [str(doc["_id"]) async for doc in self._keys.find({"status": "previous"}, {"_id": 1})]
+        for kid in kids:
+            await self._keys.update_one(
+                {"_id": kid, "status": "previous"},
+                {"$set": {"status": "retired", "retired_at": now}, "$unset": {"private_key": ""}},
+            )
+        return kids
+
+    async def demote_current(self, kid: str, until: float) -> bool:
+        """``current → previous`` for ``kid``, signing ``until`` its successor takes over."""
+        result = await self._keys.update_one(
+            {"_id": kid, "status": "current"}, {"$set": {"status": "previous", "demoted_at": until}}
+        )
+        return result.modified_count == 1
+
+    async def promote(self, kid: str) -> bool:
+        """``pending → current``; False when another key became current first."""
+        try:
+            result = await self._keys.update_one(
+                {"_id": kid, "status": "pending"}, {"$set": {"status": "current"}}
+            )
+        except DuplicateKeyError:
+            return False
+        return result.modified_count == 1
+
+    async def delete(self, kid: str) -> None:
+        """Remove a key that never became current."""
+        await self._keys.delete_one({"_id": kid, "status": "pending"})

@@ -1,0 +1,216 @@
+"""Settings for every service: environment variables prefixed ``WXLOGIN_``, with ``.env`` support.
+
+Only composition roots (``services/*/app.py`` and ``services/__main__.py``) build a ``Settings``;
+nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Network, IPv6Network, ip_network
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# The simulator accepts these by default, so the embedded demo works with no configuration at all.
+# They are useless against the real api.weixin.qq.com.
+DEV_APPID = "wx0123456789abcdef"
+DEV_SECRET = "sim0secret0for0development0only"  # noqa: S105 - public development value
+
+LogFormat = Literal["auto", "json", "console"]
+EnvVersion = Literal["release", "trial", "develop"]
+
+
+def _is_origin(text: str) -> bool:
+    """True for exactly ``http(s)://host[:port]``, the form browsers send in ``Origin``."""
+    parts = urlsplit(text)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and not (parts.path or parts.query or parts.fragment or parts.username or parts.password)
+        and text == f"{parts.scheme}://{parts.netloc}"
+    )
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of the system; ``.env.example`` documents each one."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="WXLOGIN_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # --- WeChat ---------------------------------------------------------------------------------
+    appid: str = DEV_APPID
+    secret: SecretStr = SecretStr(DEV_SECRET)
+    wechat_api_base: str = "http://127.0.0.1:9100"
+    wechat_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    # --- infrastructure -------------------------------------------------------------------------
+    # "memory://" selects the in-process bus; it only works when all services share one process.
+    amqp_url: str = "memory://"
+    # Prefix for every exchange and queue name; lets several systems (or test runs) share a vhost.
+    bus_prefix: str = ""
+    rpc_timeout_seconds: float = Field(default=3.0, gt=0)
+    # base64 of 32 random bytes shared by every service: encrypts the secret fields of bus messages
+    # (wx.login codes, refresh tokens). Empty is allowed only in the embedded one-process mode.
+    bus_key: SecretStr = SecretStr("")
+    # Empty selects the embedded MongoDB wire server (nx-27017), only for `run all`.
+    mongo_url: str = ""
+    mongo_db: str = "wxlogin"
+
+    # --- scan login -----------------------------------------------------------------------------
+    scene_ttl_seconds: int = Field(default=120, ge=10, le=3600)
+    site_name: str = "wxlogin demo"
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["http://127.0.0.1:8080", "http://localhost:8080"]
+    )
+    miniprogram_page: str = "pages/login/index"
+    miniprogram_env_version: EnvVersion = "release"
+    miniprogram_check_path: bool = True
+    miniprogram_code_width: int = Field(default=430, ge=280, le=1280)
+
+    # --- scene lifecycle ------------------------------------------------------------------------
+    # Pre-rendered codes kept in `scene_pool` so issuing never waits for WeChat (0 disables the pool).
+    code_pool_size: int = Field(default=20, ge=0, le=10000)
+    # The refill starts when fewer than this many codes are ready (at most code_pool_size), and fills
+    # up to code_pool_size.
+    code_pool_refill_below: int = Field(default=10, ge=0, le=10000)
+    code_pool_refill_concurrency: int = Field(default=4, ge=1, le=32)
+    # Every getwxacodeunlimit call of every qrcode replica (pool refill and on-demand renders), counted
+    # in 10 s windows of per_minute/6 in Mongo. Any sliding minute then sees at most 7/6 of this, so
+    # 4285 is the most that stays under WeChat's 5000/min.
+    code_renders_per_minute: int = Field(default=4200, ge=1, le=4285)
+    # Scenes issued per minute by all replicas together (Mongo, 10 s windows), below the render budget.
+    limit_issue_global_per_minute: int = Field(default=3000, ge=1, le=4285)
+    # Per client IP (IPv6 per /64), token buckets in each gateway's memory: with N gateways behind a
+    # balancer that spreads one IP, a client gets up to N times these. 0 disables a limit.
+    limit_issue_per_ip_per_minute: int = Field(default=30, ge=0)
+    limit_issue_per_ip_burst: int = Field(default=10, ge=1)
+    limit_mp_per_ip_per_minute: int = Field(default=120, ge=0)  # scan, confirm, cancel
+    limit_mp_per_ip_burst: int = Field(default=30, ge=1)
+    limit_ws_per_ip_per_minute: int = Field(default=60, ge=0)  # WebSocket connects
+    limit_ws_per_ip_burst: int = Field(default=20, ge=1)
+    limit_poll_per_ip_per_minute: int = Field(default=120, ge=0)  # long-poll status and complete
+    limit_poll_per_ip_burst: int = Field(default=30, ge=1)
+    # Proxies whose X-Forwarded-For is believed (CIDRs, comma-separated); empty: the socket peer.
+    trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(default_factory=list)
+    # The longest a GET /api/login/status long-poll is held open.
+    status_max_wait_seconds: int = Field(default=25, ge=1, le=60)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies_from_csv(cls, value: object) -> object:
+        items = _split_csv(value)
+        if isinstance(items, list):
+            try:
+                return [ip_network(item, strict=False) if isinstance(item, str) else item for item in items]
+            except ValueError as exc:
+                raise ValueError(f"trusted_proxies must be IP addresses or CIDRs: {exc}") from None
+        return items
+
+    # --- end of scene lifecycle ---
+
+    # --- identity -------------------------------------------------------------------------------
+    jwt_issuer: str = "wxlogin"
+    jwt_audience: str = "wxlogin-site"
+    access_token_ttl_seconds: int = Field(default=900, ge=60, le=86400)
+    refresh_token_ttl_seconds: int = Field(default=30 * 86400, ge=3600)
+    # base64 of 32 random bytes; encrypts session keys and signing keys at rest.
+    # Empty is allowed only in the embedded demo, which then makes a throw-away key.
+    data_key: SecretStr = SecretStr("")
+    # A spent refresh token presented again within this many seconds gets the same successor (two
+    # tabs refreshing at once, a retried request); later, it revokes the whole family.
+    refresh_grace_seconds: float = Field(default=10.0, ge=0, le=60)
+    # How often session replicas re-read the signing keys (a rotation is picked up without restart).
+    signing_keys_reload_seconds: float = Field(default=30.0, gt=0)
+    # `keys rotate` publishes the new key this long before it signs, so every gateway and every site
+    # backend caching the JWKS (we send max-age=300) knows it before the first token it signs.
+    signing_key_lead_seconds: float = Field(default=300.0, ge=0)
+    # How often gateways re-fetch the JWKS besides on an unknown kid and on `signing_keys.changed`.
+    jwks_refresh_seconds: float = Field(default=60.0, gt=0)
+
+    # --- token service ---------------------------------------------------------------------------
+    # Refresh the access_token this long before it expires. WeChat's stable_token hands out a new
+    # token only in the last 300 s of the old one, so a margin under 300 s makes every refresh a single
+    # call that gets a new token: one call per 7200 - margin seconds, 13 a day at most. The margin is
+    # also the time left for retries before the old token truly expires (docs/token.md).
+    token_refresh_margin_seconds: float = Field(default=240.0, ge=30, le=290)
+    # One replica refreshes: the holder of a lease in Mongo, renewed every tick. When the holder dies,
+    # another replica takes over once the lease has lapsed, so within lease + tick seconds. Keep it
+    # longer than a refresh call with its retries (about 3 x WXLOGIN_WECHAT_TIMEOUT_SECONDS).
+    token_lease_seconds: float = Field(default=30.0, ge=1, le=600)
+    # How often every replica renews (or tries to take) the lease and re-reads the stored token.
+    token_tick_seconds: float = Field(default=5.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _token_timing_is_consistent(self) -> Settings:
+        # The holder renews every tick: a lease shorter than two ticks lapses between renewals. A
+        # takeover must still leave time to refresh before the old token expires.
+        if self.token_lease_seconds < 2 * self.token_tick_seconds:
+            raise ValueError("token_lease_seconds must be at least twice token_tick_seconds")
+        if self.token_refresh_margin_seconds <= self.token_lease_seconds + self.token_tick_seconds:
+            raise ValueError(
+                "token_refresh_margin_seconds must exceed token_lease_seconds + token_tick_seconds"
+            )
+        return self
+
+    # --- processes ------------------------------------------------------------------------------
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(default=8080, ge=0, le=65535)
+    # Port of /healthz, /readyz and /metrics for the token, qrcode and session services.
+    ops_port: int = Field(default=8081, ge=0, le=65535)
+    sim_host: str = "127.0.0.1"
+    sim_port: int = Field(default=9100, ge=0, le=65535)
+    demo: bool = False
+    log_format: LogFormat = "auto"
+    log_level: str = "INFO"
+
+    # --- deploy ---------------------------------------------------------------------------------
+    # Address of the ops endpoints (/healthz, /readyz, /metrics) of token, qrcode and session:
+    # every interface in a container (Prometheus scrapes it), 127.0.0.1 for processes on one host.
+    ops_host: str = "0.0.0.0"
+    # After SIGTERM: how long in-flight HTTP requests and bus messages may take to finish. Work still
+    # running then is cancelled and its message requeued for another replica. Keep the container's
+    # stop grace period a few seconds longer.
+    shutdown_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _origins_from_csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins_are_exact(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not _is_origin(origin):
+                raise ValueError(f"origin must be scheme://host[:port] with nothing after it: {origin!r}")
+        return value
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_scheme(cls, value: str) -> str:
+        if not value.startswith(("memory://", "amqp://", "amqps://")):
+            raise ValueError("amqp_url must start with memory://, amqp:// or amqps://")
+        return value
+
+    @property
+    def embedded_bus(self) -> bool:
+        """True when the in-process bus is selected."""
+        return self.amqp_url.startswith("memory://")
+
+    @property
+    def uses_dev_credentials(self) -> bool:
+        """True while the public development appid/secret are configured."""
+        return self.secret.get_secret_value() == DEV_SECRET

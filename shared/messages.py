@@ -1,0 +1,554 @@
+"""Every message that crosses the bus: events (past tense), RPC requests (imperative) and replies.
+
+Each model carries its wire ``TYPE`` and ``VERSION``; :func:`encode` and :func:`decode` are the only
+places message bodies become bytes. Fields typed :data:`Sealed` are secrets: they are encrypted with
+the bus key on the wire and held as ``SecretStr`` in memory, so they never show up in a log line.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SecretStr,
+    SerializationInfo,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
+
+from shared.sealing import Sealer
+
+# --- field types ----------------------------------------------------------------------------------
+
+SceneId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{32}$")]
+# hex SHA-256 of the browser's ticket; the ticket itself never leaves the gateway.
+TicketHash = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+SceneState = Literal["pending", "scanned", "confirmed", "redeemed", "cancelled", "expired"]
+TERMINAL_STATES: frozenset[str] = frozenset({"redeemed", "cancelled", "expired"})
+
+
+def _seal_field(value: SecretStr, info: SerializationInfo) -> str:
+    sealer = (info.context or {}).get("sealer")
+    if not isinstance(sealer, Sealer):
+        raise ValueError("a Sealed field can only be serialized through shared.messages.encode")
+    return sealer.seal(value.get_secret_value(), purpose="bus")
+
+
+def _open_field(value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+    sealer = (info.context or {}).get("sealer")
+    if isinstance(sealer, Sealer) and isinstance(value, str):
+        value = sealer.open(value, purpose="bus")
+    return handler(value)
+
+
+Sealed = Annotated[
+    SecretStr,
+    WrapValidator(_open_field),
+    PlainSerializer(_seal_field, return_type=str, when_used="json"),
+]
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+# --- base classes and the registry ----------------------------------------------------------------
+
+_REGISTRY: dict[tuple[str, int], type[Message]] = {}
+
+
+class UnknownMessage(ValueError):
+    """No schema is registered for this type and version."""
+
+
+class InvalidMessage(ValueError):
+    """The body is not JSON or does not match the schema."""
+
+
+class Message(BaseModel):
+    """A wire message: a frozen pydantic model with a type name and a schema version."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    TYPE: ClassVar[str] = ""
+    VERSION: ClassVar[int] = 1
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("TYPE"):
+            key = (cls.TYPE, cls.VERSION)
+            if key in _REGISTRY and _REGISTRY[key].__qualname__ != cls.__qualname__:
+                raise TypeError(f"message {key} registered twice")
+            _REGISTRY[key] = cls
+
+
+class Event(Message):
+    """Something that happened; published on the exchange of each service in ``PUBLISHERS``."""
+
+    PUBLISHERS: ClassVar[tuple[str, ...]] = ()
+
+
+class Reply(Message):
+    """The answer to a :class:`Request`."""
+
+
+R = TypeVar("R", bound=Reply)
+
+
+class Request(Message, Generic[R]):
+    """An RPC request; ``TYPE`` is ``<service>.<method>`` and ``REPLY`` the model of its answer."""
+
+    REPLY: ClassVar[type[Reply]]
+
+    @classmethod
+    def service(cls) -> str:
+        """The service that answers this request."""
+        return cls.TYPE.split(".", 1)[0]
+
+
+def message_class(type_: str, version: int) -> type[Message]:
+    """The registered model for ``type_``/``version`` (raises :class:`UnknownMessage`)."""
+    try:
+        return _REGISTRY[(type_, version)]
+    except KeyError:
+        raise UnknownMessage(f"unknown message type {type_!r} version {version}") from None
+
+
+def encode(message: Message, sealer: Sealer) -> bytes:
+    """The JSON body of ``message``; Sealed fields are encrypted."""
+    return message.model_dump_json(context={"sealer": sealer}).encode()
+
+
+def decode_as(cls: type[Message], body: bytes, sealer: Sealer) -> Any:
+    """Parse ``body`` as ``cls`` (raises :class:`InvalidMessage`)."""
+    try:
+        return cls.model_validate_json(body, context={"sealer": sealer})
+    except (ValidationError, ValueError) as exc:
+        raise InvalidMessage(f"{cls.TYPE or cls.__name__}: {_short(exc)}") from None
+
+
+def decode(type_: str, version: int, body: bytes, sealer: Sealer) -> Message:
+    """Parse a message received with AMQP ``type`` and ``headers.v``."""
+    return decode_as(message_class(type_, version), body, sealer)
+
+
+def encode_error(error: dict[str, Any]) -> bytes:
+    """The body of an RPC error reply: ``{"error": {"code", "message"}}``."""
+    return json.dumps({"error": error}).encode()
+
+
+def decode_error(body: bytes) -> dict[str, Any]:
+    """The ``error`` object of an RPC error reply (tolerates garbage)."""
+    try:
+        err = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        err = None
+    if not isinstance(err, dict) or not isinstance(err.get("code"), str):
+        return {"code": "internal", "message": "malformed error reply"}
+    return err
+
+
+def _short(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:3])
+    return str(exc)[:200]
+
+
+# --- shared value objects -------------------------------------------------------------------------
+
+
+class UserView(BaseModel):
+    """What a site may know about a user."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    openid: str
+    unionid: str | None = None
+    phone: str | None = None
+
+
+class Requester(BaseModel):
+    """The browser that asked for a login code, as shown on the phone before it approves."""
+
+    model_config = ConfigDict(frozen=True)
+
+    browser: str
+    os: str
+    ip: str
+    requested_at: AwareDatetime
+
+
+# --- token service --------------------------------------------------------------------------------
+
+
+class TokenRefreshed(Event):
+    """The token service obtained a new access_token (the only event that carries it)."""
+
+    TYPE = "token.refreshed"
+    PUBLISHERS = ("token",)
+
+    access_token: Sealed
+    expires_at: AwareDatetime
+
+
+class TokenInvalidated(Event):
+    """WeChat rejected an access_token (40001/40014/42001). Carries its fingerprint, not the token."""
+
+    TYPE = "token.invalidated"
+    PUBLISHERS = ("qrcode", "session", "token")
+
+    fingerprint: Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
+    errcode: int
+
+
+class CurrentToken(Reply):
+    """The access_token now in use and when it expires."""
+
+    TYPE = "token.current.reply"
+
+    access_token: Sealed
+    expires_at: AwareDatetime
+
+
+class GetCurrentToken(Request[CurrentToken]):
+    """Ask the token service for the access_token now in use."""
+
+    TYPE = "token.current"
+    REPLY = CurrentToken
+
+
+# --- qrcode service -------------------------------------------------------------------------------
+
+
+class SceneIssued(Event):
+    """A login code was handed to a browser."""
+
+    TYPE = "scene.issued"
+    PUBLISHERS = ("qrcode",)
+
+    scene: SceneId
+    expires_at: AwareDatetime
+
+
+class SceneScanned(Event):
+    """A phone opened the mini-program page for the scene."""
+
+    TYPE = "scene.scanned"
+    PUBLISHERS = ("qrcode",)
+
+    scene: SceneId
+
+
+class SceneCancelled(Event):
+    """The phone declined the login."""
+
+    TYPE = "scene.cancelled"
+    PUBLISHERS = ("qrcode",)
+
+    scene: SceneId
+
+
+class SceneExpired(Event):
+    """The scene outlived its lifetime before being confirmed (announced exactly once)."""
+
+    TYPE = "scene.expired"
+    PUBLISHERS = ("qrcode",)
+
+    scene: SceneId
+
+
+class IssuedScene(Reply):
+    """A fresh scene and its code image."""
+
+    TYPE = "qrcode.issue.reply"
+
+    scene: SceneId
+    image: str  # data: URI
+    expires_at: AwareDatetime
+
+
+class IssueScene(Request[IssuedScene]):
+    """Mint a scene bound to the browser that holds the ticket."""
+
+    TYPE = "qrcode.issue"
+    REPLY = IssuedScene
+
+    ticket_hash: TicketHash
+    ip: Annotated[str, Field(max_length=64)]
+    user_agent: Annotated[str, Field(max_length=512)] = ""
+
+
+class SceneStatus(Reply):
+    """The state of a scene as stored (``redeemed`` is reported as it is; the gateway maps it)."""
+
+    TYPE = "qrcode.status.reply"
+
+    scene: SceneId
+    state: SceneState
+    expires_at: AwareDatetime
+    # Who confirmed it (confirmed/redeemed); for services only, the gateway never passes it on.
+    user_id: str | None = None
+
+
+class GetSceneStatus(Request[SceneStatus]):
+    """Read a scene; with ``ticket_hash`` the caller must be the browser that asked for it, with
+    ``scan_hash`` the phone that scanned it."""
+
+    TYPE = "qrcode.status"
+    REPLY = SceneStatus
+
+    scene: SceneId
+    ticket_hash: TicketHash | None = None
+    scan_hash: TicketHash | None = None
+
+
+class ScanInfo(Reply):
+    """What the phone is about to approve."""
+
+    TYPE = "qrcode.scan.reply"
+
+    site: str
+    requester: Requester
+    expires_at: AwareDatetime
+
+
+class ScanScene(Request[ScanInfo]):
+    """A phone scanned the code: ``pending → scanned``, bound to that phone's scan token."""
+
+    TYPE = "qrcode.scan"
+    REPLY = ScanInfo
+
+    scene: SceneId
+    # hex SHA-256 of the scan token the gateway handed to this phone; confirm and cancel need it.
+    scan_hash: TicketHash
+    ip: Annotated[str, Field(max_length=64)] = ""
+
+
+class CancelScene(Request[SceneStatus]):
+    """The phone that scanned declined: ``scanned → cancelled``."""
+
+    TYPE = "qrcode.cancel"
+    REPLY = SceneStatus
+
+    scene: SceneId
+    scan_hash: TicketHash
+
+
+class ConfirmScene(Request[SceneStatus]):
+    """The session service identified the user of the phone that scanned: ``scanned → confirmed``."""
+
+    TYPE = "qrcode.confirm"
+    REPLY = SceneStatus
+
+    scene: SceneId
+    scan_hash: TicketHash
+    user_id: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class RedeemedScene(Reply):
+    """The confirmed user of a scene, handed out once."""
+
+    TYPE = "qrcode.redeem.reply"
+
+    scene: SceneId
+    user_id: str
+
+
+class RedeemScene(Request[RedeemedScene]):
+    """The browser collects its login: ``confirmed → redeemed``, ticket checked."""
+
+    TYPE = "qrcode.redeem"
+    REPLY = RedeemedScene
+
+    scene: SceneId
+    ticket_hash: TicketHash
+
+
+# --- session service ------------------------------------------------------------------------------
+
+
+class LoginConfirmed(Event):
+    """A phone confirmed a scan login (the browser is told; no credential travels)."""
+
+    TYPE = "login.confirmed"
+    PUBLISHERS = ("session",)
+
+    scene: SceneId
+    user_id: str
+
+
+class UserCreated(Event):
+    """A user was seen for the first time."""
+
+    TYPE = "user.created"
+    PUBLISHERS = ("session",)
+
+    user_id: str
+    openid: str
+    unionid: str | None = None
+
+
+class ConfirmResult(Reply):
+    """The scene is confirmed."""
+
+    TYPE = "session.confirm.reply"
+
+    scene: SceneId
+    state: SceneState
+
+
+class ConfirmLogin(Request[ConfirmResult]):
+    """The phone approved: exchange its wx.login code, find the user, confirm the scene."""
+
+    TYPE = "session.confirm"
+    REPLY = ConfirmResult
+
+    scene: SceneId
+    scan_hash: TicketHash
+    code: Sealed
+
+
+class TokenPair(Reply):
+    """Tokens for a logged-in user."""
+
+    TYPE = "session.tokens.reply"
+
+    access_token: Sealed
+    token_type: Literal["Bearer"] = "Bearer"  # noqa: S105 - a token type, not a secret
+    expires_in: int
+    refresh_token: Sealed
+    user: UserView
+
+
+class CompleteLogin(Request[TokenPair]):
+    """The browser collects its tokens for a confirmed scene."""
+
+    TYPE = "session.complete"
+    REPLY = TokenPair
+
+    scene: SceneId
+    ticket_hash: TicketHash
+
+
+class Jwks(Reply):
+    """Public signing keys (RFC 7517 JSON Web Key Set)."""
+
+    TYPE = "session.jwks.reply"
+
+    keys: list[dict[str, Any]]
+
+
+class GetJwks(Request[Jwks]):
+    """Ask for the public keys that verify access tokens."""
+
+    TYPE = "session.jwks"
+    REPLY = Jwks
+
+
+# --- identity -------------------------------------------------------------------------------------
+
+# A refresh-token family: one login, and every token rotated from it (the access token's ``sid``).
+SessionId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
+UserId = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class SigningKeysChanged(Event):
+    """A session replica saw the published signing keys change (rotated or retired).
+
+    Gateways re-fetch the JWKS at once instead of waiting for their periodic refresh.
+    """
+
+    TYPE = "signing_keys.changed"
+    PUBLISHERS = ("session",)
+
+    kids: list[str]
+
+
+class LoginMiniProgram(Request[TokenPair]):
+    """Plain in-mini-program login: exchange a wx.login code for tokens of a new session."""
+
+    TYPE = "session.mp_login"
+    REPLY = TokenPair
+
+    code: Sealed
+
+
+class RefreshTokens(Request[TokenPair]):
+    """Rotate a refresh token: a new access token and the family's next refresh token."""
+
+    TYPE = "session.refresh"
+    REPLY = TokenPair
+
+    refresh_token: Sealed
+
+
+class LoggedOut(Reply):
+    """The session (refresh family) is revoked; ``revoked`` is False when it already was."""
+
+    TYPE = "session.logout.reply"
+
+    revoked: bool
+
+
+class EndSession(Request[LoggedOut]):
+    """Log out: revoke the family named by a verified access token's ``sid``, or a refresh token's."""
+
+    TYPE = "session.logout"
+    REPLY = LoggedOut
+
+    user_id: UserId | None = None
+    sid: SessionId | None = None
+    refresh_token: Sealed | None = None
+
+
+class PhoneBound(Reply):
+    """The user after phone binding, with a fresh access token that carries the ``phone`` claim."""
+
+    TYPE = "session.bind_phone.reply"
+
+    user: UserView
+    access_token: Sealed
+    expires_in: int
+
+
+class BindPhone(Request[PhoneBound]):
+    """Bind the number behind a getPhoneNumber code to the user of a verified access token."""
+
+    TYPE = "session.bind_phone"
+    REPLY = PhoneBound
+
+    user_id: UserId
+    sid: SessionId
+    code: Sealed
+
+
+class DecryptedData(Reply):
+    """Open data decrypted with the user's session_key (``data`` is its JSON text, sealed: it is PII)."""
+
+    TYPE = "session.decrypt.reply"
+
+    data: Sealed
+    user: UserView
+
+
+class DecryptData(Request[DecryptedData]):
+    """Decrypt ``encryptedData`` from an open-data API with the user's stored session_key."""
+
+    TYPE = "session.decrypt"
+    REPLY = DecryptedData
+
+    user_id: UserId
+    sid: SessionId
+    encrypted_data: Sealed
+    iv: Annotated[str, Field(min_length=1, max_length=64)]

@@ -1,0 +1,202 @@
+"""MongoDB access with PyMongo's async API, index creation at start-up, and the embedded wire server.
+
+Storage conventions that keep the code portable between a real mongod and nx-27017 (the SQLite-backed
+wire server used by the demo and the tests):
+
+* timestamps that change after insert are stored as epoch seconds (float); nx-27017 turns a datetime
+  written by ``$set`` into a string, which then no longer compares as a date. It also rounds a float
+  written by ``$set`` to 15 significant digits (an epoch time loses ~10 µs; inserts stay exact), so
+  nothing may depend on an exact equality of times below a millisecond;
+* BSON dates are written only at insert time, and only for fields that back a TTL index;
+* claiming a document is ``find_one_and_update`` then ``delete_one``; nx-27017's
+  ``find_one_and_delete`` returns the document without deleting it;
+* ``find_one_and_update(upsert=True)`` is avoided: nx-27017 ignores ``$setOnInsert`` there, and
+  returns None instead of raising ``DuplicateKeyError`` when the filter misses an existing ``_id``.
+  Code inserts and treats ``DuplicateKeyError`` as "someone else did";
+* a filter with a top-level ``$or`` beside other fields makes nx-27017 ignore those other fields, so
+  a conditional update matches documents it must not; put every condition in one ``$and`` list;
+* nx-27017 writes a machine-wide PID file unless told otherwise; :class:`EmbeddedMongo` gives each
+  instance its own, so tests and the demo can run side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+
+from shared.logging import get_logger
+from shared.retry import connect_policy
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Index:
+    """One index of a collection, declared next to the store that needs it."""
+
+    collection: str
+    keys: Sequence[tuple[str, int]]
+    unique: bool = False
+    expire_after_seconds: int | None = None
+    partial: dict[str, Any] | None = None
+    name: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def kwargs(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.options)
+        if self.unique:
+            out["unique"] = True
+        if self.expire_after_seconds is not None:
+            out["expireAfterSeconds"] = self.expire_after_seconds
+        if self.partial is not None:
+            out["partialFilterExpression"] = self.partial
+        if self.name:
+            out["name"] = self.name
+        return out
+
+
+def make_client(url: str, *, timeout_ms: int = 5000) -> AsyncMongoClient[dict[str, Any]]:
+    """A client with bounded timeouts (never connects here; the first command does)."""
+    return AsyncMongoClient(
+        url,
+        tz_aware=True,
+        serverSelectionTimeoutMS=timeout_ms,
+        connectTimeoutMS=timeout_ms,
+        socketTimeoutMS=max(timeout_ms * 2, 10000),
+    )
+
+
+async def wait_ready(client: AsyncMongoClient[dict[str, Any]], *, max_seconds: float = 30.0) -> None:
+    """Ping until the server answers (bounded)."""
+    async for attempt in connect_policy("mongo_connect", max_seconds=max_seconds, retry_on=PyMongoError):
+        with attempt:
+            await client.admin.command("ping")
+
+
+async def ensure_indexes(db: AsyncDatabase[dict[str, Any]], indexes: Sequence[Index]) -> None:
+    """Create ``indexes`` (idempotent; run at every start-up)."""
+    for index in indexes:
+        await db[index.collection].create_index(list(index.keys), **index.kwargs())
+
+
+async def ping(db: AsyncDatabase[dict[str, Any]], *, timeout: float = 1.0) -> bool:
+    """True when the database answers within ``timeout`` (for ``/readyz``)."""
+    try:
+        await asyncio.wait_for(db.command("ping"), timeout)
+    except (PyMongoError, TimeoutError):
+        return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedMongo:
+    """nx-27017 (a MongoDB wire server backed by SQLite) as a child process on a free port.
+
+    Used by ``make demo``, ``python -m services run all`` without ``WXLOGIN_MONGO_URL``, and tests.
+    It runs in nx's multi-database mode (one SQLite file per database under ``data_dir``): in its
+    single-file mode every database name shares the same collections and ``drop_database`` wipes all.
+    """
+
+    def __init__(
+        self, *, host: str = "127.0.0.1", port: int | None = None, data_dir: str | None = None
+    ) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self._data_dir = data_dir
+        self._tmpdir: str | None = None
+        self._stderr_path = ""
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mongodb://{self.host}:{self.port}/?directConnection=true"
+
+    def _command(self) -> list[str]:
+        exe = shutil.which("nx-27017", path=os.path.dirname(sys.executable)) or shutil.which("nx-27017")
+        if exe is None:
+            raise RuntimeError("nx-27017 is not installed: pip install 'wxlogin[embedded]'")
+        self._tmpdir = tempfile.mkdtemp(prefix="wxlogin-nx-")
+        data_dir = self._data_dir or os.path.join(self._tmpdir, "data")
+        os.makedirs(data_dir, exist_ok=True)
+        # nx-27017 keeps one machine-wide PID file by default and refuses a second instance.
+        pid_file = os.path.join(self._tmpdir, "nx.pid")
+        return [
+            exe,
+            "--data-dir",
+            data_dir,
+            "--host",
+            self.host,
+            "-p",
+            str(self.port),
+            "--pid-file",
+            pid_file,
+        ]
+
+    def start(self, *, timeout: float = 20.0) -> EmbeddedMongo:
+        """Start the server and wait until it accepts connections."""
+        command = self._command()
+        assert self._tmpdir is not None
+        # A file, not a pipe: nobody drains a pipe while the server runs, and once its buffer is
+        # full nx-27017 blocks on its next warning and stops answering.
+        self._stderr_path = os.path.join(self._tmpdir, "nx.stderr")
+        with open(self._stderr_path, "wb") as stderr:
+            self.process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+                command, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                with open(self._stderr_path, "rb") as stderr:
+                    err = stderr.read().decode(errors="replace")[-500:]
+                raise RuntimeError(f"nx-27017 exited with {self.process.returncode}: {err}")
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.2).close()
+                log.info("embedded_mongo_started", port=self.port, pid=self.process.pid)
+                return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("nx-27017 did not start listening in time")
+
+    def stop(self) -> None:
+        """Stop the server by its PID and remove its temporary files."""
+        proc, self.process = self.process, None
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+        if self._tmpdir:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+    def __enter__(self) -> EmbeddedMongo:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

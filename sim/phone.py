@@ -1,0 +1,154 @@
+"""A simulated phone: it does what the mini-program login page does, against a real gateway.
+
+It reads the scene out of a code image (as a camera would), gets a ``wx.login()`` code for its user
+from the WeChat simulator, and calls the gateway's scan / confirm / cancel.
+
+    python -m sim.phone --gateway http://127.0.0.1:8080 --sim http://127.0.0.1:9100 code.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+
+class PhoneError(Exception):
+    """The gateway or the simulator refused a call."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        self.status = status
+        self.body = body
+        code = body.get("error", {}).get("code") if isinstance(body, dict) else None
+        self.code = code if isinstance(code, str) else None
+        super().__init__(f"HTTP {status}: {body}")
+
+
+def decode_scene(image: bytes | str) -> str:
+    """The scene encoded in a code image (PNG/JPEG bytes, or a ``data:`` URI)."""
+    import zxingcpp
+    from PIL import Image
+
+    if isinstance(image, str):
+        if not image.startswith("data:"):
+            raise ValueError("expected a data: URI")
+        image = base64.b64decode(image.split(",", 1)[1])
+    results = zxingcpp.read_barcodes(Image.open(io.BytesIO(image)).convert("L"))
+    for result in results:
+        if result.text:
+            return str(result.text)
+    raise ValueError("no code found in the image")
+
+
+@dataclass
+class Phone:
+    """One WeChat user's phone with the mini-program open."""
+
+    session: aiohttp.ClientSession
+    gateway: str
+    sim: str
+    openid: str | None = None
+    # scene → the scan token the gateway gave this phone (what the mini-program page keeps in memory)
+    scan_tokens: dict[str, str] = field(default_factory=dict)
+
+    async def _post(self, url: str, body: dict[str, Any]) -> Any:
+        async with self.session.post(url, json=body) as resp:
+            data = await resp.json(content_type=None)
+            if resp.status >= 400:
+                raise PhoneError(resp.status, data)
+            return data
+
+    async def register(self, **traits: Any) -> str:
+        """Create this phone's WeChat user in the simulator (``unionid``, ``phone``, ``blocked``)."""
+        user = await self._post(f"{self.sim}/sim/users", traits)
+        self.openid = str(user["openid"])
+        return self.openid
+
+    async def wx_login(self) -> str:
+        """What ``wx.login()`` returns: a fresh single-use code."""
+        if self.openid is None:
+            await self.register()
+        data = await self._post(f"{self.sim}/sim/codes", {"openid": self.openid})
+        return str(data["code"])
+
+    async def phone_number_code(self) -> str:
+        """What tapping a getPhoneNumber button returns (register with ``phone=...`` first)."""
+        if self.openid is None:
+            await self.register()
+        data = await self._post(f"{self.sim}/sim/phone-codes", {"openid": self.openid})
+        return str(data["code"])
+
+    async def encrypted(self, data: dict[str, Any]) -> dict[str, str]:
+        """``{encrypted_data, iv}`` as an open-data API would return ``data`` to the page."""
+        if self.openid is None:
+            await self.wx_login()
+        result: dict[str, str] = await self._post(
+            f"{self.sim}/sim/encrypted-data", {"openid": self.openid, "data": data}
+        )
+        return result
+
+    async def scan(self, scene: str) -> dict[str, Any]:
+        """Open the login page for ``scene``: ``POST /api/mp/scan``; keeps the scan token it gets."""
+        result: dict[str, Any] = await self._post(f"{self.gateway}/api/mp/scan", {"scene": scene})
+        self.scan_tokens[scene] = str(result["scan_token"])
+        return result
+
+    async def confirm(
+        self, scene: str, code: str | None = None, *, scan_token: str | None = None
+    ) -> dict[str, Any]:
+        """Tap 确认登录: ``POST /api/mp/confirm`` with this phone's scan token and a fresh wx.login code."""
+        body = {
+            "scene": scene,
+            "scan_token": scan_token or self.scan_tokens.get(scene, ""),
+            "code": code or await self.wx_login(),
+        }
+        result: dict[str, Any] = await self._post(f"{self.gateway}/api/mp/confirm", body)
+        return result
+
+    async def cancel(self, scene: str, *, scan_token: str | None = None) -> dict[str, Any]:
+        """Tap 取消: ``POST /api/mp/cancel`` with this phone's scan token."""
+        body = {"scene": scene, "scan_token": scan_token or self.scan_tokens.get(scene, "")}
+        result: dict[str, Any] = await self._post(f"{self.gateway}/api/mp/cancel", body)
+        return result
+
+    async def scan_and_confirm(self, image: bytes | str) -> str:
+        """The whole phone side of a login from a code image; returns the scene."""
+        scene = decode_scene(image)
+        await self.scan(scene)
+        await self.confirm(scene)
+        return scene
+
+
+async def _main(args: argparse.Namespace, image: bytes) -> None:
+    async with aiohttp.ClientSession() as session:
+        phone = Phone(session, args.gateway.rstrip("/"), args.sim.rstrip("/"))
+        scene = decode_scene(image)
+        print(json.dumps({"scene": scene, "scan": await phone.scan(scene)}, ensure_ascii=False))
+        if args.cancel:
+            print(json.dumps(await phone.cancel(scene)))
+        else:
+            print(json.dumps(await phone.confirm(scene)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m sim.phone", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("image", help="a PNG/JPEG of the code (e.g. a screenshot)")
+    parser.add_argument("--gateway", default="http://127.0.0.1:8080")
+    parser.add_argument("--sim", default="http://127.0.0.1:9100")
+    parser.add_argument("--cancel", action="store_true", help="decline instead of confirming")
+    args = parser.parse_args()
+    with open(args.image, "rb") as f:
+        image = f.read()
+    asyncio.run(_main(args, image))
+
+
+if __name__ == "__main__":
+    main()

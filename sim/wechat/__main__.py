@@ -1,0 +1,48 @@
+"""``python -m sim.wechat --host 127.0.0.1 --port 9100``: run the WeChat simulator alone.
+
+The control API (``/sim/...``) is documented in ``docs/simulator.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from aiohttp import web
+
+from shared.config import Settings
+from sim.wechat.app import create_app
+from sim.wechat.state import DEFAULT_PAGES
+
+
+def main() -> None:
+    """Parse the command line and serve until interrupted."""
+    settings = Settings()
+    parser = argparse.ArgumentParser(prog="python -m sim.wechat", description=__doc__)
+    parser.add_argument("--host", default=settings.sim_host)
+    parser.add_argument("--port", type=int, default=settings.sim_port)
+    parser.add_argument("--appid", default=settings.appid)
+    parser.add_argument("--secret", default=settings.secret.get_secret_value())
+    parser.add_argument(
+        "--page",
+        action="append",
+        default=[],
+        help="a published page (repeatable); WXLOGIN_MINIPROGRAM_PAGE and the defaults are always published",
+    )
+    parser.add_argument(
+        "--no-open-platform",
+        action="store_true",
+        help="the app is not bound to an Open Platform account: jscode2session returns no unionid",
+    )
+    args = parser.parse_args()
+    app = create_app(
+        appid=args.appid,
+        secret=args.secret,
+        open_platform_bound=not args.no_open_platform,
+        published_pages={*DEFAULT_PAGES, settings.miniprogram_page, *args.page},
+    )
+    print(f"WeChat simulator on http://{args.host}:{args.port} (appid {args.appid})", flush=True)
+    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()

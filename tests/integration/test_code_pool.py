@@ -1,0 +1,205 @@
+"""The pool of pre-rendered codes on the real store (nx-27017), with a fake WeChat renderer: issuing
+takes pooled codes, replicas do not over-fill or render twice, the render budget holds, and codes of
+another configuration are never handed out."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import pytest
+
+from services.qrcode.errors import CodeQuotaExhausted, CodeUnavailable
+from services.qrcode.limits import SharedRateLimit
+from services.qrcode.pool import LEASE_TTL, CodePool, PoolSettings, RenderSettings
+from services.qrcode.store import PoolStore, RateWindowStore
+from shared.mongo import EmbeddedMongo
+from shared.runtime import Database
+from sim.phone import decode_scene
+from tests.scenes import (
+    FakeClock,
+    FakeRenderer,
+    fetch_metrics,
+    metric_value,
+    scene_database,
+    start_stack_with,
+    stop_stack,
+)
+from tests.support import Browser, eventually
+
+RENDER = RenderSettings(
+    page="pages/login/index", env_version="release", check_path=True, width=430, appid="wx1"
+)
+
+
+@pytest.fixture
+async def db(mongo_server: EmbeddedMongo) -> AsyncIterator[Database]:
+    async with scene_database(mongo_server) as database:
+        yield database
+
+
+def make_pool(
+    db: Database,
+    renderer: FakeRenderer,
+    clock: FakeClock,
+    *,
+    size: int = 5,
+    refill_below: int = 5,
+    renders_per_minute: int = 4200,
+    render: RenderSettings = RENDER,
+    holder: str | None = None,
+) -> CodePool:
+    return CodePool(
+        PoolStore(db),
+        renderer,
+        SharedRateLimit(RateWindowStore(db), "renders", renders_per_minute),
+        render,
+        PoolSettings(size=size, refill_below=refill_below, concurrency=4),
+        clock=clock,
+        holder=holder,
+    )
+
+
+async def test_issuing_from_a_warm_pool_does_not_call_wechat(db: Database) -> None:
+    renderer, clock = FakeRenderer(), FakeClock()
+    pool = make_pool(db, renderer, clock, size=5)
+    assert await pool.refill_once() == 5
+    assert len(renderer.rendered) == 5
+
+    taken = [await pool.take() for _ in range(5)]
+    assert [code.source for code in taken] == ["pool"] * 5
+    assert len(renderer.rendered) == 5  # no render while the pool had codes
+    assert sorted(code.scene for code in taken) == sorted(renderer.rendered)
+    assert all(code.image.data.endswith(code.scene.encode()) for code in taken)  # each scene its own image
+
+    sixth = await pool.take()
+    assert sixth.source == "render"
+    assert len(renderer.rendered) == 6
+
+
+async def test_codes_of_another_configuration_are_never_handed_out(db: Database) -> None:
+    clock = FakeClock()
+    old = make_pool(db, FakeRenderer(), clock, size=3)
+    await old.refill_once()
+    changed = RenderSettings(
+        page="pages/other/index", env_version="release", check_path=True, width=430, appid="wx1"
+    )
+    for render in (
+        changed,
+        RenderSettings(page=RENDER.page, env_version="trial", check_path=True, width=430),
+        RenderSettings(page=RENDER.page, env_version="release", check_path=True, width=600, appid="wx1"),
+    ):
+        new = make_pool(db, FakeRenderer(), clock, size=3, render=render)
+        assert new.variant != old.variant
+        assert (await new.take()).source == "render"
+    assert await PoolStore(db).count_ready(old.variant, up_to=10) == 3
+
+
+async def test_two_replicas_refilling_at_once_fill_the_pool_exactly_once(db: Database) -> None:
+    clock = FakeClock()
+    renderers = [FakeRenderer(delay=0.01), FakeRenderer(delay=0.01)]
+    replicas = [make_pool(db, r, clock, size=12, holder=f"replica-{i}") for i, r in enumerate(renderers)]
+    for _ in range(3):
+        await asyncio.gather(*(replica.refill_once() for replica in replicas))
+    rendered = renderers[0].rendered + renderers[1].rendered
+    assert len(rendered) == 12  # nothing rendered beyond the pool size
+    assert len(set(rendered)) == 12  # and no scene twice
+    assert await PoolStore(db).count_ready(RENDER.variant, up_to=100) == 12
+    assert [len(r.rendered) for r in renderers].count(0) == 1  # one holder of the lease did it all
+
+
+async def test_the_refill_lease_passes_on_when_its_holder_goes_quiet(db: Database) -> None:
+    clock = FakeClock()
+    first = make_pool(db, FakeRenderer(), clock, size=4, refill_below=4, holder="first")
+    second_renderer = FakeRenderer()
+    second = make_pool(db, second_renderer, clock, size=4, refill_below=4, holder="second")
+    assert await first.refill_once() == 4
+    for _ in range(4):
+        await second.take()
+    assert await second.refill_once() == 0  # "first" holds the lease
+    clock.advance(LEASE_TTL + 1)
+    assert await second.refill_once() == 4
+    assert len(second_renderer.rendered) == 4
+
+
+async def test_refill_starts_below_the_threshold_and_fills_up_to_the_size(db: Database) -> None:
+    renderer, clock = FakeRenderer(), FakeClock()
+    pool = make_pool(db, renderer, clock, size=10, refill_below=4)
+    assert await pool.refill_once() == 10
+    for _ in range(6):
+        await pool.take()
+    assert await pool.refill_once() == 0  # 4 left: not below the threshold
+    await pool.take()
+    assert await pool.refill_once() == 7  # 3 left: back to 10
+    assert await PoolStore(db).count_ready(RENDER.variant, up_to=100) == 10
+
+
+async def test_refill_stays_within_the_shared_render_budget(db: Database) -> None:
+    renderer = FakeRenderer()
+    clock = FakeClock(start=math.ceil(time.time() / 10) * 10 + 10)  # the start of a 10 s window
+    pool = make_pool(db, renderer, clock, size=30, refill_below=30, renders_per_minute=60)  # 10 per 10 s
+    assert await pool.refill_once() == 10
+    assert await pool.refill_once() == 0  # this window is spent
+    clock.advance(10)
+    assert await pool.refill_once() == 10
+    assert len(renderer.rendered) == 20
+
+
+async def test_an_empty_pool_with_the_render_budget_spent_refuses_with_a_retry_after(db: Database) -> None:
+    clock = FakeClock()
+    pool = make_pool(db, FakeRenderer(), clock, size=0, renders_per_minute=6)  # 1 per 10 s window
+    assert (await pool.take()).source == "render"
+    with pytest.raises(CodeQuotaExhausted) as refused:
+        await pool.take()
+    assert refused.value.retry_after is not None and 0 < refused.value.retry_after <= 10
+
+
+async def test_fifty_concurrent_issues_never_share_a_code(db: Database) -> None:
+    renderer, clock = FakeRenderer(), FakeClock()
+    pool = make_pool(db, renderer, clock, size=20, refill_below=20)
+    await pool.refill_once()
+    taken = await asyncio.gather(*(pool.take() for _ in range(50)))
+    assert len({code.scene for code in taken}) == 50
+    assert Counter(code.source for code in taken) == {"pool": 20, "render": 30}
+
+
+async def test_a_warm_pool_keeps_issuing_while_wechat_is_down(db: Database) -> None:
+    renderer, clock = FakeRenderer(), FakeClock()
+    pool = make_pool(db, renderer, clock, size=3, refill_below=1)
+    await pool.refill_once()
+    renderer.error = CodeUnavailable(retry_after=2)
+    assert [(await pool.take()).source for _ in range(3)] == ["pool"] * 3
+    with pytest.raises(CodeUnavailable):
+        await pool.take()
+    with pytest.raises(CodeUnavailable):
+        await pool.refill_once()  # the refill loop backs off on this
+
+
+async def test_the_browser_gets_a_pooled_code_that_encodes_its_own_scene(
+    mongo_server: EmbeddedMongo, amqp_base_url: str, unique: str
+) -> None:
+    stack = await start_stack_with(
+        "memory", mongo_server, amqp_base_url, unique, code_pool_size=4, code_pool_refill_below=1
+    )
+    try:
+
+        async def rendered() -> int:
+            async with stack.http.get(f"{stack.sim.url}/sim/counters") as resp:
+                return int((await resp.json()).get("wxa/getwxacodeunlimit", 0))
+
+        async def pool_full() -> bool:
+            return await rendered() == 4
+
+        await eventually(pool_full, timeout=10)
+        for _ in range(3):
+            browser = Browser(stack.http, stack.gateway)
+            issued = await browser.issue()
+            assert decode_scene(issued["image"]) == issued["scene"]
+        assert await rendered() == 4  # the three codes came from the pool
+        text = await fetch_metrics(stack.http, stack.system.urls["qrcode"])
+        assert metric_value(text, "wxlogin_scenes_issued_total", source="pool") == 3
+    finally:
+        await stop_stack(stack)

@@ -1,0 +1,88 @@
+"""Secret redaction in logs: by key, in free text and URLs, by registered value, for stdlib loggers too."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+
+from shared.logging import configure_logging, get_logger, register_secret
+
+
+@pytest.fixture
+def captured() -> io.StringIO:
+    stream = io.StringIO()
+    configure_logging(service="test", fmt="json", level="INFO", stream=stream)
+    yield stream
+    configure_logging(service="tests", fmt="json", level="WARNING")
+
+
+def lines(stream: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+
+
+def test_secret_keys_are_redacted(captured: io.StringIO) -> None:
+    get_logger("t").info(
+        "login",
+        js_code="0716AVll20uHk94SLDml27etM946AVlq",
+        session_key="tiihtNczf5v6AKRyjwEUhQ==",
+        ticket="TICKET-123456",
+        openid="o123",
+    )
+    (line,) = lines(captured)
+    assert line["js_code"] == line["session_key"] == line["ticket"] == "[redacted]"
+    assert line["openid"] == "o123"
+
+
+def test_query_string_secrets_inside_text_are_redacted(captured: io.StringIO) -> None:
+    get_logger("t").warning(
+        "failed",
+        detail="GET https://api.weixin.qq.com/sns/jscode2session?appid=wx1&secret=S3CR3T&js_code=C0DE1234",
+    )
+    text = captured.getvalue()
+    assert "S3CR3T" not in text and "C0DE1234" not in text
+    assert "appid=wx1" in text
+
+
+def test_nested_secret_keys_are_redacted(captured: io.StringIO) -> None:
+    get_logger("t").info("body", payload={"outer": {"refresh_token": "r-very-secret", "ok": 1}})
+    assert "r-very-secret" not in captured.getvalue()
+
+
+def test_registered_secret_values_are_scrubbed_anywhere(captured: io.StringIO) -> None:
+    register_secret("86_RegisteredAccessTokenValue")
+    get_logger("t").info("oops", note="token was 86_RegisteredAccessTokenValue in a message")
+    assert "86_RegisteredAccessTokenValue" not in captured.getvalue()
+
+
+def test_bearer_tokens_are_scrubbed(captured: io.StringIO) -> None:
+    get_logger("t").info("header", note="Authorization: Bearer eyJhbGciOiJFZERTQSJ9.payload.sig")
+    assert "eyJhbGciOiJFZERTQSJ9" not in captured.getvalue()
+
+
+def test_standard_library_loggers_go_through_the_same_redaction(captured: io.StringIO) -> None:
+    logging.getLogger("aiohttp.client").error("GET /cgi-bin/token?grant_type=x&secret=STDLIB-SECRET failed")
+    text = captured.getvalue()
+    assert "STDLIB-SECRET" not in text
+    assert "aiohttp.client" in text
+
+
+def test_exception_text_is_redacted(captured: io.StringIO) -> None:
+    try:
+        raise RuntimeError("connect failed for https://x/y?access_token=EXC-TOKEN-1")
+    except RuntimeError:
+        get_logger("t").exception("crashed")
+    text = captured.getvalue()
+    assert "EXC-TOKEN-1" not in text and "RuntimeError" in text
+
+
+def test_the_appsecret_stays_redacted_however_many_tokens_come_after_it(captured: io.StringIO) -> None:
+    register_secret("pinned-app-secret-value", pin=True)
+    for i in range(100):
+        register_secret(f"86_rotating_access_token_{i:04d}")
+    get_logger("t").info("oops", note="pinned-app-secret-value and 86_rotating_access_token_0099")
+    text = captured.getvalue()
+    assert "pinned-app-secret-value" not in text
+    assert "86_rotating_access_token_0099" not in text

@@ -1,0 +1,148 @@
+"""Wire schemas: every message round-trips, unknown types and versions are refused, secrets are sealed."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from pydantic import SecretStr
+
+from shared import messages as m
+from shared.sealing import Sealer, generate_key
+
+SCENE = "A" * 31 + "b"
+HASH = "ab" * 32
+WHEN = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+
+SAMPLES: list[m.Message] = [
+    m.TokenRefreshed(access_token=SecretStr("86_token"), expires_at=WHEN),
+    m.TokenInvalidated(fingerprint="0123456789abcdef", errcode=40001),
+    m.GetCurrentToken(),
+    m.CurrentToken(access_token=SecretStr("86_token"), expires_at=WHEN),
+    m.SceneIssued(scene=SCENE, expires_at=WHEN),
+    m.SceneScanned(scene=SCENE),
+    m.SceneCancelled(scene=SCENE),
+    m.SceneExpired(scene=SCENE),
+    m.IssueScene(ticket_hash=HASH, ip="127.0.0.1", user_agent="Mozilla/5.0"),
+    m.IssuedScene(scene=SCENE, image="data:image/png;base64,AAAA", expires_at=WHEN),
+    m.GetSceneStatus(scene=SCENE, ticket_hash=HASH),
+    m.SceneStatus(scene=SCENE, state="scanned", expires_at=WHEN),
+    m.ScanScene(scene=SCENE, scan_hash=HASH, ip="10.0.0.1"),
+    m.ScanInfo(
+        site="Example",
+        requester=m.Requester(browser="Chrome 126", os="Windows", ip="10.0.0.1", requested_at=WHEN),
+        expires_at=WHEN + timedelta(seconds=120),
+    ),
+    m.CancelScene(scene=SCENE, scan_hash=HASH),
+    m.ConfirmScene(scene=SCENE, scan_hash=HASH, user_id="u_1"),
+    m.RedeemScene(scene=SCENE, ticket_hash=HASH),
+    m.RedeemedScene(scene=SCENE, user_id="u_1"),
+    m.LoginConfirmed(scene=SCENE, user_id="u_1"),
+    m.UserCreated(user_id="u_1", openid="o" * 28),
+    m.ConfirmLogin(scene=SCENE, scan_hash=HASH, code=SecretStr("0716AVll20uHk94SLDml27etM946AVlq")),
+    m.ConfirmResult(scene=SCENE, state="confirmed"),
+    m.CompleteLogin(scene=SCENE, ticket_hash=HASH),
+    m.TokenPair(
+        access_token=SecretStr("eyJ.a.b"),
+        expires_in=900,
+        refresh_token=SecretStr("refresh-secret"),
+        user=m.UserView(id="u_1", openid="o" * 28),
+    ),
+    m.GetJwks(),
+    m.Jwks(keys=[{"kty": "OKP", "crv": "Ed25519", "x": "abc", "kid": "k1"}]),
+    # --- identity ---
+    m.SigningKeysChanged(kids=["k1", "k2"]),
+    m.LoginMiniProgram(code=SecretStr("0716AVll20uHk94SLDml27etM946AVlq")),
+    m.RefreshTokens(refresh_token=SecretStr("refresh-secret")),
+    m.EndSession(user_id="u_1", sid="family_1"),
+    m.EndSession(refresh_token=SecretStr("refresh-secret")),
+    m.LoggedOut(revoked=True),
+    m.BindPhone(user_id="u_1", sid="family_1", code=SecretStr("e31968a7" * 8)),
+    m.PhoneBound(
+        user=m.UserView(id="u_1", openid="o" * 28, phone="+8613800138000"),
+        access_token=SecretStr("eyJ.a.b"),
+        expires_in=900,
+    ),
+    m.DecryptData(
+        user_id="u_1", sid="family_1", encrypted_data=SecretStr("CiyLU1Aw2Kjv"), iv="r7BXXKkLb8qrSNn05n0qiA=="
+    ),
+    m.DecryptedData(data=SecretStr('{"nickName": "Band"}'), user=m.UserView(id="u_1", openid="o" * 28)),
+]
+
+
+@pytest.fixture
+def sealer() -> Sealer:
+    return Sealer.from_text(generate_key())
+
+
+@pytest.mark.parametrize("message", SAMPLES, ids=lambda msg: msg.TYPE)
+def test_every_message_round_trips_through_its_wire_form(message: m.Message, sealer: Sealer) -> None:
+    body = m.encode(message, sealer)
+    decoded = m.decode(message.TYPE, message.VERSION, body, sealer)
+    assert type(decoded) is type(message)
+    assert _plain(decoded) == _plain(message)
+
+
+def test_every_registered_message_has_a_sample() -> None:
+    registered = {key for key in m._REGISTRY}
+    sampled = {(msg.TYPE, msg.VERSION) for msg in SAMPLES}
+    assert registered == sampled
+
+
+def test_unknown_type_is_refused(sealer: Sealer) -> None:
+    with pytest.raises(m.UnknownMessage):
+        m.decode("scene.teleported", 1, b"{}", sealer)
+
+
+def test_unknown_version_is_refused(sealer: Sealer) -> None:
+    body = m.encode(m.SceneScanned(scene=SCENE), sealer)
+    with pytest.raises(m.UnknownMessage):
+        m.decode("scene.scanned", 2, body, sealer)
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[]", b'{"scene": "short"}', b"{}"])
+def test_malformed_bodies_are_refused(body: bytes, sealer: Sealer) -> None:
+    with pytest.raises(m.InvalidMessage):
+        m.decode("scene.scanned", 1, body, sealer)
+
+
+def test_sealed_fields_never_appear_in_clear_on_the_wire(sealer: Sealer) -> None:
+    code = "0716AVll20uHk94SLDml27etM946AVlq"
+    body = m.encode(m.ConfirmLogin(scene=SCENE, scan_hash=HASH, code=SecretStr(code)), sealer)
+    assert code.encode() not in body
+    assert json.loads(body)["code"].startswith("v1.")
+
+
+def test_sealed_fields_do_not_open_with_another_key(sealer: Sealer) -> None:
+    body = m.encode(m.ConfirmLogin(scene=SCENE, scan_hash=HASH, code=SecretStr("secret-code")), sealer)
+    with pytest.raises(m.InvalidMessage):
+        m.decode("session.confirm", 1, body, Sealer.from_text(generate_key()))
+
+
+def test_a_sealed_field_cannot_be_serialized_without_a_sealer() -> None:
+    with pytest.raises(ValueError, match="Sealed field"):
+        m.ConfirmLogin(scene=SCENE, scan_hash=HASH, code=SecretStr("x")).model_dump_json()
+
+
+def test_secrets_do_not_show_in_a_message_repr() -> None:
+    assert "refresh-secret" not in repr(SAMPLES[23])
+
+
+def test_error_replies_tolerate_garbage() -> None:
+    assert m.decode_error(b"garbage")["code"] == "internal"
+    assert (
+        m.decode_error(m.encode_error({"code": "scene_expired", "message": "x"}))["code"] == "scene_expired"
+    )
+
+
+def test_rpc_requests_name_the_service_that_answers() -> None:
+    assert m.IssueScene.service() == "qrcode"
+    assert m.ConfirmLogin.service() == "session"
+    assert m.GetCurrentToken.service() == "token"
+    assert m.IssueScene.REPLY is m.IssuedScene
+
+
+def _plain(message: m.Message) -> dict[str, object]:
+    out = message.model_dump()
+    return {k: (v.get_secret_value() if isinstance(v, SecretStr) else v) for k, v in out.items()}

@@ -1,0 +1,68 @@
+"""Per-IP token buckets of the gateway: a burst at once, then ``per_minute``, Retry-After rounded up."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.gateway.errors import RateLimited
+from services.gateway.limits import GatewayLimits, KeyedRateLimit
+from tests.support import make_settings
+
+
+class Ticker:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_burst_is_allowed_then_one_request_per_interval() -> None:
+    clock = Ticker()
+    limit = KeyedRateLimit("issue", per_minute=6, burst=3, clock=clock)
+    assert [limit.hit("a") for _ in range(3)] == [None, None, None]
+    assert limit.hit("a") == pytest.approx(10.0)
+    clock.now += 4
+    assert limit.hit("a") == pytest.approx(6.0)
+    clock.now += 6
+    assert limit.hit("a") is None
+    assert limit.hit("b") is None  # each key its own bucket
+
+
+def test_an_idle_client_gets_its_burst_back_but_no_more() -> None:
+    clock = Ticker()
+    limit = KeyedRateLimit("mp", per_minute=60, burst=2, clock=clock)
+    limit.hit("a")
+    limit.hit("a")
+    clock.now += 3600
+    assert [limit.hit("a") for _ in range(3)] == [None, None, pytest.approx(1.0)]
+
+
+def test_zero_per_minute_disables_a_limit() -> None:
+    limit = KeyedRateLimit("ws", per_minute=0, burst=1)
+    assert not limit.enabled
+    assert all(limit.hit("a") is None for _ in range(1000))
+
+
+def test_memory_is_bounded_by_forgetting_the_least_recent_clients() -> None:
+    limit = KeyedRateLimit("issue", per_minute=6, burst=1, clock=Ticker(), max_keys=3)
+    for key in ("a", "b", "c", "a", "d"):
+        limit.hit(key)
+    assert len(limit) == 3
+    assert limit.hit("a") is not None  # "a" was seen recently: still limited
+    assert limit.hit("b") is None  # "b" was forgotten: starts with a full bucket
+
+
+def test_the_gateway_refuses_with_rate_limited_and_a_whole_number_of_seconds() -> None:
+    clock = Ticker()
+    limits = GatewayLimits.from_settings(
+        make_settings(limit_issue_per_ip_per_minute=7, limit_issue_per_ip_burst=1), clock=clock
+    )
+    limits.check("issue", "203.0.113.5")
+    with pytest.raises(RateLimited) as refused:
+        limits.check("issue", "203.0.113.5")
+    assert refused.value.error_code == "rate_limited"
+    assert refused.value.retry_after == 9.0  # 60/7 = 8.57 s, rounded up so a retry is not refused again
+    limits.check("issue", "203.0.113.6")

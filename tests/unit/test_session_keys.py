@@ -1,0 +1,196 @@
+"""The signer and key rotation over a hand-written key store and a hand-turned clock."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from services.session.keys import (
+    RotationRefused,
+    Signer,
+    public_jwk,
+    retire_previous_key,
+    rotate_keys,
+)
+from services.session.store import SigningKeyRecord, User
+from shared.sealing import Sealer, generate_key
+
+TTL = 900
+
+
+class DictKeys:
+    """``SigningKeyStore`` semantics over a dict; at most one ``current``, like the partial index."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, SigningKeyRecord] = {}
+
+    def _one(self, status: str) -> SigningKeyRecord | None:
+        return next((r for r in self.records.values() if r.status == status), None)
+
+    async def current(self) -> SigningKeyRecord | None:
+        return self._one("current")
+
+    async def previous(self) -> SigningKeyRecord | None:
+        return self._one("previous")
+
+    async def published(self) -> list[SigningKeyRecord]:
+        return [r for r in self.records.values() if r.status in ("current", "previous")]
+
+    async def all(self) -> list[SigningKeyRecord]:
+        return sorted(self.records.values(), key=lambda r: r.created_at)
+
+    async def insert_current(self, record: SigningKeyRecord) -> bool:
+        if self._one("current"):
+            return False
+        self.records[record.kid] = record
+        return True
+
+    async def insert(self, record: SigningKeyRecord) -> None:
+        self.records[record.kid] = record
+
+    async def retire_previous(self, now: float) -> list[str]:
+        kids = [r.kid for r in self.records.values() if r.status == "previous"]
+        for kid in kids:
+            self.records[kid] = dataclasses.replace(
+                self.records[kid], status="retired", retired_at=now, sealed_private_key=None
+            )
+        return kids
+
+    async def demote_current(self, kid: str, until: float) -> bool:
+        record = self.records.get(kid)
+        if record is None or record.status != "current":
+            return False
+        self.records[kid] = dataclasses.replace(record, status="previous", demoted_at=until)
+        return True
+
+    async def promote(self, kid: str) -> bool:
+        if self._one("current") or self.records[kid].status != "pending":
+            return False
+        self.records[kid] = dataclasses.replace(self.records[kid], status="current")
+        return True
+
+    async def delete(self, kid: str) -> None:
+        self.records.pop(kid, None)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 2_000_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def store() -> DictKeys:
+    return DictKeys()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def sealer() -> Sealer:
+    return Sealer.from_text(generate_key())
+
+
+@pytest.fixture
+async def signer(store: DictKeys, sealer: Sealer, clock: Clock) -> Signer:
+    signer = Signer(store, sealer, issuer="wxlogin", audience="site", ttl=TTL, clock=clock)
+    await signer.load()
+    return signer
+
+
+USER = User("u_1", "o" * 28, "ocMvos6NjeKLIBqg5Mr9QjxrP1FA", "+8613800138000", 1.0, 1.0, 1)
+
+
+def verify(signer: Signer, token: str, clock: Clock) -> dict[str, object]:
+    jwk = next(k for k in signer.jwks() if k["kid"] == jwt.get_unverified_header(token)["kid"])
+    claims: dict[str, object] = jwt.decode(
+        token,
+        jwt.PyJWK(jwk).key,
+        algorithms=["EdDSA"],
+        audience="site",
+        issuer="wxlogin",
+        options={"verify_exp": False, "verify_iat": False, "verify_nbf": False},
+    )
+    return claims
+
+
+async def test_the_first_replica_creates_a_key_and_tokens_carry_every_claim(
+    signer: Signer, store: DictKeys, clock: Clock
+) -> None:
+    assert [r.status for r in store.records.values()] == ["current"]
+    token = signer.issue(USER, "family_1")
+    header = jwt.get_unverified_header(token)
+    assert header["alg"] == "EdDSA" and header["kid"] == signer.kid
+    claims = verify(signer, token, clock)
+    assert claims["sub"] == "u_1" and claims["sid"] == "family_1"
+    assert claims["unionid"] == USER.unionid and claims["phone"] == USER.phone
+    assert claims["iat"] == int(clock.now) and claims["exp"] == int(clock.now) + TTL
+    assert set(claims) >= {"iss", "aud", "jti", "nbf", "openid"}
+
+
+async def test_a_second_replica_adopts_the_existing_key(
+    signer: Signer, store: DictKeys, sealer: Sealer, clock: Clock
+) -> None:
+    other = Signer(store, sealer, issuer="wxlogin", audience="site", ttl=TTL, clock=clock)
+    await other.load()
+    assert other.kid == signer.kid and len(store.records) == 1
+
+
+async def test_a_rotated_in_key_is_published_at_once_and_signs_after_the_lead(
+    signer: Signer, store: DictKeys, sealer: Sealer, clock: Clock
+) -> None:
+    old = signer.kid
+    rotated = await rotate_keys(store, sealer, now=clock.now, min_age=TTL, lead=300)
+    assert await signer.reload()  # the published set changed: announce it
+    assert {k["kid"] for k in signer.jwks()} == {old, rotated.current}
+    assert jwt.get_unverified_header(signer.issue(USER, "f"))["kid"] == old
+    clock.now += 299
+    assert signer.kid == old
+    clock.now += 1
+    assert signer.kid == rotated.current
+    assert jwt.get_unverified_header(signer.issue(USER, "f"))["kid"] == rotated.current
+    assert not await signer.reload()  # nothing new to announce
+
+
+async def test_retiring_waits_until_the_previous_keys_tokens_have_expired(
+    signer: Signer, store: DictKeys, sealer: Sealer, clock: Clock
+) -> None:
+    rotated = await rotate_keys(store, sealer, now=clock.now, min_age=TTL, lead=60)
+    for elapsed in (0, 60, 60 + TTL - 1):
+        with pytest.raises(RotationRefused):
+            await retire_previous_key(store, now=clock.now + elapsed, min_age=TTL)
+    assert await retire_previous_key(store, now=clock.now + 60 + TTL, min_age=TTL) == [rotated.previous]
+    assert store.records[str(rotated.previous)].sealed_private_key is None
+    await signer.reload()
+    assert [k["kid"] for k in signer.jwks()] == [rotated.current]
+
+
+async def test_rotating_twice_in_a_row_needs_force(
+    store: DictKeys, sealer: Sealer, signer: Signer, clock: Clock
+) -> None:
+    first = await rotate_keys(store, sealer, now=clock.now, min_age=TTL)
+    with pytest.raises(RotationRefused, match="--force"):
+        await rotate_keys(store, sealer, now=clock.now + 1, min_age=TTL)
+    forced = await rotate_keys(store, sealer, now=clock.now + 1, min_age=TTL, force=True)
+    assert forced.retired == [first.previous] and forced.previous == first.current
+
+
+async def test_jwks_entries_are_public_ed25519_keys_named_by_thumbprint(signer: Signer) -> None:
+    (jwk,) = signer.jwks()
+    assert set(jwk) == {"kty", "crv", "x", "kid", "use", "alg"}
+    assert (jwk["kty"], jwk["crv"], jwk["alg"], jwk["use"]) == ("OKP", "Ed25519", "EdDSA", "sig")
+    assert "d" not in jwk  # no private part
+
+
+def test_kid_is_stable_for_a_key() -> None:
+    key = Ed25519PrivateKey.generate()
+    assert public_jwk(key)["kid"] == public_jwk(key)["kid"]
+    assert public_jwk(key)["kid"] != public_jwk(Ed25519PrivateKey.generate())["kid"]

@@ -1,0 +1,210 @@
+"""Refresh-token rules (:class:`RefreshFamilies`) over a hand-written in-memory store.
+
+The fake store yields to the event loop inside every operation, so concurrent refreshes interleave
+the way two replicas would; its updates are conditional exactly like the Mongo store's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+
+import pytest
+
+from services.session.errors import RefreshInvalid, RefreshReused, SessionEnded
+from services.session.refresh import RefreshFamilies, sha256_hex
+from services.session.store import RefreshRecord
+
+TTL, GRACE = 30 * 86400.0, 10.0
+
+
+class DictStore:
+    """``RefreshTokenStore`` semantics over a dict (hash → record)."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, RefreshRecord] = {}
+
+    async def insert(self, record: RefreshRecord) -> bool:
+        await asyncio.sleep(0)
+        if record.token_hash in self.records:
+            return False
+        self.records[record.token_hash] = record
+        return True
+
+    async def get(self, token_hash: str) -> RefreshRecord | None:
+        await asyncio.sleep(0)
+        return self.records.get(token_hash)
+
+    async def spend(self, token_hash: str, successor: str, now: float) -> bool:
+        await asyncio.sleep(0)
+        record = self.records.get(token_hash)
+        if record is None or record.rotated_at is not None or record.revoked:
+            return False
+        self.records[token_hash] = dataclasses.replace(record, rotated_at=now, successor=successor)
+        return True
+
+    async def family_revoked(self, family: str) -> bool:
+        await asyncio.sleep(0)
+        return any(r.revoked for r in self.records.values() if r.family == family)
+
+    async def family_owner(self, family: str) -> str | None:
+        await asyncio.sleep(0)
+        return next((r.user_id for r in self.records.values() if r.family == family), None)
+
+    async def revoke_family(self, family: str, reason: str, now: float) -> int:
+        await asyncio.sleep(0)
+        hit = [h for h, r in self.records.items() if r.family == family and not r.revoked]
+        for h in hit:
+            self.records[h] = dataclasses.replace(self.records[h], revoked=True)
+        return len(hit)
+
+    def live(self, family: str) -> list[RefreshRecord]:
+        return [r for r in self.records.values() if r.family == family and r.rotated_at is None]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def store() -> DictStore:
+    return DictStore()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def families(store: DictStore, clock: Clock) -> RefreshFamilies:
+    return RefreshFamilies(store, os.urandom(32), ttl=TTL, grace=GRACE, clock=clock)
+
+
+async def test_a_refresh_spends_the_token_and_hands_out_its_successor(
+    families: RefreshFamilies, store: DictStore
+) -> None:
+    first = await families.start("u_1")
+    second = await families.rotate(first.token)
+    assert second.token != first.token and second.family == first.family and second.user_id == "u_1"
+    third = await families.rotate(second.token)
+    assert third.token not in (first.token, second.token)
+    assert [r.token_hash for r in store.live(first.family)] == [sha256_hex(third.token)]
+
+
+async def test_only_hashes_are_stored(families: RefreshFamilies, store: DictStore) -> None:
+    first = await families.start("u_1")
+    second = await families.rotate(first.token)
+    assert first.token not in store.records and second.token not in store.records
+    assert set(store.records) == {sha256_hex(first.token), sha256_hex(second.token)}
+
+
+async def test_reuse_after_the_grace_revokes_the_family(
+    families: RefreshFamilies, store: DictStore, clock: Clock
+) -> None:
+    first = await families.start("u_1")
+    second = await families.rotate(first.token)
+    clock.now += GRACE + 1
+    with pytest.raises(RefreshReused):
+        await families.rotate(first.token)
+    with pytest.raises(RefreshInvalid):
+        await families.rotate(second.token)
+    assert all(r.revoked for r in store.records.values())
+
+
+async def test_reuse_within_the_grace_returns_the_same_successor_without_revoking(
+    families: RefreshFamilies, store: DictStore, clock: Clock
+) -> None:
+    first = await families.start("u_1")
+    second = await families.rotate(first.token)
+    clock.now += GRACE - 1
+    again = await families.rotate(first.token)
+    assert again == second
+    assert not any(r.revoked for r in store.records.values())
+    assert len(store.live(first.family)) == 1
+
+
+async def test_concurrent_refreshes_with_one_token_both_get_the_one_successor(
+    families: RefreshFamilies, store: DictStore
+) -> None:
+    first = await families.start("u_1")
+    grants = await asyncio.gather(*(families.rotate(first.token) for _ in range(5)))
+    assert len({g.token for g in grants}) == 1
+    assert len(store.live(first.family)) == 1
+    assert store.records[sha256_hex(first.token)].rotated_at is not None
+
+
+async def test_within_the_grace_a_spent_successor_means_reuse(
+    families: RefreshFamilies, store: DictStore
+) -> None:
+    first = await families.start("u_1")
+    second = await families.rotate(first.token)
+    await families.rotate(second.token)
+    with pytest.raises(RefreshReused):
+        await families.rotate(first.token)
+    assert all(r.revoked for r in store.records.values())
+
+
+async def test_an_unknown_or_expired_token_is_invalid_and_revokes_nothing(
+    families: RefreshFamilies, store: DictStore, clock: Clock
+) -> None:
+    with pytest.raises(RefreshInvalid):
+        await families.rotate("never-issued")
+    first = await families.start("u_1")
+    clock.now += TTL + 1
+    with pytest.raises(RefreshInvalid):
+        await families.rotate(first.token)
+    assert not any(r.revoked for r in store.records.values())
+
+
+async def test_logout_ends_refresh_and_the_session(families: RefreshFamilies) -> None:
+    first = await families.start("u_1")
+    await families.check_live(first.family, "u_1")
+    assert await families.revoke(first.family, "logout")
+    assert not await families.revoke(first.family, "logout")  # already ended
+    with pytest.raises(RefreshInvalid):
+        await families.rotate(first.token)
+    with pytest.raises(SessionEnded):
+        await families.check_live(first.family, "u_1")
+
+
+async def test_a_session_belongs_to_its_user(families: RefreshFamilies) -> None:
+    first = await families.start("u_1")
+    with pytest.raises(SessionEnded):
+        await families.check_live(first.family, "u_2")
+    with pytest.raises(SessionEnded):
+        await families.check_live("no-such-family", "u_1")
+
+
+async def test_a_logout_racing_a_refresh_leaves_no_live_token(
+    families: RefreshFamilies, store: DictStore
+) -> None:
+    first = await families.start("u_1")
+    results = await asyncio.gather(
+        families.rotate(first.token), families.revoke(first.family, "logout"), return_exceptions=True
+    )
+    assert results[1] is True
+    assert isinstance(results[0], RefreshInvalid) or results[0].family == first.family  # type: ignore[union-attr]
+    assert await store.family_revoked(first.family)
+    for token in (first.token, families.successor_of(first.token)):
+        with pytest.raises(RefreshInvalid):
+            await families.rotate(token)
+
+
+def test_successors_depend_on_the_server_key(store: DictStore) -> None:
+    one = RefreshFamilies(store, b"k" * 32, ttl=TTL, grace=GRACE)
+    same = RefreshFamilies(store, b"k" * 32, ttl=TTL, grace=GRACE)
+    other = RefreshFamilies(store, b"x" * 32, ttl=TTL, grace=GRACE)
+    assert one.successor_of("t") == same.successor_of("t") != other.successor_of("t")
+    assert one.successor_of("t") != one.successor_of("u")
+    assert len(one.successor_of("t")) == 43  # 256 bits, base64url
+
+
+def test_a_short_successor_key_is_refused(store: DictStore) -> None:
+    with pytest.raises(ValueError, match="32 bytes"):
+        RefreshFamilies(store, b"short", ttl=TTL, grace=GRACE)
