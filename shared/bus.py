@@ -423,6 +423,9 @@ class Bus(abc.ABC):
 # --- RabbitMQ -------------------------------------------------------------------------------------
 
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+# A publish waits for the broker's confirm; a broker that never answers (blocked by an alarm, a
+# half-open socket) must not hold a request forever.
+PUBLISH_CONFIRM_SECONDS = 5.0
 
 
 class AmqpBus(Bus):
@@ -557,7 +560,11 @@ class AmqpBus(Bus):
         )
         message.body = encode(event, self._adapter.sealer)
         try:
-            await self._exchange.publish(message, routing_key=event.TYPE, mandatory=True)
+            await self._exchange.publish(
+                message, routing_key=event.TYPE, mandatory=True, timeout=PUBLISH_CONFIRM_SECONDS
+            )
+        except TimeoutError:
+            raise RpcUnavailable(event.TYPE, "broker did not confirm the publish") from None
         except DeliveryError as exc:
             if isinstance(exc.frame, spec.Basic.Return):
                 if must_arrive:
@@ -613,8 +620,13 @@ class AmqpBus(Bus):
         try:
             try:
                 await channel.default_exchange.publish(
-                    message, routing_key=self.rpc_queue_name(request.service()), mandatory=True
+                    message,
+                    routing_key=self.rpc_queue_name(request.service()),
+                    mandatory=True,
+                    timeout=timeout,
                 )
+            except TimeoutError:
+                raise RpcTimeout(request.TYPE, timeout) from None
             except DeliveryError:
                 raise RpcUnavailable(request.TYPE) from None
             except (AMQPError, ConnectionError, RuntimeError) as exc:
@@ -763,9 +775,9 @@ class AmqpBus(Bus):
                 # mandatory=False: RabbitMQ returns mandatory publishes to direct reply-to even when it
                 # delivers them.
                 await self._reply_channel.default_exchange.publish(
-                    reply, routing_key=message.reply_to, mandatory=False
+                    reply, routing_key=message.reply_to, mandatory=False, timeout=PUBLISH_CONFIRM_SECONDS
                 )
-            except (AMQPError, ConnectionError, RuntimeError):
+            except (AMQPError, ConnectionError, RuntimeError, TimeoutError):
                 log.warning("rpc_reply_failed", type=message.type)
         await message.ack()
 

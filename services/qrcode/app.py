@@ -23,7 +23,6 @@ from shared.messages import (
     IssueScene,
     RedeemScene,
     ScanScene,
-    TokenRefreshed,
 )
 from shared.runtime import (
     BUS,
@@ -102,7 +101,7 @@ def create_app(
             timeout=settings.wechat_timeout_seconds,
         )
         tokens = TokenCache(bus, clock=clock)
-        await bus.subscribe_broadcast([TokenRefreshed], tokens.on_refreshed)
+        await tokens.start()  # the broadcast, then the current token once (False while none yet)
 
         async def token_ready() -> bool:  # codes cannot be rendered without an access_token
             return tokens.valid or await tokens.fetch()
