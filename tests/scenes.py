@@ -20,7 +20,7 @@ from services.qrcode.pool import IssuedCode, new_scene_id
 from services.qrcode.store import INDEXES, SceneStore
 from shared.bus import MemoryBroker
 from shared.messages import Event
-from shared.mongo import EmbeddedMongo, ensure_indexes
+from shared.mongo import EmbeddedMongo, ensure_indexes, make_client
 from shared.runtime import Database
 from shared.wechat import CodeImage
 from tests.integration.conftest import Stack
@@ -110,7 +110,7 @@ class FakeRenderer:
 @asynccontextmanager
 async def scene_database(mongo: EmbeddedMongo) -> AsyncIterator[Database]:
     """A fresh database with the qrcode service's indexes, dropped afterwards."""
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo.url, tz_aware=True)
+    client: AsyncMongoClient[dict[str, Any]] = make_client(mongo.url)
     name = f"s_{uuid.uuid4().hex[:10]}"
     db = client[name]
     try:

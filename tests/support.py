@@ -14,7 +14,7 @@ from pymongo import AsyncMongoClient
 
 from shared.bus import MemoryBroker
 from shared.config import Settings
-from shared.mongo import free_port
+from shared.mongo import free_port, make_client
 from shared.runtime import AccessLogger
 from shared.sealing import generate_key
 from sim.wechat.app import STATE
@@ -108,7 +108,7 @@ class System:
 
 
 async def drop_database(settings: Settings) -> None:
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_url)
+    client: AsyncMongoClient[dict[str, Any]] = make_client(settings.mongo_url)
     try:
         await client.drop_database(settings.mongo_db)
     finally:

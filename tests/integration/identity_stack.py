@@ -17,7 +17,7 @@ from pymongo import AsyncMongoClient
 
 from shared.bus import MemoryBroker
 from shared.config import Settings
-from shared.mongo import EmbeddedMongo
+from shared.mongo import EmbeddedMongo, make_client
 from sim.phone import Phone
 from sim.wechat.testing import SimControl
 from tests.support import Sim, System, drop_database, make_settings, start_sim
@@ -140,7 +140,7 @@ async def identity_stack(
     )
     broker = broker_factory() if bus == "memory" else None
     http = aiohttp.ClientSession()
-    mongo_client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.mongo_url, tz_aware=True)
+    mongo_client: AsyncMongoClient[dict[str, Any]] = make_client(settings.mongo_url)
     system = System(settings)
     try:
         await system.start(broker=broker)

@@ -34,7 +34,7 @@ from shared.messages import (
     SceneExpired,
     SceneScanned,
 )
-from shared.mongo import EmbeddedMongo, ensure_indexes
+from shared.mongo import EmbeddedMongo, ensure_indexes, make_client
 from tests.scenes import FakeClock, RecordingPublisher, new_ticket, scene_handlers, ticket_hash
 
 T = TypeVar("T")
@@ -113,7 +113,7 @@ class SceneLifecycle(RuleBasedStateMachine):
         self.model: dict[str, ModelScene] = {}
 
     async def _connect(self, url: str) -> AsyncMongoClient[dict[str, Any]]:
-        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url, tz_aware=True)
+        client: AsyncMongoClient[dict[str, Any]] = make_client(url)
         await ensure_indexes(client[self.db_name], INDEXES)
         return client
 

@@ -18,7 +18,7 @@ from services.qrcode import errors
 from services.qrcode.pool import new_scene_id
 from services.qrcode.store import Scene, SceneStore
 from shared.messages import ConfirmScene, RedeemScene, ScanScene
-from shared.mongo import EmbeddedMongo
+from shared.mongo import EmbeddedMongo, make_client
 from sim.phone import Phone, PhoneError
 from tests.integration.conftest import Stack
 from tests.scenes import (
@@ -187,7 +187,7 @@ async def test_the_api_refuses_a_stored_scene_past_expires_at_as_expired_not_unk
         state: _stored(state, expired_seconds_ago=1, ticket=ticket)
         for state in ("pending", "scanned", "confirmed")
     }
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.settings.mongo_url, tz_aware=True)
+    client: AsyncMongoClient[dict[str, Any]] = make_client(stack.settings.mongo_url)
     try:
         store = SceneStore(client[stack.settings.mongo_db])
         for scene in scenes.values():

@@ -10,7 +10,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from services.token.store import TOKENS, LeaseStore, StoredToken, TokenStore, beijing_day
-from shared.mongo import EmbeddedMongo
+from shared.mongo import EmbeddedMongo, make_client
 
 APPID = "wx0123456789abcdef"
 NOW = 1_800_000_000.0
@@ -22,7 +22,7 @@ Client = AsyncMongoClient[dict[str, Any]]
 @pytest.fixture
 async def clients(mongo_server: EmbeddedMongo, unique: str) -> AsyncIterator[list[Client]]:
     """Three clients of one database, as three replicas would have."""
-    made: list[Client] = [AsyncMongoClient(mongo_server.url) for _ in range(3)]
+    made: list[Client] = [make_client(mongo_server.url) for _ in range(3)]
     try:
         yield made
     finally:
