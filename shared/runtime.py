@@ -292,6 +292,28 @@ async def http_context(app: web.Application) -> AsyncIterator[None]:
         await session.close()
 
 
+async def stop_task(task: asyncio.Future[Any], *, timeout: float = 5.0) -> bool:
+    """Cancel ``task`` and wait until it has ended; False if it still runs after ``timeout`` seconds.
+
+    It cancels again every 0.25 s while the task runs. On Python 3.11 a cancellation that arrives just
+    as an inner ``asyncio.wait_for`` completes is swallowed (CPython gh-86296, fixed in 3.12); PyMongo
+    awaits ``wait_for`` inside every operation, so a loop of ours could lose its one cancel there and
+    go back to sleep, and a plain ``cancel(); await task`` then waits forever (seen: a test run hung in
+    the session service's shutdown).
+    """
+    deadline = time.monotonic() + timeout
+    while not task.done():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            log.warning("task_did_not_stop", task=getattr(task, "get_name", lambda: "?")())
+            return False
+        task.cancel()
+        await asyncio.wait({task}, timeout=min(0.25, remaining))
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it again; background() logs crashes
+    return True
+
+
 def background(app: web.Application, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
     """Run ``coro`` for the life of the app; it is cancelled on shutdown, crashes are logged."""
     task = asyncio.ensure_future(coro)
@@ -304,8 +326,7 @@ def background(app: web.Application, coro: Awaitable[Any], name: str) -> asyncio
     task.add_done_callback(done)
 
     async def stop(_app: web.Application) -> None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await stop_task(task)
 
     app.on_shutdown.append(stop)
     return task

@@ -9,7 +9,6 @@ This module also keeps the gateway's keys fresh: a periodic re-fetch, and one on
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,7 +27,7 @@ from shared.messages import (
     RefreshTokens,
     SigningKeysChanged,
 )
-from shared.runtime import BUS, SETTINGS
+from shared.runtime import BUS, SETTINGS, stop_task
 
 # Printable ASCII, as WeChat's codes are; the bounds keep garbage out of the bus.
 WxCode = Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")
@@ -148,9 +147,7 @@ async def keys_context(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop_task(task)
 
 
 def setup_identity_routes(app: web.Application) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -36,7 +35,17 @@ from shared.messages import (
     RefreshTokens,
     SigningKeysChanged,
 )
-from shared.runtime import BUS, DB, HTTP, SETTINGS, bus_context, http_context, mongo_context, new_app
+from shared.runtime import (
+    BUS,
+    DB,
+    HTTP,
+    SETTINGS,
+    bus_context,
+    http_context,
+    mongo_context,
+    new_app,
+    stop_task,
+)
 from shared.sealing import Sealer, decode_key
 from shared.tokens import TokenCache
 from shared.wechat import WeChatClient
@@ -136,9 +145,7 @@ def create_app(
         try:
             yield
         finally:
-            reloader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reloader
+            await stop_task(reloader)
 
     app.cleanup_ctx.append(handlers_ctx)
     return app
