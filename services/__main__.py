@@ -111,6 +111,8 @@ def embedded_settings(settings: Settings) -> Settings:
         update["data_key"] = SecretStr(generate_key())
     if "WXLOGIN_DEMO" not in os.environ:
         update["demo"] = True
+    if "wechat_api_base" not in settings.model_fields_set:  # follow WXLOGIN_SIM_HOST/PORT
+        update["wechat_api_base"] = f"http://{settings.sim_host}:{settings.sim_port}"
     return settings.model_copy(update=update) if update else settings
 
 

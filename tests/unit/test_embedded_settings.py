@@ -1,0 +1,25 @@
+"""``make demo`` (one process): the simulator it starts is the one the services call."""
+
+from __future__ import annotations
+
+from services.__main__ import embedded_settings, local_sim
+from shared.config import Settings
+
+
+def test_a_moved_simulator_port_moves_the_wechat_base_url_with_it() -> None:
+    settings = embedded_settings(Settings(_env_file=None, sim_port=19100))  # type: ignore[call-arg]
+    assert settings.wechat_api_base == "http://127.0.0.1:19100"
+    assert local_sim(settings)
+
+
+def test_an_explicit_wechat_base_url_is_kept_and_no_simulator_is_started() -> None:
+    given = Settings(_env_file=None, sim_port=19100, wechat_api_base="https://api.weixin.qq.com")  # type: ignore[call-arg]
+    settings = embedded_settings(given)
+    assert settings.wechat_api_base == "https://api.weixin.qq.com"
+    assert not local_sim(settings)
+
+
+def test_the_demo_generates_the_keys_it_needs() -> None:
+    settings = embedded_settings(Settings(_env_file=None))  # type: ignore[call-arg]
+    assert settings.bus_key.get_secret_value() and settings.data_key.get_secret_value()
+    assert local_sim(settings)
