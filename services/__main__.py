@@ -113,6 +113,9 @@ def embedded_settings(settings: Settings) -> Settings:
         update["demo"] = True
     if "wechat_api_base" not in settings.model_fields_set:  # follow WXLOGIN_SIM_HOST/PORT
         update["wechat_api_base"] = f"http://{settings.sim_host}:{settings.sim_port}"
+    if "allowed_origins" not in settings.model_fields_set:  # the demo page, wherever it is served
+        port = settings.gateway_port
+        update["allowed_origins"] = [f"http://127.0.0.1:{port}", f"http://localhost:{port}"]
     return settings.model_copy(update=update) if update else settings
 
 

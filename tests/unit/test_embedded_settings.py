@@ -23,3 +23,10 @@ def test_the_demo_generates_the_keys_it_needs() -> None:
     settings = embedded_settings(Settings(_env_file=None))  # type: ignore[call-arg]
     assert settings.bus_key.get_secret_value() and settings.data_key.get_secret_value()
     assert local_sim(settings)
+
+
+def test_the_demo_page_on_a_moved_gateway_port_is_an_allowed_origin() -> None:
+    settings = embedded_settings(Settings(_env_file=None, gateway_port=18080))  # type: ignore[call-arg]
+    assert settings.allowed_origins == ["http://127.0.0.1:18080", "http://localhost:18080"]
+    chosen = Settings(_env_file=None, gateway_port=18080, allowed_origins="https://example.com")  # type: ignore[call-arg]
+    assert embedded_settings(chosen).allowed_origins == ["https://example.com"]
