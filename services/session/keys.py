@@ -117,19 +117,24 @@ class Signer:
         With no current key (the instant inside a rotation) the keys in hand keep signing: they
         are still published.
         """
+        # Read everything first, then swap with no await in between: a token issued while this
+        # runs must be signed by keys that are all in hand and published (once a new current key
+        # was adopted before its previous one, a login in that gap was signed by the new key ahead
+        # of its lead time, before any gateway knew it).
         current = await self._store.current()
+        previous = await self._store.previous() if current is not None else None
+        published = [record.public_jwk for record in await self._store.published()]
         if current is not None:
-            if self._current is None or current.kid != self._current.kid:
-                self._current = self._open(current)
+            adopted = self._current is None or current.kid != self._current.kid
+            usable = previous is not None and previous.sealed_private_key is not None
+            opened_previous = self._open(previous) if usable and previous is not None else None
+            self._current, self._previous = self._open(current), opened_previous
+            if adopted:
                 log.info(
                     "signing_key_adopted",
                     kid=current.kid,
                     active_in=round(current.active_from - self._clock()),
                 )
-            previous = await self._store.previous()
-            usable = previous is not None and previous.sealed_private_key is not None
-            self._previous = self._open(previous) if usable and previous is not None else None
-        published = [record.public_jwk for record in await self._store.published()]
         changed = sorted(j["kid"] for j in published) != sorted(j["kid"] for j in self._jwks)
         self._jwks = published
         return changed

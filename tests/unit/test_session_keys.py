@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import jwt
@@ -194,3 +195,43 @@ def test_kid_is_stable_for_a_key() -> None:
     key = Ed25519PrivateKey.generate()
     assert public_jwk(key)["kid"] == public_jwk(key)["kid"]
     assert public_jwk(key)["kid"] != public_jwk(Ed25519PrivateKey.generate())["kid"]
+
+
+class SlowKeys(DictKeys):
+    """A store whose reads take a turn of the event loop each, as a network round trip does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.issued_during_reload: list[str] = []
+        self.signer: Signer | None = None
+
+    async def _turn(self) -> None:
+        if self.signer is not None:  # a login handled while the reload waits for Mongo
+            self.issued_during_reload.append(jwt.get_unverified_header(self.signer.issue(USER, "f"))["kid"])
+        await asyncio.sleep(0)
+
+    async def current(self) -> SigningKeyRecord | None:
+        await self._turn()
+        return await super().current()
+
+    async def previous(self) -> SigningKeyRecord | None:
+        await self._turn()
+        return await super().previous()
+
+    async def published(self) -> list[SigningKeyRecord]:
+        await self._turn()
+        return await super().published()
+
+
+async def test_no_token_is_signed_with_a_rotated_in_key_before_its_lead_not_even_during_a_reload(
+    sealer: Sealer, clock: Clock
+) -> None:
+    store = SlowKeys()
+    signer = Signer(store, sealer, issuer="wxlogin", audience="site", ttl=TTL, clock=clock)
+    await signer.load()
+    old = signer.kid
+    await rotate_keys(store, sealer, now=clock.now, min_age=TTL, lead=300)
+    store.signer = signer
+    assert await signer.reload()
+    assert store.issued_during_reload and set(store.issued_during_reload) == {old}
+    assert signer.kid == old
