@@ -35,6 +35,7 @@ ARTIFACTS = Path(os.environ.get("WXLOGIN_TEST_ARTIFACTS", Path(__file__).parents
 SCREENSHOTS = os.environ.get("WXLOGIN_SCREENSHOTS_DIR", "")
 # Every wait in these tests is bounded; a state the page must reach comes well within this.
 STEP = 15_000  # ms
+expect.set_options(timeout=STEP)
 
 # Installed before the page's own scripts: counts what could still make network traffic (pending
 # timeouts, intervals, open sockets), so a test can check that a finished login box went quiet.

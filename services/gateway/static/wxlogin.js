@@ -349,6 +349,7 @@
       var limit = session.wsWorked ? 6 : 2;
       if (transport !== 'websocket' && session.wsFailures >= limit) {
         session.mode = 'longpoll';
+        setNet('longpoll');
         poll(session, 0);
         return;
       }
@@ -414,7 +415,7 @@
         show('pending');
         startCountdown(session);
         emit('onCode', {scene: session.scene, expiresAt: r.data.expires_at});
-        if (session.mode === 'longpoll') poll(session, 0); else connect(session);
+        if (session.mode === 'longpoll') { setNet('longpoll'); poll(session, 0); } else connect(session);
       }, function (err) {
         if (current === pending) fail(pending, err);
       });
