@@ -160,7 +160,7 @@ async def assert_silent_after_final_state(page: Page, seen: list[str]) -> dict[s
     before = list(seen)
     # Longer than a countdown tick and the first reconnect backoff: anything still alive would show.
     await page.wait_for_timeout(1500)
-    assert seen == before, seen[len(before):]
+    assert seen == before, seen[len(before) :]
     assert (await activity(page))["sockets"] == 0
     return quiet
 
