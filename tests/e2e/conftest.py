@@ -94,6 +94,7 @@ class Demo:
     broker: MemoryBroker
     clock: FakeClock
     port: int
+    site_port: int  # a port for another web site that embeds the login box (an allowed origin)
 
     @property
     def url(self) -> str:
@@ -119,12 +120,12 @@ async def demo(mongo_server: EmbeddedMongo, unique: str) -> AsyncIterator[Demo]:
     The services behind the gateway run on a clock that follows real time until a test moves it
     forward (``demo.clock.advance``), so a code can expire without waiting two minutes.
     """
-    port = free_port()
+    port, site_port = free_port(), free_port()
     base = make_settings(
         mongo_url=mongo_server.url,
         mongo_db=f"e2e_{unique}",
         demo=True,
-        allowed_origins=f"http://127.0.0.1:{port}",
+        allowed_origins=f"http://127.0.0.1:{port},http://127.0.0.1:{site_port}",
         code_pool_size=4,
     )
     sim = await start_sim(base)
@@ -132,7 +133,8 @@ async def demo(mongo_server: EmbeddedMongo, unique: str) -> AsyncIterator[Demo]:
     broker = MemoryBroker()
     clock = FakeClock(follow_real_time=True)
     system = await System(settings).start(broker=broker, ports={"gateway": port}, clock=clock)
-    running = Demo(system, sim, settings, aiohttp.ClientSession(), broker, clock, port)
+    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=STEP / 1000))
+    running = Demo(system, sim, settings, http, broker, clock, port, site_port)
     try:
         yield running
     finally:
@@ -162,8 +164,9 @@ async def open_demo(
     context.set_default_timeout(STEP)
     page = await context.new_page()
     await page.add_init_script(ACTIVITY_PROBE)
-    if errors is not None:
+    if errors is not None:  # uncaught exceptions, and console errors such as CSP violations
         page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
     await page.goto(f"{demo.url}/{query}")
     return page
 

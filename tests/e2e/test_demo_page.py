@@ -30,6 +30,8 @@ async def test_a_person_logs_in_by_scanning_the_code_shown_in_the_page(browser: 
     await expect(status).to_have_text("请使用微信扫一扫登录")
     await expect(status).to_have_attribute("aria-live", "polite")
     await expect(page.locator(".wxl-countdown")).to_contain_text("秒后过期")
+    # The SDK's default styles apply under the page's strict CSP (no inline styles allowed there).
+    await expect(page.locator(".wxl-countdown")).to_have_css("font-size", "12px")
     await screenshot(page, "1-pending")
 
     scene = await rendered_scene(page)
