@@ -6,7 +6,9 @@ Screenshots are test artifacts (``tests/artifacts/`` or ``WXLOGIN_TEST_ARTIFACTS
 
 from __future__ import annotations
 
+import base64
 import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from shared.bus import MemoryBroker
 from shared.config import Settings
 from shared.mongo import EmbeddedMongo, free_port
+from sim.phone import decode_scene
 from tests.scenes import FakeClock
 from tests.support import Sim, System, drop_database, make_settings, start_sim
 
@@ -180,3 +183,23 @@ async def activity(page: Page) -> dict[str, int]:
     """What could still make traffic in the page (see ``ACTIVITY_PROBE``)."""
     result: dict[str, int] = await page.evaluate("() => window.__wxlActivity()")
     return result
+
+
+async def scene_on_screen(page: Page) -> str:
+    """What a phone's camera reads off the screen: the code element's pixels, decoded.
+
+    Waits (bounded) until the image is loaded, and checks that the bytes in the DOM say the same.
+    """
+    code = page.locator(".wxl-code")
+    await code.wait_for(state="visible")
+    deadline = time.monotonic() + STEP / 1000
+    loaded = "() => { const i = document.querySelector('.wxl-code'); return i.complete && i.naturalWidth }"
+    while not await page.evaluate(loaded):
+        if time.monotonic() > deadline:
+            raise AssertionError("the code image never loaded")
+        await page.wait_for_timeout(50)
+    scene = decode_scene(await code.screenshot())
+    src = await code.get_attribute("src")
+    assert src is not None
+    assert decode_scene(base64.b64decode(src.split(",", 1)[1])) == scene
+    return scene

@@ -3,23 +3,10 @@ each state a person sees, and every ending (logged in, cancelled, expired) behav
 
 from __future__ import annotations
 
-import base64
+from playwright.async_api import Browser, expect
 
-from playwright.async_api import Browser, Page, expect
-
-from sim.phone import Phone, decode_scene
-from tests.e2e.conftest import Demo, expect_state, open_demo, screenshot
-
-
-async def rendered_scene(page: Page) -> str:
-    """What a phone's camera reads off the screen: the element's pixels, decoded."""
-    code = page.locator(".wxl-code")
-    await code.wait_for(state="visible")
-    scene = decode_scene(await code.screenshot())
-    src = await code.get_attribute("src")
-    assert src is not None
-    assert decode_scene(base64.b64decode(src.split(",", 1)[1])) == scene  # the bytes in the DOM agree
-    return scene
+from sim.phone import Phone
+from tests.e2e.conftest import Demo, expect_state, open_demo, scene_on_screen, screenshot
 
 
 async def test_a_person_logs_in_by_scanning_the_code_shown_in_the_page(browser: Browser, demo: Demo) -> None:
@@ -34,7 +21,7 @@ async def test_a_person_logs_in_by_scanning_the_code_shown_in_the_page(browser: 
     await expect(page.locator(".wxl-countdown")).to_have_css("font-size", "12px")
     await screenshot(page, "1-pending")
 
-    scene = await rendered_scene(page)
+    scene = await scene_on_screen(page)
     phone = Phone(demo.http, demo.url, demo.sim.url)
     scan = await phone.scan(scene)
     assert "Chrome" in scan["requester"]["browser"]
@@ -81,7 +68,7 @@ async def test_a_cancel_on_the_phone_shows_cancelled_and_the_refresh_key_brings_
 ) -> None:
     page = await open_demo(browser, demo, locale="en-US", query="?lang=en")
     await expect_state(page, "pending")
-    scene = await rendered_scene(page)
+    scene = await scene_on_screen(page)
     phone = Phone(demo.http, demo.url, demo.sim.url)
     await phone.scan(scene)
     await expect_state(page, "scanned")
@@ -100,7 +87,7 @@ async def test_a_cancel_on_the_phone_shows_cancelled_and_the_refresh_key_brings_
     await page.keyboard.press("Enter")
     await expect_state(page, "pending")
     await expect(refresh).to_be_hidden()
-    fresh = await rendered_scene(page)
+    fresh = await scene_on_screen(page)
     assert fresh != scene
     await phone.scan(fresh)
     await expect_state(page, "scanned")
@@ -111,7 +98,7 @@ async def test_an_expired_code_offers_a_refresh_that_shows_a_new_different_code(
 ) -> None:
     page = await open_demo(browser, demo)
     await expect_state(page, "pending")
-    scene = await rendered_scene(page)
+    scene = await scene_on_screen(page)
 
     demo.clock.advance(demo.settings.scene_ttl_seconds + 1)  # the sweeper expires it on its next pass
     await expect_state(page, "expired")
@@ -126,7 +113,7 @@ async def test_an_expired_code_offers_a_refresh_that_shows_a_new_different_code(
 
     await page.locator(".wxl-refresh").click()
     await expect_state(page, "pending")
-    fresh = await rendered_scene(page)
+    fresh = await scene_on_screen(page)
     assert fresh != scene
     await expect(page.locator(".wxl")).to_have_attribute("data-scene", fresh)
     await phone.scan(fresh)

@@ -8,8 +8,8 @@ from contextlib import asynccontextmanager
 from aiohttp import web
 from playwright.async_api import Browser, expect
 
-from sim.phone import Phone, decode_scene
-from tests.e2e.conftest import Demo, expect_state
+from sim.phone import Phone
+from tests.e2e.conftest import Demo, expect_state, scene_on_screen
 
 # The README's three lines, plus where this test page shows the result.
 SCRIPT_PAGE = """<!doctype html><meta charset="utf-8"><title>shop</title>
@@ -54,8 +54,7 @@ async def log_in_on(browser: Browser, demo: Demo, html: str) -> None:
     async with site(demo.site_port, html.format(gateway=demo.url)) as url:
         await page.goto(url)
         await expect_state(page, "pending")
-        code = page.locator(".wxl-code")
-        scene = decode_scene(await code.screenshot())
+        scene = await scene_on_screen(page)
         phone = Phone(demo.http, demo.url, demo.sim.url)
         await phone.scan(scene)
         await expect_state(page, "scanned")

@@ -8,14 +8,8 @@ from typing import Any
 
 from playwright.async_api import Browser, Page, Request, WebSocket, WebSocketRoute, expect
 
-from sim.phone import Phone, decode_scene
-from tests.e2e.conftest import STEP, Demo, activity, expect_state, open_demo, screenshot
-
-
-async def scene_on_screen(page: Page) -> str:
-    code = page.locator(".wxl-code")
-    await code.wait_for(state="visible")
-    return decode_scene(await code.screenshot())
+from sim.phone import Phone
+from tests.e2e.conftest import STEP, Demo, activity, expect_state, open_demo, scene_on_screen, screenshot
 
 
 async def wait_quiet(page: Page, timeout: float = STEP / 1000) -> dict[str, int]:
