@@ -160,9 +160,19 @@ async def screenshot(page: Page, name: str) -> Path:
 
 
 async def open_demo(
-    browser: Browser, demo: Demo, *, locale: str = "zh-CN", query: str = "", errors: list[str] | None = None
+    browser: Browser,
+    demo: Demo,
+    *,
+    locale: str = "zh-CN",
+    query: str = "",
+    errors: list[str] | None = None,
+    navigate: bool = True,
 ) -> Page:
-    """A new page on the demo, with the activity probe installed; page errors go to ``errors``."""
+    """A new page on the demo, with the activity probe installed; page errors go to ``errors``.
+
+    With ``navigate=False`` the page is still blank: the test sets up routes or listeners, then goes
+    to ``demo_url(demo, query)`` itself.
+    """
     context = await browser.new_context(locale=locale, viewport={"width": 860, "height": 620})
     context.set_default_timeout(STEP)
     page = await context.new_page()
@@ -170,8 +180,14 @@ async def open_demo(
     if errors is not None:  # uncaught exceptions, and console errors such as CSP violations
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    await page.goto(f"{demo.url}/{query}")
+    if navigate:
+        await page.goto(demo_url(demo, query))
     return page
+
+
+def demo_url(demo: Demo, query: str = "") -> str:
+    """The demo page's address."""
+    return f"{demo.url}/{query}"
 
 
 async def expect_state(page: Page, state: str, timeout: float = STEP) -> None:

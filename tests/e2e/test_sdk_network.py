@@ -9,7 +9,16 @@ from typing import Any
 from playwright.async_api import Browser, Page, Request, WebSocket, WebSocketRoute, expect
 
 from sim.phone import Phone
-from tests.e2e.conftest import STEP, Demo, activity, expect_state, open_demo, scene_on_screen, screenshot
+from tests.e2e.conftest import (
+    STEP,
+    Demo,
+    activity,
+    demo_url,
+    expect_state,
+    open_demo,
+    scene_on_screen,
+    screenshot,
+)
 
 
 async def wait_quiet(page: Page, timeout: float = STEP / 1000) -> dict[str, int]:
@@ -28,7 +37,7 @@ async def test_with_websockets_blocked_the_sdk_long_polls_and_still_logs_in(
     browser: Browser, demo: Demo
 ) -> None:
     errors: list[str] = []
-    page = await open_demo(browser, demo, errors=errors, query="?lang=en")
+    page = await open_demo(browser, demo, errors=errors, navigate=False)
     attempts: list[str] = []
 
     async def refuse(ws: WebSocketRoute) -> None:  # a proxy that drops every WebSocket
@@ -38,7 +47,7 @@ async def test_with_websockets_blocked_the_sdk_long_polls_and_still_logs_in(
     await page.route_web_socket("**/api/login/ws", refuse)
     polls: list[Request] = []
     page.on("request", lambda r: polls.append(r) if "/api/login/status" in r.url else None)
-    await page.reload()
+    await page.goto(demo_url(demo, "?lang=en"))
 
     await expect_state(page, "pending")
     box = page.locator(".wxl")
@@ -104,12 +113,12 @@ async def test_a_push_after_a_reconnect_still_moves_the_page(browser: Browser, d
 
 
 async def test_the_ticket_is_never_stored_or_put_in_a_url(browser: Browser, demo: Demo) -> None:
-    page = await open_demo(browser, demo)
+    page = await open_demo(browser, demo, navigate=False)
     urls: list[str] = []
     page.on("request", lambda r: urls.append(r.url))
     page.on("websocket", lambda ws: urls.append(ws.url))
     async with page.expect_response("**/api/login/qrcode") as issued:
-        await page.reload()
+        await page.goto(demo_url(demo))
     ticket = (await (await issued.value).json())["ticket"]
     assert len(ticket) >= 16
 
