@@ -287,9 +287,24 @@ async def demo_config(request: web.Request) -> web.Response:
     return web.json_response({"sim_url": settings.wechat_api_base, "site_name": settings.site_name})
 
 
+# The SDK is public code that any site may load, also as a module script (which browsers fetch in
+# CORS mode): no credentials are involved, so any origin may read it.
+SDK_HEADERS = {"Cache-Control": "public, max-age=300", "Access-Control-Allow-Origin": "*"}
+# The ES module is the script-tag build plus exports of what it defines: one source, no build step.
+SDK_MODULE_TAIL = "\nexport default globalThis.WxLogin;\nexport const mount = globalThis.WxLogin.mount;\n"
+
+
 async def sdk(request: web.Request) -> web.FileResponse:
-    """``/sdk/wxlogin.js``: the browser SDK."""
-    return web.FileResponse(STATIC / "wxlogin.js", headers={"Cache-Control": "public, max-age=300"})
+    """``/sdk/wxlogin.js``: the browser SDK (a script that defines ``window.WxLogin``)."""
+    return web.FileResponse(STATIC / "wxlogin.js", headers=SDK_HEADERS)
+
+
+async def sdk_module(request: web.Request) -> web.Response:
+    """``/sdk/wxlogin.mjs``: the same SDK as an ES module (``import WxLogin from …``)."""
+    source = (STATIC / "wxlogin.js").read_text(encoding="utf-8")
+    return web.Response(
+        text=source + SDK_MODULE_TAIL, content_type="text/javascript", charset="utf-8", headers=SDK_HEADERS
+    )
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
@@ -314,5 +329,6 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/", demo_page)
     r.add_get("/demo/config.json", demo_config)
     r.add_get("/sdk/wxlogin.js", sdk)
+    r.add_get("/sdk/wxlogin.mjs", sdk_module)
     r.add_static("/static/", STATIC, append_version=False)
     setup_identity_routes(app)

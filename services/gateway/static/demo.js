@@ -59,34 +59,44 @@
       function (err) { phoneReset(String(err.message)); });
   });
 
+  var session = null; // the tokens onSuccess handed over; in memory only, like the SDK's ticket
+
   function showAccount(result) {
-    fetch('/api/me', {headers: {Authorization: 'Bearer ' + result.access_token}})
-      .then(function (r) { return r.json(); })
-      .then(function (me) {
-        var dl = $('profile');
-        dl.innerHTML = '';
-        Object.keys(me).forEach(function (k) {
-          var dt = document.createElement('dt'); dt.textContent = k;
-          var dd = document.createElement('dd'); dd.textContent = me[k];
-          dl.appendChild(dt); dl.appendChild(dd);
-        });
-        $('login').hidden = true;
-        $('account').hidden = false;
-        $('phone-scan').hidden = true;
-      });
+    session = result;
+    var dl = $('profile');
+    dl.textContent = '';
+    var user = result.user || {};
+    Object.keys(user).forEach(function (k) {
+      var dt = document.createElement('dt'); dt.textContent = k;
+      var dd = document.createElement('dd'); dd.textContent = user[k];
+      dl.appendChild(dt); dl.appendChild(dd);
+    });
+    $('login').hidden = true;
+    $('account').hidden = false;
+    $('phone-scan').hidden = true;
+    $('logout').focus();
   }
 
   $('logout').addEventListener('click', function () {
-    $('account').hidden = true;
-    $('login').hidden = false;
-    phoneReset('');
-    box.refresh();
+    var ending = session;
+    session = null;
+    var done = function () {
+      $('account').hidden = true;
+      $('login').hidden = false;
+      phoneReset('');
+      box.refresh();
+    };
+    if (!ending) return done();
+    // Ends the session on the server too: its refresh token stops working.
+    fetch('/api/logout', {method: 'POST', headers: {Authorization: 'Bearer ' + ending.access_token}})
+      .then(done, done);
   });
 
   fetch('/demo/config.json').then(function (r) { return r.json(); }).then(function (config) {
     sim = config;
     box = WxLogin.mount('#login', {
       endpoint: '',
+      lang: new URLSearchParams(location.search).get('lang') || undefined,
       onCode: function (code) { scene = code.scene; phoneReset(''); },
       onSuccess: showAccount,
       onCancel: function () { phoneReset('已取消 · Cancelled'); },
