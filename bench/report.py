@@ -15,7 +15,7 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def summarize(latencies_s: Sequence[float]) -> dict[str, float]:
-    """p50/p95/p99/max/mean in milliseconds."""
+    """p50/p90/p95/p99/max/mean in milliseconds."""
     ms = sorted(x * 1000 for x in latencies_s)
 
     def pct(p: float) -> float:
@@ -24,6 +24,7 @@ def summarize(latencies_s: Sequence[float]) -> dict[str, float]:
     return {
         "n": len(ms),
         "p50_ms": round(pct(50), 2),
+        "p90_ms": round(pct(90), 2),
         "p95_ms": round(pct(95), 2),
         "p99_ms": round(pct(99), 2),
         "max_ms": round(ms[-1], 2),
