@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{result['concurrency']} at a time ({result['logins_per_s']}/s)"
     )
     print_table(result["rows"], ["observer", "n", "p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms"])
-    print(f"polling's mean / push's mean = {result['poll_mean_over_push_mean']}×")
+    print(f"polling's mean / push's mean = {result['poll_mean_over_push_mean']}x")
     push = {k: v for k, v in result.items() if k != "wechat"}
     print(f"wrote {write_json('confirm_push', {'benchmark': 'confirm_push', **push})}")
     print(f"\nWeChat API calls per 1,000 logins ({result['logins']} logins, from /sim/counters)")

@@ -1,10 +1,9 @@
 """How fast ``POST /api/login/qrcode`` answers when WeChat is slow: the simulator adds 200 ms to every
 code render, and issuing is timed from a warm pool (sequential and concurrent) and with no pool.
 
-    python -m bench.issue_latency [--requests 200] [--latency-ms 200] [--bus memory|amqp]
+    python -m bench.issue_latency [--requests 200] [--latency-ms 200]
 
-Everything runs in this one process on the machine's cores, clients included: compare rows with each
-other, not with numbers from another machine.
+Every service runs as its own process over RabbitMQ (``bench.cluster``); the clients run here.
 """
 
 from __future__ import annotations
@@ -15,21 +14,12 @@ import time
 from typing import Any
 
 import aiohttp
-from pymongo import AsyncMongoClient
 
-from bench.harness import Stack, amqp_vhost, start_stack
+from bench.cluster import Cluster, cluster
 from bench.report import print_table, summarize, write_json
 from shared.logging import configure_logging
-from shared.mongo import EmbeddedMongo
 
 POOL = 250
-LIMITS_OFF = {
-    "limit_issue_per_ip_per_minute": 0,
-    "limit_mp_per_ip_per_minute": 0,
-    "limit_ws_per_ip_per_minute": 0,
-    "limit_poll_per_ip_per_minute": 0,
-    "limit_issue_global_per_minute": 4285,
-}
 
 
 async def issue_once(http: aiohttp.ClientSession, gateway: str) -> float:
@@ -58,31 +48,11 @@ async def concurrent(http: aiohttp.ClientSession, gateway: str, n: int, clients:
     return [x for batch in batches for x in batch]
 
 
-async def ready_codes(stack: Stack) -> int:
-    """Ready codes in the pool, read from Mongo."""
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.settings.mongo_url)
-    try:
-        pool = client[stack.settings.mongo_db]["scene_pool"]
-        return int(await pool.count_documents({"kind": "code", "state": "ready"}))
-    finally:
-        await client.close()
-
-
-async def wait_for_pool(stack: Stack, size: int, timeout: float = 120.0) -> float:
-    """Wait until the pool holds ``size`` codes; returns how long that took."""
-    started = time.monotonic()
-    while await ready_codes(stack) < size:
-        if time.monotonic() - started > timeout:
-            raise RuntimeError("the pool did not fill in time")
-        await asyncio.sleep(0.25)
-    return time.monotonic() - started
-
-
-async def issued_from_pool(http: aiohttp.ClientSession, stack: Stack) -> dict[str, float]:
+async def issued_from_pool(c: Cluster) -> dict[str, float]:
     """Scenes issued so far by code source (``pool``/``render``), from the qrcode metrics."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    async with http.get(f"{stack.urls['qrcode']}/metrics") as resp:
+    async with c.http.get(f"{c.launcher.urls('qrcode')[0]}/metrics") as resp:
         text = await resp.text()
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
@@ -92,68 +62,55 @@ async def issued_from_pool(http: aiohttp.ClientSession, stack: Stack) -> dict[st
     return out
 
 
-async def measure(
-    mongo: EmbeddedMongo, bus_url: str, args: argparse.Namespace
-) -> tuple[list[dict[str, Any]], str]:
-    """The three scenarios; returns the table rows and how the latency fault was applied."""
+async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The three scenarios, each stack launched afresh; returns the table rows."""
     rows: list[dict[str, Any]] = []
-    async with aiohttp.ClientSession() as http:
-        warm = await start_stack(
-            mongo,
-            amqp_url=bus_url,
-            latency_ms=args.latency_ms,
-            code_pool_size=POOL,
-            code_pool_refill_below=POOL,
-            code_pool_refill_concurrency=8,
-            **LIMITS_OFF,
-        )
-        fault_mode = warm.sim.fault_mode
-        try:
-            fill_s = await wait_for_pool(warm, POOL)
-            print(f"pool of {POOL} filled in {fill_s:.1f} s ({args.latency_ms:g} ms per render)", flush=True)
-            await sequential(http, warm.gateway, 10)  # warm-up: connections, caches
-            await wait_for_pool(warm, POOL)
-            before = await issued_from_pool(http, warm)
-            seq = await sequential(http, warm.gateway, args.requests)
-            mid = await issued_from_pool(http, warm)
-            rows.append({"scenario": "warm pool, 1 client", **summarize(seq), **_sources(before, mid)})
-            await wait_for_pool(warm, POOL)
-            conc = await concurrent(http, warm.gateway, args.requests, clients=args.clients)
-            after = await issued_from_pool(http, warm)
-            scenario = f"warm pool, {args.clients} clients"
-            rows.append({"scenario": scenario, **summarize(conc), **_sources(mid, after)})
-        finally:
-            await warm.stop()
+    warm_env = {
+        "WXLOGIN_CODE_POOL_SIZE": str(POOL),
+        "WXLOGIN_CODE_POOL_REFILL_BELOW": str(POOL),
+        "WXLOGIN_CODE_POOL_REFILL_CONCURRENCY": "8",
+    }
+    async with cluster(warm_env) as warm:
+        await warm.sim_fault(args.latency_ms)
+        fill_s = await warm.wait_for_pool(POOL)
+        print(f"pool of {POOL} ready after {fill_s:.1f} s more", flush=True)
+        await sequential(warm.http, warm.gateway, 10)  # warm-up: connections, caches
+        await warm.wait_for_pool(POOL)
+        before = await issued_from_pool(warm)
+        seq = await sequential(warm.http, warm.gateway, args.requests)
+        mid = await issued_from_pool(warm)
+        rows.append({"scenario": "warm pool, 1 client", **summarize(seq), **_sources(before, mid)})
+        await warm.wait_for_pool(POOL)
+        mid = await issued_from_pool(warm)
+        conc = await concurrent(warm.http, warm.gateway, args.requests, clients=args.clients)
+        after = await issued_from_pool(warm)
+        scenario = f"warm pool, {args.clients} clients"
+        rows.append({"scenario": scenario, **summarize(conc), **_sources(mid, after)})
 
-        cold = await start_stack(
-            mongo, amqp_url=bus_url, latency_ms=args.latency_ms, code_pool_size=0, **LIMITS_OFF
-        )
-        try:
-            await sequential(http, cold.gateway, 3)
-            before = await issued_from_pool(http, cold)
-            seq = await sequential(http, cold.gateway, args.cold_requests)
-            after = await issued_from_pool(http, cold)
-            rows.append({"scenario": "no pool, 1 client", **summarize(seq), **_sources(before, after)})
-        finally:
-            await cold.stop()
-    return rows, fault_mode
+    async with cluster({"WXLOGIN_CODE_POOL_SIZE": "0"}) as cold:
+        await cold.sim_fault(args.latency_ms)
+        await sequential(cold.http, cold.gateway, 3)
+        before = await issued_from_pool(cold)
+        seq = await sequential(cold.http, cold.gateway, args.cold_requests)
+        after = await issued_from_pool(cold)
+        rows.append({"scenario": "no pool, 1 client", **summarize(seq), **_sources(before, after)})
+    return rows
 
 
-async def run(args: argparse.Namespace, bus_url: str) -> dict[str, Any]:
+async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure, print the table, return the JSON payload."""
-    with EmbeddedMongo() as mongo:
-        rows, fault_mode = await measure(mongo, bus_url, args)
-    columns = ["scenario", "n", "p50_ms", "p95_ms", "p99_ms", "max_ms", "mean_ms", "from_pool"]
+    rows = await measure(args)
+    columns = ["scenario", "n", "p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms", "from_pool"]
     print(
-        f"\nPOST /api/login/qrcode, {args.latency_ms:g} ms added to every code render "
-        f"(latency fault: {fault_mode}), bus={args.bus}"
+        f"\nPOST /api/login/qrcode, {args.latency_ms:g} ms added to every code render (POST /sim/faults), "
+        "every service its own process over RabbitMQ"
     )
     print_table(rows, columns)
     return {
         "benchmark": "issue_latency",
         "render_latency_ms": args.latency_ms,
-        "latency_fault": fault_mode,
-        "bus": args.bus,
+        "latency_fault": "sim-api",
+        "bus": "amqp",
         "pool_size": POOL,
         "rows": rows,
     }
@@ -173,16 +130,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cold-requests", type=int, default=30)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--latency-ms", type=float, default=200.0)
-    parser.add_argument("--bus", choices=["memory", "amqp"], default="memory")
     args = parser.parse_args(argv)
     configure_logging(service="bench", fmt="console", level="WARNING")
-    if args.bus == "amqp":
-        with amqp_vhost() as url:
-            result = asyncio.run(run(args, url))
-    else:
-        result = asyncio.run(run(args, "memory://"))
-    path = write_json("issue_latency" if args.bus == "memory" else f"issue_latency_{args.bus}", result)
-    print(f"\nwrote {path}")
+    result = asyncio.run(run(args))
+    print(f"wrote {write_json('issue_latency', result)}")
 
 
 if __name__ == "__main__":
