@@ -225,15 +225,21 @@ class PoolStore:
         await self._pool.insert_one(code.to_doc())
 
     async def claim(self, variant: str, now: float) -> PooledCode | None:
-        """Take one ready code of ``variant`` for this caller alone, or None when there is none."""
+        """Take one ready code of ``variant`` for this caller alone, or None when there is none.
+
+        One round trip: the entry is only marked ``claimed`` (no other caller can take it), and
+        :meth:`purge_claimed` deletes it later, off the issue path.
+        """
         doc = await self._pool.find_one_and_update(
             {"kind": "code", "variant": variant, "state": "ready"},
             {"$set": {"state": "claimed", "claimed_at": now}},
         )
-        if doc is None:
-            return None
-        await self._pool.delete_one({"_id": doc["_id"], "state": "claimed"})
-        return PooledCode.from_doc(doc)
+        return None if doc is None else PooledCode.from_doc(doc)
+
+    async def purge_claimed(self) -> int:
+        """Delete the entries already claimed (their images went out with their scenes)."""
+        result = await self._pool.delete_many({"kind": "code", "state": "claimed"})
+        return int(result.deleted_count)
 
     async def count_ready(self, variant: str, *, up_to: int) -> int:
         """How many codes of ``variant`` are waiting, counting no further than ``up_to``."""

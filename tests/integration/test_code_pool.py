@@ -98,6 +98,19 @@ async def test_codes_of_another_configuration_are_never_handed_out(db: Database)
     assert await PoolStore(db).count_ready(old.variant, up_to=10) == 3
 
 
+async def test_a_claimed_code_is_never_handed_out_again_and_the_next_refill_round_deletes_it(
+    db: Database,
+) -> None:
+    renderer, clock = FakeRenderer(), FakeClock()
+    pool = make_pool(db, renderer, clock, size=3, refill_below=1)
+    assert await pool.refill_once() == 3
+    taken = [(await pool.take()).scene for _ in range(3)]
+    assert len(set(taken)) == 3
+    assert (await pool.take()).source == "render"  # the claimed entries are not ready any more
+    await pool.refill_once()
+    assert await PoolStore(db).purge_claimed() == 0  # the round already deleted the three
+
+
 async def test_two_replicas_refilling_at_once_fill_the_pool_exactly_once(db: Database) -> None:
     clock = FakeClock()
     renderers = [FakeRenderer(delay=0.01), FakeRenderer(delay=0.01)]
