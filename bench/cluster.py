@@ -65,6 +65,34 @@ def proc_stat(pid: int) -> ProcStat:
     return ProcStat(cpu, rss)
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from ``/proc/stat``: others' work too."""
+    with open("/proc/stat") as f:
+        values = [int(x) for x in f.readline().split()[1:]]
+    ticks = os.sysconf("SC_CLK_TCK")
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    total = sum(values[:8])
+    return (total - idle) / ticks, total / ticks
+
+
+def rabbitmq_pid() -> int | None:
+    """The local RabbitMQ node's Erlang VM (``beam.smp`` with the most CPU time), if any."""
+    best: tuple[float, int] | None = None
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                if f.read().strip() != "beam.smp":
+                    continue
+            cpu = proc_stat(int(entry)).cpu_s
+        except OSError:
+            continue
+        if best is None or cpu > best[0]:
+            best = (cpu, int(entry))
+    return best[1] if best else None
+
+
 @dataclass
 class Cluster:
     """A running launch, with the URLs and PIDs a benchmark needs."""
@@ -93,6 +121,9 @@ class Cluster:
         if mongo is not None and mongo.process is not None:
             out["nx-27017"] = mongo.process.pid
         out["bench-client"] = os.getpid()
+        broker = rabbitmq_pid()
+        if broker is not None:
+            out["rabbitmq*"] = broker  # shared with whatever else uses this broker
         return out
 
     def cpu(self) -> dict[str, float]:

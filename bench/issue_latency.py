@@ -48,6 +48,36 @@ async def concurrent(http: aiohttp.ClientSession, gateway: str, n: int, clients:
     return [x for batch in batches for x in batch]
 
 
+async def timed_get(http: aiohttp.ClientSession, url: str, n: int, **kwargs: Any) -> list[float]:
+    """``n`` sequential GETs of ``url``; seconds each."""
+    out = []
+    for _ in range(n):
+        started = time.perf_counter()
+        async with http.get(url, **kwargs) as resp:
+            await resp.read()
+        out.append(time.perf_counter() - started)
+    return out
+
+
+async def baselines(c: Cluster, n: int) -> list[dict[str, Any]]:
+    """What the issue path is made of, timed the same way: an HTTP round trip to the gateway alone
+    (``/healthz``), and HTTP + one RPC + one Mongo read (a status poll of an issued scene)."""
+    async with c.http.post(f"{c.gateway}/api/login/qrcode") as resp:
+        issued = await resp.json()
+    status = f"{c.gateway}/api/login/status?scene={issued['scene']}"
+    headers = {"X-Login-Ticket": issued["ticket"]}
+    return [
+        {
+            "scenario": "(gateway /healthz: HTTP only)",
+            **summarize(await timed_get(c.http, f"{c.gateway}/healthz", n)),
+        },
+        {
+            "scenario": "(status poll: HTTP + RPC + 1 Mongo read)",
+            **summarize(await timed_get(c.http, status, n, headers=headers)),
+        },
+    ]
+
+
 async def issued_from_pool(c: Cluster) -> dict[str, float]:
     """Scenes issued so far by code source (``pool``/``render``), from the qrcode metrics."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -86,6 +116,8 @@ async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
         after = await issued_from_pool(warm)
         scenario = f"warm pool, {args.clients} clients"
         rows.append({"scenario": scenario, **summarize(conc), **_sources(mid, after)})
+        await warm.wait_for_pool(POOL)
+        rows += await baselines(warm, args.requests)
 
     async with cluster({"WXLOGIN_CODE_POOL_SIZE": "0"}) as cold:
         await cold.sim_fault(args.latency_ms)

@@ -12,6 +12,13 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
+_out = RESULTS
+
+
+def use_results_dir(path: Path) -> None:
+    """Write this run's JSON files to ``path`` (``--quick`` runs keep the full results intact)."""
+    global _out
+    _out = path
 
 
 def summarize(latencies_s: Sequence[float]) -> dict[str, float]:
@@ -43,8 +50,8 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
 
 def write_json(name: str, payload: dict[str, Any]) -> Path:
     """``bench/results/<name>.json`` with the payload and where it was measured."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    _out.mkdir(parents=True, exist_ok=True)
+    path = _out / f"{name}.json"
     meta = {
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "commit": _commit(),

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.cluster import Cluster, Login, cluster, full_login
+from bench.cluster import Cluster, Login, cluster, full_login, machine_cpu
 from bench.profile import record, summarize_raw
 from bench.report import print_table, summarize, write_json
 from shared.logging import configure_logging
@@ -46,12 +46,14 @@ async def step(c: Cluster, logins: int, concurrency: int) -> tuple[list[Login], 
         for i in counter:
             done.append(await full_login(c, c.users[(w + i) % len(c.users)]))
 
-    cpu_before = c.cpu()
+    cpu_before, machine_before = c.cpu(), machine_cpu()
     started = time.perf_counter()
     await asyncio.gather(*(worker(w) for w in range(concurrency)))
     wall = time.perf_counter() - started
-    cpu_after = c.cpu()
+    cpu_after, machine_after = c.cpu(), machine_cpu()
     cpu = {k: cpu_after[k] - cpu_before.get(k, 0.0) for k in cpu_after}
+    busy, total = (after - before for after, before in zip(machine_after, machine_before, strict=True))
+    cpu["(machine busy share)"] = busy / max(total, 1e-9)
     return done, wall, cpu
 
 
@@ -84,8 +86,10 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 "p90_ms": stats["p90_ms"],
                 "p99_ms": stats["p99_ms"],
             }
+            row["machine_busy_share"] = round(cpu.pop("(machine busy share)"), 2)
+            ours = sum(v for k, v in cpu.items() if k != "rabbitmq*")
+            row["stack_busy_share"] = round(ours / wall / _cpus(), 2)
             row["cpu_ms_per_login"] = {k: round(v * 1000 / len(logins), 2) for k, v in sorted(cpu.items())}
-            row["cpu_busy_share"] = round(sum(cpu.values()) / wall / _cpus(), 2)
             rows.append(row)
             print(
                 f"  concurrency {level:>3}: {row['logins_per_s']:>6}/s  p50 {row['p50_ms']} ms  "
@@ -93,7 +97,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 flush=True,
             )
         best = max(rows, key=lambda r: r["logins_per_s"])
-        profile: dict[str, Any] = {}
+        profile: list[dict[str, Any]] = []
         if not args.no_profile:
             profile = await profiled_run(c, best, per_step)
     return {
@@ -104,21 +108,27 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-async def profiled_run(c: Cluster, best: dict[str, Any], per_step: int) -> dict[str, Any]:
-    """Sample the service that used the most CPU per login during a run at the best concurrency."""
+async def profiled_run(c: Cluster, best: dict[str, Any], per_step: int) -> list[dict[str, Any]]:
+    """Sample, during one more run at the best concurrency, the service that used the most CPU per
+    login and the database server (nx-27017 is Python too), each with its own py-spy."""
     cpu = best["cpu_ms_per_login"]
     busiest = max(SERVICES, key=lambda name: cpu.get(name, 0.0))
-    pid = c.pids()[busiest]
+    targets = [busiest, "nx-27017"]
+    pids = c.pids()
     await c.wait_for_pool(min(POOL, per_step))
     await next_window()
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "profile.txt"
         load = asyncio.ensure_future(step(c, per_step, best["concurrency"]))
         await asyncio.sleep(0.3)
-        recorded = await record(pid, 2.0, out)
+        recorded = await asyncio.gather(
+            *(record(pids[name], 2.0, Path(tmp) / f"{name}.txt") for name in targets if name in pids)
+        )
         await load
-        summary = summarize_raw(recorded) if recorded else {"error": "py-spy is not installed"}
-    return {"process": busiest, "concurrency": best["concurrency"], **summary}
+        out = []
+        for name, path in zip(targets, recorded, strict=False):
+            summary = summarize_raw(path) if path else {"error": "py-spy is not installed"}
+            out.append({"process": name, "concurrency": best["concurrency"], **summary})
+    return out
 
 
 def _cpus() -> int:
@@ -144,14 +154,22 @@ def main(argv: list[str] | None = None) -> None:
                 **{k: v for k, v in row.items() if k != "cpu_ms_per_login"},
                 **{f"cpu_{k.split('-')[0]}": cpu.get(k, "") for k in (*SERVICES, "nx-27017", "wechat-sim")},
                 "cpu_client": cpu.get("bench-client", ""),
+                "cpu_rabbitmq*": cpu.get("rabbitmq*", ""),
             }
         )
-    print("\nfull logins (issue + subscribe + scan + confirm + complete); cpu_* = CPU ms per login")
-    columns = ["concurrency", "logins", "logins_per_s", "p50_ms", "p90_ms", "p99_ms", "cpu_busy_share"]
-    columns += [f"cpu_{k.split('-')[0]}" for k in (*SERVICES, "nx-27017", "wechat-sim")] + ["cpu_client"]
+    print(
+        "\nfull logins (issue + subscribe + scan + confirm + complete); cpu_* = CPU ms per login "
+        "(rabbitmq* is the shared broker: other users' load included); machine_busy_share counts every "
+        "process on the machine"
+    )
+    columns = ["concurrency", "logins", "logins_per_s", "p50_ms", "p90_ms", "p99_ms"]
+    columns += ["machine_busy_share", "stack_busy_share"]
+    columns += [f"cpu_{k.split('-')[0]}" for k in (*SERVICES, "nx-27017", "wechat-sim")]
+    columns += ["cpu_client", "cpu_rabbitmq*"]
     print_table(table, columns)
-    profile = result["profile"]
-    if profile.get("top_self"):
+    for profile in result["profile"]:
+        if not profile.get("top_self"):
+            continue
         print(f"\nprofile of {profile['process']} at concurrency {profile['concurrency']} (py-spy):")
         print_table(profile["top_self"], ["function", "share_of_busy"])
         libs = [{"library": k, "share_of_busy": v} for k, v in profile["by_library_inclusive"].items()]
