@@ -222,6 +222,7 @@ class Login:
     started: float = 0.0
     issued: float = 0.0
     confirm_sent: float = 0.0
+    confirm_answered: float = 0.0
     pushed: float = 0.0
     polled: float = 0.0
     completed: float = 0.0
@@ -264,6 +265,7 @@ async def phone_confirm(
     login.confirm_sent = time.perf_counter()
     async with http.post(f"{gateway}/api/mp/confirm", json=body) as resp:
         await _json(resp, 200)
+    login.confirm_answered = time.perf_counter()
 
 
 async def await_confirmed(ws: aiohttp.ClientWebSocketResponse, login: Login) -> None:

@@ -119,6 +119,15 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     rows = [
         {"observer": "WebSocket push", **summarize(push)},
         {"observer": f"poll every {POLL_INTERVAL:g} s", **summarize(poll)},
+        # Where the push's time goes: the confirm request itself, and the push after its answer.
+        {
+            "observer": "(confirm request answered)",
+            **summarize([x.confirm_answered - x.confirm_sent for x in logins]),
+        },
+        {
+            "observer": "(push minus confirm answer)",
+            **summarize([x.pushed - x.confirm_answered for x in logins]),
+        },
     ]
     ratio_mean = statistics.fmean(poll) / statistics.fmean(push)
     return {

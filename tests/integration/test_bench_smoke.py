@@ -14,7 +14,7 @@ async def test_the_confirm_push_benchmark_at_a_tiny_size_writes_a_well_formed_re
     result = await confirm_push.measure(argparse.Namespace(logins=6, concurrency=2))
 
     assert result["logins"] == 6
-    push, poll = result["rows"]
+    push, poll = result["rows"][:2]
     assert push["n"] == poll["n"] == 6
     assert 0 < push["p50_ms"] <= push["p90_ms"] <= push["p99_ms"] <= push["max_ms"]
     assert poll["mean_ms"] > push["mean_ms"]  # a 1 s poller cannot beat a push
