@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run, print both tables, write ``confirm_push.json`` and ``wechat_cost.json``."""
     parser = argparse.ArgumentParser(prog="python -m bench.confirm_push", description=__doc__)
     parser.add_argument("--logins", type=int, default=2000)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args(argv)
     configure_logging(service="bench", fmt="console", level="WARNING")
     result = asyncio.run(measure(args))
