@@ -8,7 +8,7 @@ hour past expiry so late callers hear "expired", not "unknown". Each state chang
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -228,7 +228,8 @@ class PoolStore:
         """Take one ready code of ``variant`` for this caller alone, or None when there is none.
 
         One round trip: the entry is only marked ``claimed`` (no other caller can take it), and
-        :meth:`purge_claimed` deletes it later, off the issue path.
+        :meth:`purge_claimed` deletes it later, off the issue path (or, if this replica dies first,
+        the ``purge_at`` TTL does).
         """
         doc = await self._pool.find_one_and_update(
             {"kind": "code", "variant": variant, "state": "ready"},
@@ -236,9 +237,14 @@ class PoolStore:
         )
         return None if doc is None else PooledCode.from_doc(doc)
 
-    async def purge_claimed(self) -> int:
-        """Delete the entries already claimed (their images went out with their scenes)."""
-        result = await self._pool.delete_many({"kind": "code", "state": "claimed"})
+    async def purge_claimed(self, scenes: Sequence[str]) -> int:
+        """Delete these claimed entries (their images went out with their scenes).
+
+        By ``_id``: a filter on ``state`` alone scans the pool on nx-27017 (~6 ms for 700 entries).
+        """
+        if not scenes:
+            return 0
+        result = await self._pool.delete_many({"_id": {"$in": list(scenes)}, "state": "claimed"})
         return int(result.deleted_count)
 
     async def count_ready(self, variant: str, *, up_to: int) -> int:

@@ -107,8 +107,9 @@ async def test_a_claimed_code_is_never_handed_out_again_and_the_next_refill_roun
     taken = [(await pool.take()).scene for _ in range(3)]
     assert len(set(taken)) == 3
     assert (await pool.take()).source == "render"  # the claimed entries are not ready any more
+    assert await PoolStore(db).purge_claimed(taken[:1]) == 1
     await pool.refill_once()
-    assert await PoolStore(db).purge_claimed() == 0  # the round already deleted the three
+    assert await PoolStore(db).purge_claimed(taken) == 0  # the round deleted the other two
 
 
 async def test_two_replicas_refilling_at_once_fill_the_pool_exactly_once(db: Database) -> None:
