@@ -19,7 +19,7 @@ from bench.cluster import Cluster, cluster
 from bench.report import print_table, summarize, write_json
 from shared.logging import configure_logging
 
-POOL = 250
+POOL = 150
 
 
 async def issue_once(http: aiohttp.ClientSession, gateway: str) -> float:

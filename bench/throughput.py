@@ -25,7 +25,7 @@ from bench.profile import record, summarize_raw
 from bench.report import print_table, summarize, write_json
 from shared.logging import configure_logging
 
-POOL = 700
+POOL = 100
 ISSUE_WINDOW_S = 10.0
 ISSUE_WINDOW_CAPACITY = 714  # 4285 per minute / 6
 SERVICES = ("gateway-1", "qrcode-1", "session-1", "token-1")
