@@ -148,6 +148,19 @@ class Cluster:
             if resp.status >= 300:
                 raise RuntimeError(f"POST /sim/faults answered {resp.status}: {await resp.text()}")
 
+    async def issued_by_source(self) -> dict[str, float]:
+        """Scenes issued so far by code source (``pool``/``render``), from the qrcode metrics."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        async with self.http.get(f"{self.launcher.urls('qrcode')[0]}/metrics") as resp:
+            text = await resp.text()
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "wxlogin_scenes_issued_total":
+                    out[sample.labels["source"]] = sample.value
+        return out
+
     async def make_users(self, n: int) -> None:
         """``n`` simulated WeChat users, whose phones the logins take turns with."""
         for _ in range(n):
@@ -200,6 +213,14 @@ async def cluster(
                 yield Cluster(launcher, http)
         finally:
             await launcher.stop()
+
+
+def from_pool_share(before: dict[str, float], after: dict[str, float]) -> str:
+    """The share of scenes issued between two readings whose code came from the pool."""
+    pool = after.get("pool", 0) - before.get("pool", 0)
+    render = after.get("render", 0) - before.get("render", 0)
+    total = pool + render
+    return f"{pool / total:.0%}" if total else "-"
 
 
 class LoginError(RuntimeError):

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.cluster import Cluster, Login, cluster, full_login, machine_cpu
+from bench.cluster import Cluster, Login, cluster, from_pool_share, full_login, machine_cpu
 from bench.profile import record, summarize_raw
 from bench.report import print_table, summarize, write_json
 from shared.logging import configure_logging
@@ -69,13 +69,15 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     async with cluster(env) as c:
         await c.make_users(100)
-        await c.wait_for_pool(per_step)
+        await c.wait_for_pool(POOL)
         await step(c, min(20, per_step), 4)  # warm-up
         for level in args.levels:
             n = per_step if level > 1 else min(per_step, 60)
-            await c.wait_for_pool(min(POOL, per_step))
+            await c.wait_for_pool(POOL)
             await next_window()
+            before = await c.issued_by_source()
             logins, wall, cpu = await step(c, n, level)
+            after = await c.issued_by_source()
             total = [x.completed - x.started for x in logins]
             stats = summarize(total)
             row: dict[str, Any] = {
@@ -85,6 +87,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 "p50_ms": stats["p50_ms"],
                 "p90_ms": stats["p90_ms"],
                 "p99_ms": stats["p99_ms"],
+                "from_pool": from_pool_share(before, after),
             }
             row["machine_busy_share"] = round(cpu.pop("(machine busy share)"), 2)
             ours = sum(v for k, v in cpu.items() if k != "rabbitmq*")
@@ -115,7 +118,7 @@ async def profiled_run(c: Cluster, best: dict[str, Any], per_step: int) -> list[
     busiest = max(SERVICES, key=lambda name: cpu.get(name, 0.0))
     targets = [busiest, "nx-27017"]
     pids = c.pids()
-    await c.wait_for_pool(min(POOL, per_step))
+    await c.wait_for_pool(POOL)
     await next_window()
     with tempfile.TemporaryDirectory() as tmp:
         load = asyncio.ensure_future(step(c, per_step, best["concurrency"]))
@@ -162,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
         "(rabbitmq* is the shared broker: other users' load included); machine_busy_share counts every "
         "process on the machine"
     )
-    columns = ["concurrency", "logins", "logins_per_s", "p50_ms", "p90_ms", "p99_ms"]
+    columns = ["concurrency", "logins", "logins_per_s", "p50_ms", "p90_ms", "p99_ms", "from_pool"]
     columns += ["machine_busy_share", "stack_busy_share"]
     columns += [f"cpu_{k.split('-')[0]}" for k in (*SERVICES, "nx-27017", "wechat-sim")]
     columns += ["cpu_client", "cpu_rabbitmq*"]
