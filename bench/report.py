@@ -132,7 +132,8 @@ def markdown(results: Path = RESULTS) -> str:
                     ),
                 }
             )
-        columns = ["concurrency", "logins", "logins_per_s", "p50_ms", "p99_ms", "machine_busy_share"]
+        columns = ["concurrency", "logins", "logins_per_s", "p50_ms", "p99_ms", "from_pool"]
+        columns += ["machine_busy_share"]
         columns += ["stack_busy_share", "cpu_ms_per_login (gateway/qrcode/session/nx-27017/rabbitmq*)"]
         out += ["**Full-login throughput**", "", table(rows, columns), ""]
     if (d := load("capacity")) is not None:
