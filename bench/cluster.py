@@ -7,19 +7,22 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
+import shutil
+import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager, suppress
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from bench.harness import CODE_ENDPOINT, amqp_vhost
 from services.launch import Launcher
 
+CODE_ENDPOINT = "wxa/getwxacodeunlimit"
 ORIGIN = "http://bench.invalid"
 # Benchmarks come from one IP: the per-IP limits would measure the limiter, not the services.
 LIMITS_OFF = {
@@ -31,6 +34,27 @@ LIMITS_OFF = {
     "WXLOGIN_LIMIT_ISSUE_GLOBAL_PER_MINUTE": "4285",
     "WXLOGIN_CODE_RENDERS_PER_MINUTE": "4285",
 }
+
+
+@contextmanager
+def amqp_vhost() -> Iterator[str]:
+    """A RabbitMQ vhost for this run, deleted afterwards (``/`` when rabbitmqctl is missing)."""
+    ctl = shutil.which("rabbitmqctl")
+    vhost = f"wxlogin-bench-{uuid.uuid4().hex[:8]}"
+    created = False
+    if ctl:
+        created = subprocess.run([ctl, "add_vhost", vhost], capture_output=True, timeout=60).returncode == 0
+        if created:
+            subprocess.run(
+                [ctl, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+                capture_output=True,
+                timeout=60,
+            )
+    try:
+        yield f"amqp://guest:guest@127.0.0.1:5672/{vhost if created else ''}"
+    finally:
+        if created and ctl:
+            subprocess.run([ctl, "delete_vhost", vhost], capture_output=True, timeout=60)
 
 
 def raise_open_files() -> tuple[int, int]:

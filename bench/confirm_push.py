@@ -118,7 +118,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         after = await c.sim_counters()
     push = [x.pushed - x.confirm_sent for x in logins]
     poll = [x.polled - x.confirm_sent for x in logins]
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"observer": "WebSocket push", **summarize(push)},
         {"observer": f"poll every {POLL_INTERVAL:g} s", **summarize(poll)},
         # Where the push's time goes: the confirm request itself, and the push after its answer.
