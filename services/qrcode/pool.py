@@ -190,10 +190,10 @@ class CodePool:
         """
         if self._pool.size == 0:
             return 0
+        await self._purge_claimed()  # every replica its own claims, lease or not
         if not await self._store.hold_lease(self.holder, self._clock(), LEASE_TTL):
             self._filling = False
             return 0
-        await self._purge_claimed()
         ready = await self._store.count_ready(self._variant, up_to=self._pool.size)
         self._metrics.pool_size.set(ready)
         if ready >= self._pool.size or (not self._filling and ready >= self._pool.threshold):

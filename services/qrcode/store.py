@@ -3,7 +3,8 @@ and the refill lease) and ``scene_rates`` (fixed-window counters shared by every
 
 Times are epoch seconds. ``purge_at`` is a BSON date written at insert for a TTL index: scenes stay an
 hour past expiry so late callers hear "expired", not "unknown". Each state change is one conditional
-``find_one_and_update``; claims are ``find_one_and_update`` then ``delete_one`` (see shared.mongo).
+``find_one_and_update``; a pool claim is one that marks the entry claimed, deleted by the claiming
+replica's next refill round (see shared.mongo).
 """
 
 from __future__ import annotations

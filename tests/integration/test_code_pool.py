@@ -112,6 +112,16 @@ async def test_a_claimed_code_is_never_handed_out_again_and_the_next_refill_roun
     assert await PoolStore(db).purge_claimed(taken) == 0  # the round deleted the other two
 
 
+async def test_a_replica_without_the_refill_lease_still_deletes_what_it_claimed(db: Database) -> None:
+    clock = FakeClock()
+    holder = make_pool(db, FakeRenderer(), clock, size=3, refill_below=1, holder="holder")
+    other = make_pool(db, FakeRenderer(), clock, size=3, refill_below=1, holder="other")
+    assert await holder.refill_once() == 3
+    taken = [(await other.take()).scene for _ in range(2)]
+    assert await other.refill_once() == 0  # the holder's lease still runs
+    assert await PoolStore(db).purge_claimed(taken) == 0  # but other deleted its own claims
+
+
 async def test_two_replicas_refilling_at_once_fill_the_pool_exactly_once(db: Database) -> None:
     clock = FakeClock()
     renderers = [FakeRenderer(delay=0.01), FakeRenderer(delay=0.01)]
