@@ -6,7 +6,7 @@ browser's WebSocket reads ``confirmed``. The same logins are also watched by a 1
 /api/login/status`` once a second, what the seed design did), started at a random phase, for the
 ratio. The simulator's call counters before and after give WeChat calls per 1,000 logins.
 
-    python -m bench.confirm_push [--logins 2000] [--concurrency 8]
+    python -m bench.confirm_push [--logins 2000] [--concurrency 4]
 
 Every service runs as its own process (RabbitMQ, nx-27017, simulator); the clients run here.
 """

@@ -7,7 +7,7 @@ the step measures the services rather than the quota. The CPU seconds of every p
 give CPU per login; the busiest service is then sampled with py-spy (``pip install -e '.[bench]'``)
 during one more run at the best concurrency.
 
-    python -m bench.throughput [--levels 1,4,16,32,64] [--logins 300]
+    python -m bench.throughput [--levels 1,4,16,32,64] [--logins 400]
 """
 
 from __future__ import annotations
