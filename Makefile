@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install test lint typecheck unit integration e2e demo bench rabbitmq chromium clean
+.PHONY: install test lint typecheck unit integration e2e demo bench bench-quick bench-deps rabbitmq chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,8 +47,15 @@ e2e: install chromium
 demo: install
 	$(BIN)/python -m services run all
 
-bench: install rabbitmq
+# Benchmarks (not part of `make test`): every service its own process; see docs/benchmarks.md.
+bench-deps: install
+	@test -x $(BIN)/py-spy || $(BIN)/python -m pip install -q -e '.[dev,bench]'
+
+bench: bench-deps rabbitmq
 	$(BIN)/python -m bench
+
+bench-quick: bench-deps rabbitmq
+	$(BIN)/python -m bench --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,26 +1,40 @@
-"""``python -m bench`` (``make bench``): run every benchmark module of this package with defaults."""
+"""``python -m bench`` (``make bench``): every benchmark at full size; ``--quick`` (``make bench-quick``)
+runs each at a small size in under two minutes and writes to ``bench/results/quick/`` instead."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
-import pkgutil
 import sys
-from pathlib import Path
+import time
 
-HELPERS = {"harness", "report"}
+from bench import report
+
+# In this order: the cheap ones first, the 15,000 sockets last.
+BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
+    # module: (full-size arguments, quick arguments)
+    "issue_latency": ([], ["--requests", "30", "--cold-requests", "5"]),
+    "confirm_push": ([], ["--logins", "60", "--concurrency", "4"]),
+    "throughput": ([], ["--levels", "1,8", "--logins", "40"]),
+    "capacity": ([], ["--levels", "500,1000", "--hold", "3"]),
+}
 
 
-def main() -> None:
-    """Run ``main([])`` of each benchmark module, in name order."""
-    names = sorted(
-        m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if m.name not in HELPERS
-    )
-    for name in names:
+def main(argv: list[str] | None = None) -> None:
+    """Run ``main(args)`` of each benchmark module, in order; ``--only`` picks some."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, results under results/quick")
+    parser.add_argument("--only", help="comma-separated benchmark names", default=",".join(BENCHMARKS))
+    args = parser.parse_args(argv)
+    if args.quick:
+        report.use_results_dir(report.RESULTS / "quick")
+    for name in args.only.split(","):
+        full, quick = BENCHMARKS[name]
         module = importlib.import_module(f"bench.{name}")
-        runner = getattr(module, "main", None)
-        if callable(runner):
-            print(f"\n== bench.{name} ==", flush=True)
-            runner([])
+        started = time.monotonic()
+        print(f"\n== bench.{name} ==", flush=True)
+        module.main(quick if args.quick else full)
+        print(f"(bench.{name}: {time.monotonic() - started:.0f} s)", flush=True)
     sys.exit(0)
 
 

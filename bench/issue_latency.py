@@ -1,10 +1,9 @@
 """How fast ``POST /api/login/qrcode`` answers when WeChat is slow: the simulator adds 200 ms to every
 code render, and issuing is timed from a warm pool (sequential and concurrent) and with no pool.
 
-    python -m bench.issue_latency [--requests 200] [--latency-ms 200] [--bus memory|amqp]
+    python -m bench.issue_latency [--requests 200] [--latency-ms 200]
 
-Everything runs in this one process on the machine's cores, clients included: compare rows with each
-other, not with numbers from another machine.
+Every service runs as its own process over RabbitMQ (``bench.cluster``); the clients run here.
 """
 
 from __future__ import annotations
@@ -15,21 +14,15 @@ import time
 from typing import Any
 
 import aiohttp
-from pymongo import AsyncMongoClient
 
-from bench.harness import Stack, amqp_vhost, start_stack
+from bench.cluster import Cluster, cluster, from_pool_share
 from bench.report import print_table, summarize, write_json
 from shared.logging import configure_logging
-from shared.mongo import EmbeddedMongo
 
-POOL = 250
-LIMITS_OFF = {
-    "limit_issue_per_ip_per_minute": 0,
-    "limit_mp_per_ip_per_minute": 0,
-    "limit_ws_per_ip_per_minute": 0,
-    "limit_poll_per_ip_per_minute": 0,
-    "limit_issue_global_per_minute": 4285,
-}
+# A pool twice the default size (20), topped up after every claim; issues come in bursts of BURST
+# from a full pool, as a login page's visitors do, so every one is served from the pool.
+POOL = 40
+BURST = 32
 
 
 async def issue_once(http: aiohttp.ClientSession, gateway: str) -> float:
@@ -58,112 +51,97 @@ async def concurrent(http: aiohttp.ClientSession, gateway: str, n: int, clients:
     return [x for batch in batches for x in batch]
 
 
-async def ready_codes(stack: Stack) -> int:
-    """Ready codes in the pool, read from Mongo."""
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.settings.mongo_url)
-    try:
-        pool = client[stack.settings.mongo_db]["scene_pool"]
-        return int(await pool.count_documents({"kind": "code", "state": "ready"}))
-    finally:
-        await client.close()
-
-
-async def wait_for_pool(stack: Stack, size: int, timeout: float = 120.0) -> float:
-    """Wait until the pool holds ``size`` codes; returns how long that took."""
-    started = time.monotonic()
-    while await ready_codes(stack) < size:
-        if time.monotonic() - started > timeout:
-            raise RuntimeError("the pool did not fill in time")
-        await asyncio.sleep(0.25)
-    return time.monotonic() - started
-
-
-async def issued_from_pool(http: aiohttp.ClientSession, stack: Stack) -> dict[str, float]:
-    """Scenes issued so far by code source (``pool``/``render``), from the qrcode metrics."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    async with http.get(f"{stack.urls['qrcode']}/metrics") as resp:
-        text = await resp.text()
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == "wxlogin_scenes_issued_total":
-                out[s.labels["source"]] = s.value
+async def timed_get(http: aiohttp.ClientSession, url: str, n: int, **kwargs: Any) -> list[float]:
+    """``n`` sequential GETs of ``url``; seconds each."""
+    out = []
+    for _ in range(n):
+        started = time.perf_counter()
+        async with http.get(url, **kwargs) as resp:
+            await resp.read()
+        out.append(time.perf_counter() - started)
     return out
 
 
-async def measure(
-    mongo: EmbeddedMongo, bus_url: str, args: argparse.Namespace
-) -> tuple[list[dict[str, Any]], str]:
-    """The three scenarios; returns the table rows and how the latency fault was applied."""
+async def baselines(c: Cluster, n: int) -> list[dict[str, Any]]:
+    """What the issue path is made of, timed the same way: an HTTP round trip to the gateway alone
+    (``/healthz``), and HTTP + one RPC + one Mongo read (a status poll of an issued scene)."""
+    async with c.http.post(f"{c.gateway}/api/login/qrcode") as resp:
+        issued = await resp.json()
+    status = f"{c.gateway}/api/login/status?scene={issued['scene']}"
+    headers = {"X-Login-Ticket": issued["ticket"]}
+    return [
+        {
+            "scenario": "(gateway /healthz: HTTP only)",
+            **summarize(await timed_get(c.http, f"{c.gateway}/healthz", n)),
+        },
+        {
+            "scenario": "(status poll: HTTP + RPC + 1 Mongo read)",
+            **summarize(await timed_get(c.http, status, n, headers=headers)),
+        },
+    ]
+
+
+async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The three scenarios, each stack launched afresh; returns the table rows."""
     rows: list[dict[str, Any]] = []
-    async with aiohttp.ClientSession() as http:
-        warm = await start_stack(
-            mongo,
-            amqp_url=bus_url,
-            latency_ms=args.latency_ms,
-            code_pool_size=POOL,
-            code_pool_refill_below=POOL,
-            code_pool_refill_concurrency=8,
-            **LIMITS_OFF,
+    warm_env = {
+        "WXLOGIN_CODE_POOL_SIZE": str(POOL),
+        "WXLOGIN_CODE_POOL_REFILL_BELOW": str(POOL),
+        "WXLOGIN_CODE_POOL_REFILL_CONCURRENCY": "8",
+    }
+    async with cluster(warm_env) as warm:
+        await warm.sim_fault(args.latency_ms)
+        fill_s = await warm.wait_for_pool(POOL)
+        print(f"pool of {POOL} ready after {fill_s:.1f} s more", flush=True)
+        await sequential(warm.http, warm.gateway, 10)  # warm-up: connections, caches
+        before = await warm.issued_by_source()
+        seq: list[float] = []
+        while len(seq) < args.requests:  # in bursts of BURST, each from a full pool
+            await warm.wait_for_pool(POOL)
+            seq += await sequential(warm.http, warm.gateway, min(BURST, args.requests - len(seq)))
+        mid = await warm.issued_by_source()
+        rows.append(
+            {"scenario": "warm pool, 1 client", **summarize(seq), "from_pool": from_pool_share(before, mid)}
         )
-        fault_mode = warm.sim.fault_mode
-        try:
-            fill_s = await wait_for_pool(warm, POOL)
-            print(f"pool of {POOL} filled in {fill_s:.1f} s ({args.latency_ms:g} ms per render)", flush=True)
-            await sequential(http, warm.gateway, 10)  # warm-up: connections, caches
-            await wait_for_pool(warm, POOL)
-            before = await issued_from_pool(http, warm)
-            seq = await sequential(http, warm.gateway, args.requests)
-            mid = await issued_from_pool(http, warm)
-            rows.append({"scenario": "warm pool, 1 client", **summarize(seq), **_sources(before, mid)})
-            await wait_for_pool(warm, POOL)
-            conc = await concurrent(http, warm.gateway, args.requests, clients=args.clients)
-            after = await issued_from_pool(http, warm)
-            scenario = f"warm pool, {args.clients} clients"
-            rows.append({"scenario": scenario, **summarize(conc), **_sources(mid, after)})
-        finally:
-            await warm.stop()
+        conc: list[float] = []
+        while len(conc) < args.requests:
+            await warm.wait_for_pool(POOL)
+            conc += await concurrent(warm.http, warm.gateway, BURST, clients=args.clients)
+        after = await warm.issued_by_source()
+        scenario = f"warm pool, {args.clients} clients"
+        rows.append({"scenario": scenario, **summarize(conc), "from_pool": from_pool_share(mid, after)})
+        await warm.wait_for_pool(POOL)
+        rows += await baselines(warm, args.requests)
 
-        cold = await start_stack(
-            mongo, amqp_url=bus_url, latency_ms=args.latency_ms, code_pool_size=0, **LIMITS_OFF
+    async with cluster({"WXLOGIN_CODE_POOL_SIZE": "0"}) as cold:
+        await cold.sim_fault(args.latency_ms)
+        await sequential(cold.http, cold.gateway, 3)
+        before = await cold.issued_by_source()
+        seq = await sequential(cold.http, cold.gateway, args.cold_requests)
+        after = await cold.issued_by_source()
+        rows.append(
+            {"scenario": "no pool, 1 client", **summarize(seq), "from_pool": from_pool_share(before, after)}
         )
-        try:
-            await sequential(http, cold.gateway, 3)
-            before = await issued_from_pool(http, cold)
-            seq = await sequential(http, cold.gateway, args.cold_requests)
-            after = await issued_from_pool(http, cold)
-            rows.append({"scenario": "no pool, 1 client", **summarize(seq), **_sources(before, after)})
-        finally:
-            await cold.stop()
-    return rows, fault_mode
+    return rows
 
 
-async def run(args: argparse.Namespace, bus_url: str) -> dict[str, Any]:
+async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure, print the table, return the JSON payload."""
-    with EmbeddedMongo() as mongo:
-        rows, fault_mode = await measure(mongo, bus_url, args)
-    columns = ["scenario", "n", "p50_ms", "p95_ms", "p99_ms", "max_ms", "mean_ms", "from_pool"]
+    rows = await measure(args)
+    columns = ["scenario", "n", "p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms", "from_pool"]
     print(
-        f"\nPOST /api/login/qrcode, {args.latency_ms:g} ms added to every code render "
-        f"(latency fault: {fault_mode}), bus={args.bus}"
+        f"\nPOST /api/login/qrcode, {args.latency_ms:g} ms added to every code render (POST /sim/faults), "
+        "every service its own process over RabbitMQ"
     )
     print_table(rows, columns)
     return {
         "benchmark": "issue_latency",
         "render_latency_ms": args.latency_ms,
-        "latency_fault": fault_mode,
-        "bus": args.bus,
+        "latency_fault": "sim-api",
+        "bus": "amqp",
         "pool_size": POOL,
         "rows": rows,
     }
-
-
-def _sources(before: dict[str, float], after: dict[str, float]) -> dict[str, str]:
-    pool = after.get("pool", 0) - before.get("pool", 0)
-    render = after.get("render", 0) - before.get("render", 0)
-    total = pool + render
-    return {"from_pool": f"{pool / total:.0%}" if total else "-"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -173,16 +151,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cold-requests", type=int, default=30)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--latency-ms", type=float, default=200.0)
-    parser.add_argument("--bus", choices=["memory", "amqp"], default="memory")
     args = parser.parse_args(argv)
     configure_logging(service="bench", fmt="console", level="WARNING")
-    if args.bus == "amqp":
-        with amqp_vhost() as url:
-            result = asyncio.run(run(args, url))
-    else:
-        result = asyncio.run(run(args, "memory://"))
-    path = write_json("issue_latency" if args.bus == "memory" else f"issue_latency_{args.bus}", result)
-    print(f"\nwrote {path}")
+    result = asyncio.run(run(args))
+    print(f"wrote {write_json('issue_latency', result)}")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ wire server used by the demo and the tests):
   written by ``$set`` to 15 significant digits (an epoch time loses ~10 µs; inserts stay exact), so
   nothing may depend on an exact equality of times below a millisecond;
 * BSON dates are written only at insert time, and only for fields that back a TTL index;
-* claiming a document is ``find_one_and_update`` then ``delete_one``; nx-27017's
-  ``find_one_and_delete`` returns the document without deleting it;
+* claiming a document is a ``find_one_and_update`` that marks it claimed (deleted later, or by
+  ``delete_one``); nx-27017's ``find_one_and_delete`` returns the document without deleting it;
 * ``find_one_and_update(upsert=True)`` is avoided: nx-27017 ignores ``$setOnInsert`` there, and
   returns None instead of raising ``DuplicateKeyError`` when the filter misses an existing ``_id``.
   Code inserts and treats ``DuplicateKeyError`` as "someone else did";

@@ -162,6 +162,7 @@ class CodePool:
         self.holder = holder or uuid.uuid4().hex
         self._filling = False
         self._wake = asyncio.Event()
+        self._claimed: list[str] = []  # taken from the pool since the last refill round deleted them
 
     @property
     def variant(self) -> str:
@@ -174,6 +175,7 @@ class CodePool:
             pooled = await self._store.claim(self._variant, self._clock())
             self._wake.set()
             if pooled is not None:
+                self._claimed.append(pooled.scene)
                 return IssuedCode(pooled.scene, CodeImage(pooled.image, pooled.content_type), "pool")
         decision = await self._budget.take(self._clock())
         if not decision.allowed:
@@ -188,6 +190,7 @@ class CodePool:
         """
         if self._pool.size == 0:
             return 0
+        await self._purge_claimed()  # every replica its own claims, lease or not
         if not await self._store.hold_lease(self.holder, self._clock(), LEASE_TTL):
             self._filling = False
             return 0
@@ -243,6 +246,15 @@ class CodePool:
                         await self._wake.wait()
         finally:
             await self._store.release_lease(self.holder)
+
+    async def _purge_claimed(self) -> None:
+        """Delete the entries this replica claimed since the last round."""
+        claimed, self._claimed = self._claimed, []
+        try:
+            await self._store.purge_claimed(claimed)
+        except BaseException:
+            self._claimed.extend(claimed)  # try again next round
+            raise
 
     async def _take_budget(self, wanted: int) -> int:
         granted = 0

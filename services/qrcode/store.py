@@ -3,12 +3,13 @@ and the refill lease) and ``scene_rates`` (fixed-window counters shared by every
 
 Times are epoch seconds. ``purge_at`` is a BSON date written at insert for a TTL index: scenes stay an
 hour past expiry so late callers hear "expired", not "unknown". Each state change is one conditional
-``find_one_and_update``; claims are ``find_one_and_update`` then ``delete_one`` (see shared.mongo).
+``find_one_and_update``; a pool claim is one that marks the entry claimed, deleted by the claiming
+replica's next refill round (see shared.mongo).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -225,15 +226,27 @@ class PoolStore:
         await self._pool.insert_one(code.to_doc())
 
     async def claim(self, variant: str, now: float) -> PooledCode | None:
-        """Take one ready code of ``variant`` for this caller alone, or None when there is none."""
+        """Take one ready code of ``variant`` for this caller alone, or None when there is none.
+
+        One round trip: the entry is only marked ``claimed`` (no other caller can take it), and
+        :meth:`purge_claimed` deletes it later, off the issue path (or, if this replica dies first,
+        the ``purge_at`` TTL does).
+        """
         doc = await self._pool.find_one_and_update(
             {"kind": "code", "variant": variant, "state": "ready"},
             {"$set": {"state": "claimed", "claimed_at": now}},
         )
-        if doc is None:
-            return None
-        await self._pool.delete_one({"_id": doc["_id"], "state": "claimed"})
-        return PooledCode.from_doc(doc)
+        return None if doc is None else PooledCode.from_doc(doc)
+
+    async def purge_claimed(self, scenes: Sequence[str]) -> int:
+        """Delete these claimed entries (their images went out with their scenes).
+
+        By ``_id``: a filter on ``state`` alone scans the pool on nx-27017 (~6 ms for 700 entries).
+        """
+        if not scenes:
+            return 0
+        result = await self._pool.delete_many({"_id": {"$in": list(scenes)}, "state": "claimed"})
+        return int(result.deleted_count)
 
     async def count_ready(self, variant: str, *, up_to: int) -> int:
         """How many codes of ``variant`` are waiting, counting no further than ``up_to``."""

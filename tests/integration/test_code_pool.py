@@ -98,6 +98,30 @@ async def test_codes_of_another_configuration_are_never_handed_out(db: Database)
     assert await PoolStore(db).count_ready(old.variant, up_to=10) == 3
 
 
+async def test_a_claimed_code_is_never_handed_out_again_and_the_next_refill_round_deletes_it(
+    db: Database,
+) -> None:
+    renderer, clock = FakeRenderer(), FakeClock()
+    pool = make_pool(db, renderer, clock, size=3, refill_below=1)
+    assert await pool.refill_once() == 3
+    taken = [(await pool.take()).scene for _ in range(3)]
+    assert len(set(taken)) == 3
+    assert (await pool.take()).source == "render"  # the claimed entries are not ready any more
+    assert await PoolStore(db).purge_claimed(taken[:1]) == 1
+    await pool.refill_once()
+    assert await PoolStore(db).purge_claimed(taken) == 0  # the round deleted the other two
+
+
+async def test_a_replica_without_the_refill_lease_still_deletes_what_it_claimed(db: Database) -> None:
+    clock = FakeClock()
+    holder = make_pool(db, FakeRenderer(), clock, size=3, refill_below=1, holder="holder")
+    other = make_pool(db, FakeRenderer(), clock, size=3, refill_below=1, holder="other")
+    assert await holder.refill_once() == 3
+    taken = [(await other.take()).scene for _ in range(2)]
+    assert await other.refill_once() == 0  # the holder's lease still runs
+    assert await PoolStore(db).purge_claimed(taken) == 0  # but other deleted its own claims
+
+
 async def test_two_replicas_refilling_at_once_fill_the_pool_exactly_once(db: Database) -> None:
     clock = FakeClock()
     renderers = [FakeRenderer(delay=0.01), FakeRenderer(delay=0.01)]
