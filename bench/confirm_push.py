@@ -6,7 +6,7 @@ browser's WebSocket reads ``confirmed``. The same logins are also watched by a 1
 /api/login/status`` once a second, what the seed design did), started at a random phase, for the
 ratio. The simulator's call counters before and after give WeChat calls per 1,000 logins.
 
-    python -m bench.confirm_push [--logins 2000] [--concurrency 4]
+    python -m bench.confirm_push [--logins 2000] [--concurrency 1]
 
 Every service runs as its own process (RabbitMQ, nx-27017, simulator); the clients run here.
 """
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run, print both tables, write ``confirm_push.json`` and ``wechat_cost.json``."""
     parser = argparse.ArgumentParser(prog="python -m bench.confirm_push", description=__doc__)
     parser.add_argument("--logins", type=int, default=2000)
-    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=1)
     args = parser.parse_args(argv)
     configure_logging(service="bench", fmt="console", level="WARNING")
     result = asyncio.run(measure(args))
