@@ -20,7 +20,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from shared.bus import MemoryBroker
 from shared.config import Settings
 from shared.mongo import EmbeddedMongo, free_port
-from sim.phone import decode_scene
+from sim.phone import Phone, decode_scene
 from tests.scenes import FakeClock
 from tests.support import Sim, System, drop_database, make_settings, start_sim
 
@@ -102,6 +102,10 @@ class Demo:
     @property
     def url(self) -> str:
         return self.system.gateway
+
+    def phone(self, gateway: str | None = None) -> Phone:
+        """The simulated phone, talking to the page's gateway unless told another one."""
+        return Phone(self.http, gateway or self.url, self.sim.url)
 
     async def stop_gateway(self) -> None:
         """Stop the gateway the page talks to (sockets get 1001, the port is closed)."""

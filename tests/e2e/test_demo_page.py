@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from playwright.async_api import Browser, expect
 
-from sim.phone import Phone
 from tests.e2e.conftest import Demo, expect_state, open_demo, scene_on_screen, screenshot
 
 
@@ -22,7 +21,7 @@ async def test_a_person_logs_in_by_scanning_the_code_shown_in_the_page(browser: 
     await screenshot(page, "1-pending")
 
     scene = await scene_on_screen(page)
-    phone = Phone(demo.http, demo.url, demo.sim.url)
+    phone = demo.phone()
     scan = await phone.scan(scene)
     assert "Chrome" in scan["requester"]["browser"]
     await expect_state(page, "scanned")
@@ -69,7 +68,7 @@ async def test_a_cancel_on_the_phone_shows_cancelled_and_the_refresh_key_brings_
     page = await open_demo(browser, demo, locale="en-US", query="?lang=en")
     await expect_state(page, "pending")
     scene = await scene_on_screen(page)
-    phone = Phone(demo.http, demo.url, demo.sim.url)
+    phone = demo.phone()
     await phone.scan(scene)
     await expect_state(page, "scanned")
     await phone.cancel(scene)
@@ -106,7 +105,7 @@ async def test_an_expired_code_offers_a_refresh_that_shows_a_new_different_code(
     await expect(page.locator("#phone-result")).to_contain_text("Expired")
     await screenshot(page, "5-expired")
     # Nobody can use the old code any more.
-    phone = Phone(demo.http, demo.url, demo.sim.url)
+    phone = demo.phone()
     scan = await demo.http.post(f"{demo.url}/api/mp/scan", json={"scene": scene})
     assert scan.status == 410
     scan.release()

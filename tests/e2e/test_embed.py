@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 from aiohttp import web
 from playwright.async_api import Browser, expect
 
-from sim.phone import Phone
 from tests.e2e.conftest import Demo, expect_state, scene_on_screen
 
 # The README's three lines, plus where this test page shows the result.
@@ -55,7 +54,7 @@ async def log_in_on(browser: Browser, demo: Demo, html: str) -> None:
         await page.goto(url)
         await expect_state(page, "pending")
         scene = await scene_on_screen(page)
-        phone = Phone(demo.http, demo.url, demo.sim.url)
+        phone = demo.phone()
         await phone.scan(scene)
         await expect_state(page, "scanned")
         openid = await phone.register()

@@ -8,7 +8,6 @@ from typing import Any
 
 from playwright.async_api import Browser, Page, Request, WebSocket, WebSocketRoute, expect
 
-from sim.phone import Phone
 from tests.e2e.conftest import (
     STEP,
     Demo,
@@ -54,7 +53,7 @@ async def test_with_websockets_blocked_the_sdk_long_polls_and_still_logs_in(
     await expect(box).to_have_attribute("data-transport", "longpoll")
     assert len(attempts) >= 2  # it tried (and retried) the socket first
     scene = await scene_on_screen(page)
-    phone = Phone(demo.http, demo.url, demo.sim.url)
+    phone = demo.phone()
     await phone.scan(scene)
     await expect_state(page, "scanned")
     await phone.confirm(scene)
@@ -84,7 +83,7 @@ async def test_a_gateway_restart_mid_login_is_survived_and_the_page_reaches_the_
     await expect(box).to_have_attribute("data-transport", "reconnecting")
     await expect(page.locator(".wxl-net")).to_have_text("连接中断，正在重连…")  # noqa: RUF001
     await screenshot(page, "6-reconnecting")
-    phone = Phone(demo.http, demo.system.urls[other], demo.sim.url)
+    phone = demo.phone(demo.system.urls[other])
     await phone.scan(scene)
     await phone.confirm(scene)  # confirmed while the page could not hear about it
 
@@ -105,7 +104,7 @@ async def test_a_push_after_a_reconnect_still_moves_the_page(browser: Browser, d
     await expect(box).to_have_attribute("data-transport", "reconnecting")
     await demo.start_gateway()
     await expect(box).not_to_have_attribute("data-transport", "reconnecting")
-    phone = Phone(demo.http, demo.url, demo.sim.url)
+    phone = demo.phone()
     await phone.scan(scene)
     await expect_state(page, "scanned")
     await phone.cancel(scene)
@@ -136,7 +135,7 @@ async def test_the_ticket_is_never_stored_or_put_in_a_url(browser: Browser, demo
     await expect_state(page, "pending")
     await assert_nowhere()
     scene = await scene_on_screen(page)
-    phone = Phone(demo.http, demo.url, demo.sim.url)
+    phone = demo.phone()
     await phone.scan(scene)
     await expect_state(page, "scanned")
     await assert_nowhere()
@@ -173,7 +172,7 @@ async def test_after_logging_in_the_box_makes_no_more_traffic(browser: Browser, 
     seen = await record_traffic(page)
     await expect_state(page, "pending")
     scene = await scene_on_screen(page)
-    phone = Phone(demo.http, demo.url, demo.sim.url)
+    phone = demo.phone()
     await phone.scan(scene)
     await phone.confirm(scene)
     await expect(page.locator("#account")).to_be_visible()
@@ -188,7 +187,7 @@ async def test_after_a_cancel_or_an_expiry_the_box_makes_no_more_traffic(
     seen = await record_traffic(page)
     await expect_state(page, "pending")
     scene = await scene_on_screen(page)
-    phone = Phone(demo.http, demo.url, demo.sim.url)
+    phone = demo.phone()
     await phone.scan(scene)
     await phone.cancel(scene)
     await expect_state(page, "cancelled")
