@@ -37,10 +37,13 @@ LIMITS_OFF = {
 
 
 @contextmanager
-def amqp_vhost() -> Iterator[str]:
-    """A RabbitMQ vhost for this run, deleted afterwards (``/`` when rabbitmqctl is missing)."""
+def amqp_vhost(prefix: str = "wxlogin-bench", host: str = "127.0.0.1") -> Iterator[str]:
+    """A fresh RabbitMQ vhost, deleted afterwards (``/`` when rabbitmqctl is missing).
+
+    Shared with the test suite's ``amqp_base_url`` fixture.
+    """
     ctl = shutil.which("rabbitmqctl")
-    vhost = f"wxlogin-bench-{uuid.uuid4().hex[:8]}"
+    vhost = f"{prefix}-{uuid.uuid4().hex[:8]}"
     created = False
     if ctl:
         created = subprocess.run([ctl, "add_vhost", vhost], capture_output=True, timeout=60).returncode == 0
@@ -49,9 +52,10 @@ def amqp_vhost() -> Iterator[str]:
                 [ctl, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
                 capture_output=True,
                 timeout=60,
+                check=True,
             )
     try:
-        yield f"amqp://guest:guest@127.0.0.1:5672/{vhost if created else ''}"
+        yield f"amqp://guest:guest@{host}:5672/{vhost if created else ''}"
     finally:
         if created and ctl:
             subprocess.run([ctl, "delete_vhost", vhost], capture_output=True, timeout=60)

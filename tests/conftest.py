@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
+from bench.cluster import amqp_vhost
 from shared.logging import configure_logging
 from shared.mongo import EmbeddedMongo
 
@@ -30,23 +29,8 @@ def mongo_server() -> Iterator[EmbeddedMongo]:
 @pytest.fixture(scope="session")
 def amqp_base_url() -> Iterator[str]:
     """A fresh RabbitMQ vhost for this run (deleted at the end); ``/`` when rabbitmqctl is missing."""
-    ctl = shutil.which("rabbitmqctl")
-    vhost = f"wxlogin-test-{uuid.uuid4().hex[:8]}"
-    created = False
-    if ctl:
-        done = subprocess.run([ctl, "add_vhost", vhost], capture_output=True, timeout=60)
-        if done.returncode == 0:
-            subprocess.run(
-                [ctl, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-                capture_output=True,
-                timeout=60,
-                check=True,
-            )
-            created = True
-    url = f"amqp://guest:guest@{RABBIT_HOST}:5672/{vhost if created else ''}"
-    yield url
-    if created and ctl:
-        subprocess.run([ctl, "delete_vhost", vhost], capture_output=True, timeout=60)
+    with amqp_vhost("wxlogin-test", host=RABBIT_HOST) as url:
+        yield url
 
 
 @pytest.fixture
