@@ -11,7 +11,7 @@ from aiohttp import web
 from services.qrcode.handlers import SceneHandlers, SceneSettings
 from services.qrcode.limits import SharedRateLimit
 from services.qrcode.metrics import SceneMetrics
-from services.qrcode.pool import CodePool, CodeRenderer, PoolSettings, RenderSettings, stop_if_cancelled
+from services.qrcode.pool import CodePool, CodeRenderer, PoolSettings, RenderSettings
 from services.qrcode.store import INDEXES, PoolStore, RateWindowStore, SceneStore
 from shared.bus import MemoryBroker
 from shared.config import Settings
@@ -74,9 +74,11 @@ def pool_settings(settings: Settings) -> PoolSettings:
 
 
 async def sweep_forever(handlers: SceneHandlers, interval: float = SWEEP_INTERVAL) -> None:
-    """Run the expiry sweeper every ``interval`` seconds (errors are logged, never fatal)."""
+    """Run the expiry sweeper every ``interval`` seconds (errors are logged, never fatal).
+
+    Started with ``background()``, whose ``stop_task`` ends it even when a callee swallowed the cancel.
+    """
     while True:
-        stop_if_cancelled("scene-sweeper")
         try:
             await handlers.sweep()
         except Exception:  # the sweeper must survive a Mongo or bus hiccup

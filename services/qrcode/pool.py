@@ -48,19 +48,6 @@ def data_uri(image: CodeImage) -> str:
     return f"data:{image.content_type};base64,{base64.b64encode(image.data).decode()}"
 
 
-def stop_if_cancelled(loop_name: str) -> None:
-    """Raise CancelledError when this task was cancelled but a callee swallowed it.
-
-    On Python 3.11 ``asyncio.wait_for`` can swallow a cancellation that arrives as its inner awaitable
-    completes (fixed in 3.12); the task's ``cancelling()`` count still records it, so a forever-loop
-    checks it once per round instead of outliving its app.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling() > 0:
-        log.warning("cancel_was_swallowed", loop=loop_name)
-        raise asyncio.CancelledError
-
-
 @dataclass(frozen=True)
 class RenderSettings:
     """How codes are rendered (from configuration); any change makes pooled codes unusable."""
@@ -228,7 +215,6 @@ class CodePool:
         delay = interval
         try:
             while True:
-                stop_if_cancelled("code-pool-refill")
                 self._wake.clear()  # claims from now on wake the next round early
                 try:
                     await self.refill_once()
@@ -240,7 +226,7 @@ class CodePool:
                     delay = min(MAX_BACKOFF, delay * 2)
                     log.exception("pool_refill_crashed", retry_in=round(delay, 1))
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands as
-                # the event fires, and this loop would then outlive its app.
+                # the event fires (shared.runtime.stop_task cancels again, but need not have to).
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._wake.wait()
