@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 
 from services.launch import Launcher
+from shared.mongo import make_client
 
 CODE_ENDPOINT = "wxa/getwxacodeunlimit"
 ORIGIN = "http://bench.invalid"
@@ -196,10 +197,8 @@ class Cluster:
                 self.users.append(str((await resp.json())["openid"]))
 
     async def ready_codes(self) -> int:
-        """Ready codes in the qrcode service's pool (its gauge, or Mongo when it has none)."""
-        from pymongo import AsyncMongoClient
-
-        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(self.launcher.mongo_url)
+        """Ready codes in the qrcode service's pool, counted in Mongo."""
+        client = make_client(self.launcher.mongo_url)
         try:
             db = self.launcher.env.get("WXLOGIN_MONGO_DB", "wxlogin")
             return int(await client[db]["scene_pool"].count_documents({"kind": "code", "state": "ready"}))
