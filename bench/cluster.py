@@ -299,17 +299,30 @@ async def subscribe(
 
 
 async def phone_confirm(
-    http: aiohttp.ClientSession, gateway: str, sim: str, openid: str, login: Login
+    http: aiohttp.ClientSession,
+    gateway: str,
+    sim: str,
+    openid: str,
+    login: Login,
+    *,
+    code_with_scan: bool = True,
 ) -> None:
-    """The mini-program: ``wx.login()`` code, ``POST /api/mp/scan``, then ``POST /api/mp/confirm``.
+    """The mini-program: a ``wx.login()`` code, ``POST /api/mp/scan``, then ``POST /api/mp/confirm``.
 
+    The code goes with the scan, as the mini-program page sends it (the confirm then carries none),
+    or with the confirm (``code_with_scan=False``: the confirm exchanges it with WeChat).
     ``confirm_sent`` is taken just before the confirm request leaves.
     """
     async with http.post(f"{sim}/sim/codes", json={"openid": openid}) as resp:
         code = (await _json(resp, 201))["code"]
-    async with http.post(f"{gateway}/api/mp/scan", json={"scene": login.scene}) as resp:
-        scan_token = (await _json(resp, 200))["scan_token"]
-    body = {"scene": login.scene, "scan_token": scan_token, "code": code}
+    scan_body = {"scene": login.scene, "code": code} if code_with_scan else {"scene": login.scene}
+    async with http.post(f"{gateway}/api/mp/scan", json=scan_body) as resp:
+        scanned = await _json(resp, 200)
+    if code_with_scan and scanned.get("identified") is not True:
+        raise LoginError(f"the scan did not identify the phone: {scanned.get('identify_error')}")
+    body = {"scene": login.scene, "scan_token": scanned["scan_token"]}
+    if not code_with_scan:
+        body["code"] = code
     login.confirm_sent = time.perf_counter()
     async with http.post(f"{gateway}/api/mp/confirm", json=body) as resp:
         await _json(resp, 200)

@@ -409,10 +409,37 @@ class ConfirmResult(Reply):
 
 
 class ConfirmLogin(Request[ConfirmResult]):
-    """The phone approved: exchange its wx.login code, find the user, confirm the scene."""
+    """The phone approved: find its user, confirm the scene.
+
+    ``code`` is the phone's wx.login code, exchanged now; without it, the identity the scan exchanged
+    (:class:`IdentifyScanner`) is used, so confirming waits on no WeChat call.
+    """
 
     TYPE = "session.confirm"
     REPLY = ConfirmResult
+
+    scene: SceneId
+    scan_hash: TicketHash
+    code: Sealed | None = None
+
+
+class Identified(Reply):
+    """Whether the scanning phone's wx.login code was exchanged (nothing else leaves the service)."""
+
+    TYPE = "session.identify.reply"
+
+    identified: bool
+
+
+class IdentifyScanner(Request[Identified]):
+    """The phone that scanned sent its wx.login code with the scan: exchange it ahead of the confirm.
+
+    Sent by the gateway only after ``qrcode.scan`` bound ``scan_hash`` to this phone, so a code of a
+    phone that did not win the scan never reaches WeChat.
+    """
+
+    TYPE = "session.identify"
+    REPLY = Identified
 
     scene: SceneId
     scan_hash: TicketHash

@@ -54,8 +54,12 @@ class Phone:
     gateway: str
     sim: str
     openid: str | None = None
+    # Send a wx.login code with the scan, as the mini-program page does (the confirm then needs none).
+    code_with_scan: bool = True
     # scene → the scan token the gateway gave this phone (what the mini-program page keeps in memory)
     scan_tokens: dict[str, str] = field(default_factory=dict)
+    # scene → whether the scan's code identified this phone
+    identified: dict[str, bool] = field(default_factory=dict)
 
     async def _post(self, url: str, body: dict[str, Any]) -> Any:
         async with self.session.post(url, json=body) as resp:
@@ -93,21 +97,38 @@ class Phone:
         )
         return result
 
-    async def scan(self, scene: str) -> dict[str, Any]:
-        """Open the login page for ``scene``: ``POST /api/mp/scan``; keeps the scan token it gets."""
-        result: dict[str, Any] = await self._post(f"{self.gateway}/api/mp/scan", {"scene": scene})
+    async def scan(self, scene: str, *, with_code: bool | None = None) -> dict[str, Any]:
+        """Open the login page for ``scene``: ``POST /api/mp/scan``; keeps the scan token it gets.
+
+        Like the mini-program page, it sends a wx.login code with the scan (unless ``with_code`` or
+        the phone's ``code_with_scan`` says not to), so the confirm can go without one.
+        """
+        body: dict[str, Any] = {"scene": scene}
+        if self.code_with_scan if with_code is None else with_code:
+            body["code"] = await self.wx_login()
+        result: dict[str, Any] = await self._post(f"{self.gateway}/api/mp/scan", body)
         self.scan_tokens[scene] = str(result["scan_token"])
+        self.identified[scene] = result.get("identified") is True
         return result
 
     async def confirm(
-        self, scene: str, code: str | None = None, *, scan_token: str | None = None
+        self,
+        scene: str,
+        code: str | None = None,
+        *,
+        scan_token: str | None = None,
+        with_code: bool | None = None,
     ) -> dict[str, Any]:
-        """Tap 确认登录: ``POST /api/mp/confirm`` with this phone's scan token and a fresh wx.login code."""
-        body = {
-            "scene": scene,
-            "scan_token": scan_token or self.scan_tokens.get(scene, ""),
-            "code": code or await self.wx_login(),
-        }
+        """Tap 确认登录: ``POST /api/mp/confirm`` with this phone's scan token.
+
+        A wx.login code goes with it when given, when ``with_code`` asks for one, or when the scan did
+        not identify this phone (a fresh one from the simulator).
+        """
+        body: dict[str, Any] = {"scene": scene, "scan_token": scan_token or self.scan_tokens.get(scene, "")}
+        if code is not None:
+            body["code"] = code
+        elif with_code if with_code is not None else not self.identified.get(scene, False):
+            body["code"] = await self.wx_login()
         result: dict[str, Any] = await self._post(f"{self.gateway}/api/mp/confirm", body)
         return result
 

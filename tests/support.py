@@ -152,6 +152,15 @@ class Browser:
         data: dict[str, Any] = msg.json()
         return data
 
+    async def state(self) -> str:
+        """The scene's current state, read once through the status fallback (no waiting)."""
+        async with self.session.get(
+            f"{self.gateway}/api/login/status",
+            params={"scene": self.scene, "wait": "0"},
+            headers={"X-Login-Ticket": self.ticket},
+        ) as resp:
+            return str((await resp.json())["state"])
+
     async def complete(self, *, ticket: str | None = None) -> tuple[int, dict[str, Any]]:
         async with self.session.post(
             f"{self.gateway}/api/login/complete", json={"scene": self.scene, "ticket": ticket or self.ticket}

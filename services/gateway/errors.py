@@ -52,6 +52,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "invalid_request": 400,
     "ticket_in_url": 400,
     "code_invalid": 400,
+    "code_required": 400,
     "unauthorized": 401,
     "token_invalid": 401,
     "ticket_required": 401,

@@ -19,16 +19,20 @@ from services.gateway.limits import GatewayLimits
 from services.gateway.longpoll import StatusPoller, StatusQuery, status_body
 from services.gateway.ws import SocketEndpoint, request_origin_allowed, ticket_hash
 from shared.errors import RemoteError
+from shared.logging import get_logger
 from shared.messages import (
     CancelScene,
     CompleteLogin,
     ConfirmLogin,
+    IdentifyScanner,
     IssueScene,
     ScanScene,
     SceneId,
     TokenPair,
 )
 from shared.runtime import BUS, SETTINGS
+
+log = get_logger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 KEYS = web.AppKey("keys", KeySet)
@@ -51,11 +55,15 @@ class CompleteBody(BaseModel):
     ticket: str = Ticket
 
 
-class SceneBody(BaseModel):
-    """``POST /api/mp/scan``."""
+WxLoginCode = Field(default=None, min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")
+
+
+class ScanBody(BaseModel):
+    """``POST /api/mp/scan``: ``code`` (from wx.login) lets the confirm skip the WeChat exchange."""
 
     model_config = ConfigDict(extra="ignore")
     scene: SceneId
+    code: str | None = WxLoginCode
 
 
 class CancelBody(BaseModel):
@@ -72,7 +80,8 @@ class ConfirmBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
     scene: SceneId
     scan_token: str = Ticket
-    code: str = Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")
+    # Required unless the scan sent one and answered ``identified: true``.
+    code: str | None = WxLoginCode
 
 
 async def read_body(request: web.Request, model: type[M]) -> M:
@@ -223,7 +232,7 @@ async def jwks(request: web.Request) -> web.Response:
 
 
 async def mp_scan(request: web.Request) -> web.Response:
-    """``POST /api/mp/scan {scene}`` → what the phone is about to approve, and its scan token.
+    """``POST /api/mp/scan {scene, code?}`` → what the phone is about to approve, and its scan token.
 
     The scan token binds the scene to this phone: confirm and cancel must present it, so nobody
     else who saw the code can approve it (with their own account) or cancel it. Like the browser's
@@ -231,12 +240,27 @@ async def mp_scan(request: web.Request) -> web.Response:
     """
     ip = client_ip(request)
     request.app[LIMITS].check("mp", ip)
-    body = await read_body(request, SceneBody)
+    body = await read_body(request, ScanBody)
     scan_token = secrets.token_urlsafe(32)
-    info = await request.app[BUS].call(ScanScene(scene=body.scene, scan_hash=ticket_hash(scan_token), ip=ip))
+    scan_hash = ticket_hash(scan_token)
+    info = await request.app[BUS].call(ScanScene(scene=body.scene, scan_hash=scan_hash, ip=ip))
+    identified, identify_error = False, None
+    if body.code is not None:
+        # Only now, with the scan won by this phone, may its code reach WeChat. A failure here does
+        # not undo the scan: the confirm then carries a fresh code.
+        try:
+            reply = await request.app[BUS].call(
+                IdentifyScanner(scene=body.scene, scan_hash=scan_hash, code=SecretStr(body.code))
+            )
+            identified = reply.identified
+        except RemoteError as exc:
+            identify_error = exc.error_code
+            log.info("scan_not_identified", reason=exc.error_code)
     return web.json_response(
         {
             "scan_token": scan_token,
+            "identified": identified,
+            **({"identify_error": identify_error} if identify_error else {}),
             "site": info.site,
             "requester": {
                 "browser": info.requester.browser,
@@ -250,11 +274,12 @@ async def mp_scan(request: web.Request) -> web.Response:
 
 
 async def mp_confirm(request: web.Request) -> web.Response:
-    """``POST /api/mp/confirm {scene, scan_token, code}`` → ``{state: "confirmed"}``."""
+    """``POST /api/mp/confirm {scene, scan_token, code?}`` → ``{state: "confirmed"}``."""
     request.app[LIMITS].check("mp", client_ip(request))
     body = await read_body(request, ConfirmBody)
+    code = SecretStr(body.code) if body.code is not None else None
     result = await request.app[BUS].call(
-        ConfirmLogin(scene=body.scene, scan_hash=ticket_hash(body.scan_token), code=SecretStr(body.code))
+        ConfirmLogin(scene=body.scene, scan_hash=ticket_hash(body.scan_token), code=code)
     )
     return web.json_response({"state": result.state})
 

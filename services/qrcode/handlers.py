@@ -229,10 +229,8 @@ class SceneHandlers:
         """
         bind_context(scene=request.scene)
         now = self._clock()
-        current = await self._store.get(request.scene)
+        # The transition requires an unexpired scene, so this is also before its expiry + the window.
         deadline = now + self._settings.redeem_window
-        if current is not None:
-            deadline = min(current.expires_at + self._settings.redeem_window, deadline)
         scene = await self._store.transition(
             request.scene,
             from_states=("scanned",),

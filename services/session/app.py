@@ -31,6 +31,7 @@ from shared.messages import (
     DecryptData,
     EndSession,
     GetJwks,
+    IdentifyScanner,
     LoginMiniProgram,
     RefreshTokens,
     SigningKeysChanged,
@@ -130,6 +131,7 @@ def create_app(
         await bus.serve(
             {
                 ConfirmLogin: handlers.confirm,
+                IdentifyScanner: handlers.identify,
                 CompleteLogin: handlers.complete,
                 LoginMiniProgram: handlers.mp_login,
                 RefreshTokens: handlers.refresh,

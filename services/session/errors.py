@@ -47,6 +47,13 @@ class CodeInProgress(ServiceError):
     default_message = "this login is already being processed"
 
 
+class CodeRequired(ServiceError):
+    """A confirm without a code, from a phone whose scan sent no code that could be exchanged."""
+
+    code = "code_required"
+    default_message = "send a code from wx.login() with the confirm: the scan did not identify this phone"
+
+
 class CodeAlreadyUsed(ServiceError):
     """The wx.login code was already spent on another login (a scene, or mini-program login)."""
 

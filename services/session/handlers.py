@@ -14,6 +14,7 @@ from services.session.errors import (
     CodeAlreadyUsed,
     CodeInProgress,
     CodeInvalid,
+    CodeRequired,
     DecryptFailed,
     NoSessionKey,
     PhoneCodeInvalid,
@@ -50,6 +51,8 @@ from shared.messages import (
     EndSession,
     GetJwks,
     GetSceneStatus,
+    Identified,
+    IdentifyScanner,
     Jwks,
     LoggedOut,
     LoginConfirmed,
@@ -154,40 +157,82 @@ class SessionHandlers:
 
     # -- logins --
 
-    async def confirm(self, request: ConfirmLogin) -> ConfirmResult:
-        """RPC ``session.confirm``: identify the phone's user and confirm the scene for them.
+    async def identify(self, request: IdentifyScanner) -> Identified:
+        """RPC ``session.identify``: exchange the scanning phone's wx.login code ahead of its confirm.
 
-        Idempotent for the same code and scene: a retried or redelivered request answers
-        ``confirmed`` again without calling WeChat or announcing anything twice.
+        The gateway asks right after ``qrcode.scan`` bound ``scan_hash`` to this phone, while the user
+        reads what they are approving; the confirm then waits on no WeChat call. The code is spent
+        on this scene as a confirm with it would spend it. Nobody is created, counted or logged in
+        until the confirm.
         """
         bind_context(scene=request.scene)
         code = request.code.get_secret_value()
-        code_hash = sha256_hex(code)
+        identity = await self._exchange(code, confirm_purpose(request.scene), scan_hash=request.scan_hash)
+        # A returning user (nothing to create or link) is noted now, so the confirm need not look.
+        known = await self._stores.users.by_openid(identity.openid)
+        if known is not None and (identity.unionid is None or known.unionid == identity.unionid):
+            await self._stores.code_uses.note_user(identity.code_hash, known.id)
+        log.info("scanner_identified")
+        return Identified(identified=True)
+
+    async def confirm(self, request: ConfirmLogin) -> ConfirmResult:
+        """RPC ``session.confirm``: identify the phone's user and confirm the scene for them.
+
+        With a code, the code is exchanged now (after checking that this phone scanned); without
+        one, the code the phone sent with its scan (:meth:`identify`) is used. Idempotent: a retried
+        or redelivered request answers ``confirmed`` again without calling WeChat or announcing
+        anything twice.
+        """
+        bind_context(scene=request.scene)
         purpose = confirm_purpose(request.scene)
-        # Checked before WeChat sees the code: only the phone that scanned may confirm.
-        status = await self._bus.call(GetSceneStatus(scene=request.scene, scan_hash=request.scan_hash))
-        if status.state != "scanned":
-            if status.state in ("confirmed", "redeemed") and await self._confirmed_by(code_hash, purpose):
-                log.info("confirm_repeated")
-                return ConfirmResult(scene=request.scene, state="confirmed")
-            error_code, message = _NOT_CONFIRMABLE[status.state]
-            raise RemoteError(error_code, message)
-        identity = await self._exchange(code, purpose)
-        user = await self._record_login(identity)
+        user_id: str | None = None
+        if request.code is None:
+            identity, user_id = await self._scanner_identity(request, purpose)
+        else:
+            code = request.code.get_secret_value()
+            # Checked before WeChat sees the code: only the phone that scanned may confirm.
+            status = await self._bus.call(GetSceneStatus(scene=request.scene, scan_hash=request.scan_hash))
+            if status.state != "scanned":
+                if status.state in ("confirmed", "redeemed") and await self._confirmed_by(
+                    sha256_hex(code), purpose
+                ):
+                    log.info("confirm_repeated")
+                    return ConfirmResult(scene=request.scene, state="confirmed")
+                raise RemoteError(*_NOT_CONFIRMABLE[status.state])
+            identity = await self._exchange(code, purpose)
+        if user_id is None:
+            user_id = (await self._ensure_user(identity)).id
         try:
             await self._bus.call(
-                ConfirmScene(scene=request.scene, scan_hash=request.scan_hash, user_id=user.id)
+                ConfirmScene(scene=request.scene, scan_hash=request.scan_hash, user_id=user_id)
             )
         except RemoteError as exc:
             # A twin of this request (same code, hence same user) may have confirmed it a moment ago;
             # another phone's win is refused at once rather than waited on.
-            if exc.error_code == "already_confirmed" and await self._confirmed_for(request.scene, user.id):
+            if exc.error_code == "already_confirmed" and await self._confirmed_for(request.scene, user_id):
+                await self._note_login(identity, user_id)
                 return ConfirmResult(scene=request.scene, state="confirmed")
             raise
-        await self._stores.code_uses.mark_done(code_hash)
-        await self._publisher.publish(LoginConfirmed(scene=request.scene, user_id=user.id))
-        log.info("login_confirmed", user_id=user.id)
+        # The push leaves with login.confirmed; the login's bookkeeping runs beside it, not before it.
+        await asyncio.gather(
+            self._publisher.publish(LoginConfirmed(scene=request.scene, user_id=user_id)),
+            self._note_login(identity, user_id),
+        )
+        await self._stores.code_uses.mark_done(identity.code_hash)
+        log.info("login_confirmed", user_id=user_id)
         return ConfirmResult(scene=request.scene, state="confirmed")
+
+    async def _scanner_identity(self, request: ConfirmLogin, purpose: str) -> tuple[Identity, str | None]:
+        """The identity exchanged from the code this phone sent with its scan, and its known user."""
+        use = await self._stores.code_uses.for_scan(request.scan_hash, purpose)
+        if use is not None and use.openid and use.sealed_session_key:
+            identity = Identity(use.code_hash, use.openid, use.unionid, use.sealed_session_key)
+            return identity, use.known_user
+        # Say why precisely: a wrong scan token or a scene past scanning, else the missing code.
+        status = await self._bus.call(GetSceneStatus(scene=request.scene, scan_hash=request.scan_hash))
+        if status.state != "scanned":
+            raise RemoteError(*_NOT_CONFIRMABLE[status.state])
+        raise CodeRequired()
 
     async def complete(self, request: CompleteLogin) -> TokenPair:
         """RPC ``session.complete``: redeem the confirmed scene (ticket checked) and issue tokens."""
@@ -320,9 +365,13 @@ class SessionHandlers:
 
     async def _record_login(self, identity: Identity) -> User:
         """Find or create the user; count the login and keep the session_key once per code."""
-        now = self._clock()
+        user = await self._ensure_user(identity)
+        return await self._note_login(identity, user.id) or user
+
+    async def _ensure_user(self, identity: Identity) -> User:
+        """The user of the identity's openid, created (and announced) the first time."""
         try:
-            user, created = await self._stores.users.ensure(identity.openid, identity.unionid, now)
+            user, created = await self._stores.users.ensure(identity.openid, identity.unionid, self._clock())
         except Taken:
             holder = await self._stores.users.by_unionid(identity.unionid or "")
             log.warning("unionid_conflict", security=True, linked_user=holder.id if holder else None)
@@ -334,11 +383,16 @@ class SessionHandlers:
             log.info("user_created", user_id=user.id)
         if identity.unionid and user.unionid != identity.unionid:
             log.warning("unionid_mismatch", security=True, user_id=user.id)  # kept the linked one
-        # The same code always carries the same key, so saving it again on a retry is harmless.
-        await self._stores.mp_sessions.save(user.id, identity.sealed_session_key, now)
-        if await self._stores.code_uses.attach_user(identity.code_hash, user.id):
-            user = await self._stores.users.count_login(user.id, now)
         return user
+
+    async def _note_login(self, identity: Identity, user_id: str) -> User | None:
+        """Keep the code's session_key and count the login, once per code; the user as counted then."""
+        now = self._clock()
+        # The same code always carries the same key, so saving it again on a retry is harmless.
+        await self._stores.mp_sessions.save(user_id, identity.sealed_session_key, now)
+        if await self._stores.code_uses.attach_user(identity.code_hash, user_id):
+            return await self._stores.users.count_login(user_id, now)
+        return None
 
     async def _link_unionid(self, user: User, unionid: str) -> User:
         if user.unionid == unionid:
@@ -380,11 +434,11 @@ class SessionHandlers:
             raise WeChatUnavailable("WeChat returned no phone number")
         return info
 
-    async def _exchange(self, code: str, purpose: str) -> Identity:
+    async def _exchange(self, code: str, purpose: str, *, scan_hash: str | None = None) -> Identity:
         """Exchange a wx.login code with WeChat at most once; a retry for the same purpose reuses it."""
         code_hash = sha256_hex(code)
         now = self._clock()
-        earlier = await self._stores.code_uses.claim(code_hash, purpose, now)
+        earlier = await self._stores.code_uses.claim(code_hash, purpose, now, scan_hash=scan_hash)
         if earlier is not None:
             if earlier.purpose != purpose or now - earlier.created_at > CODE_LIFETIME:
                 log.info("code_reuse_refused")

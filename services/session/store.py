@@ -28,6 +28,7 @@ INDEXES = [
     ),
     Index(USERS, [("phone", 1)], unique=True, partial={"phone": {"$type": "string"}}, name="users_phone"),
     Index(CODE_USES, [("purge_at", 1)], expire_after_seconds=0, name="code_uses_ttl"),
+    Index(CODE_USES, [("scan_hash", 1)], name="code_uses_scan"),
     Index(REFRESH_TOKENS, [("purge_at", 1)], expire_after_seconds=0, name="refresh_tokens_ttl"),
     Index(REFRESH_TOKENS, [("family", 1)], name="refresh_tokens_family"),
     Index(
@@ -206,6 +207,7 @@ class CodeUse:
 
     status: str  # exchanging | done | failed
     purpose: str = ""
+    code_hash: str = ""
     created_at: float = 0.0
     openid: str | None = None
     unionid: str | None = None
@@ -213,12 +215,14 @@ class CodeUse:
     errcode: int | None = None
     user_id: str | None = None
     done: bool = False
+    known_user: str | None = None  # the existing user the scan's code belongs to (see ``note_user``)
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> CodeUse:
         return cls(
             status=str(doc["status"]),
             purpose=str(doc.get("purpose", "")),
+            code_hash=str(doc.get("_id", "")),
             created_at=float(doc.get("created_at", 0.0)),
             openid=doc.get("openid"),
             unionid=doc.get("unionid"),
@@ -226,6 +230,7 @@ class CodeUse:
             errcode=doc.get("errcode"),
             user_id=doc.get("user_id"),
             done=bool(doc.get("done", False)),
+            known_user=doc.get("known_user"),
         )
 
 
@@ -240,25 +245,37 @@ class CodeUseStore:
         self._uses = db[CODE_USES]
         self._keep = keep_seconds
 
-    async def claim(self, code_hash: str, purpose: str, now: float) -> CodeUse | None:
-        """Claim the code; None when we got it, else what the first claimant stored."""
+    async def claim(
+        self, code_hash: str, purpose: str, now: float, *, scan_hash: str | None = None
+    ) -> CodeUse | None:
+        """Claim the code; None when we got it, else what the first claimant stored.
+
+        ``scan_hash`` records the scanning phone that sent the code with its scan, for
+        :meth:`for_scan`.
+        """
+        doc: dict[str, Any] = {
+            "_id": code_hash,
+            "status": "exchanging",
+            "purpose": purpose,
+            "created_at": now,
+            "purge_at": _date(now + self._keep),
+        }
+        if scan_hash is not None:
+            doc["scan_hash"] = scan_hash
         try:
-            await self._uses.insert_one(
-                {
-                    "_id": code_hash,
-                    "status": "exchanging",
-                    "purpose": purpose,
-                    "created_at": now,
-                    "purge_at": _date(now + self._keep),
-                }
-            )
+            await self._uses.insert_one(doc)
         except DuplicateKeyError:
-            doc = await self._uses.find_one({"_id": code_hash})
-            return CodeUse.from_doc(doc) if doc else CodeUse("exchanging", purpose, now)
+            earlier = await self._uses.find_one({"_id": code_hash})
+            return CodeUse.from_doc(earlier) if earlier else CodeUse("exchanging", purpose, created_at=now)
         return None
 
     async def get(self, code_hash: str) -> CodeUse | None:
         doc = await self._uses.find_one({"_id": code_hash})
+        return CodeUse.from_doc(doc) if doc else None
+
+    async def for_scan(self, scan_hash: str, purpose: str) -> CodeUse | None:
+        """The exchanged code the phone holding ``scan_hash`` sent with its scan for ``purpose``."""
+        doc = await self._uses.find_one({"scan_hash": scan_hash, "purpose": purpose, "status": "done"})
         return CodeUse.from_doc(doc) if doc else None
 
     async def succeed(
@@ -282,6 +299,10 @@ class CodeUseStore:
     async def release(self, code_hash: str) -> None:
         """Forget a claim whose exchange failed transiently, so a retry may exchange again."""
         await self._uses.delete_one({"_id": code_hash, "status": "exchanging"})
+
+    async def note_user(self, code_hash: str, user_id: str) -> None:
+        """The code belongs to this existing user (found when the scan's code was exchanged)."""
+        await self._uses.update_one({"_id": code_hash}, {"$set": {"known_user": user_id}})
 
     async def attach_user(self, code_hash: str, user_id: str) -> bool:
         """Record that the code's login was counted for ``user_id``; True only the first time."""

@@ -123,7 +123,7 @@ async def test_a_code_spent_on_mp_login_cannot_confirm_a_scan(mem: IdentityStack
     await mp.login(code)
     browser = Browser(mem.http, mem.gateway)
     await browser.issue()
-    await mp.phone.scan(browser.scene)
+    await mp.phone.scan(browser.scene, with_code=False)
 
     body = {"scene": browser.scene, "scan_token": mp.phone.scan_tokens[browser.scene], "code": code}
     status, body = await mem.request("POST", "/api/mp/confirm", body)
@@ -153,7 +153,7 @@ async def test_duplicate_confirm_delivery_exchanges_the_code_once(stack: Identit
     await browser.issue()
     phone = Phone(stack.http, stack.gateway, stack.sim.url)
     await phone.register()
-    await phone.scan(browser.scene)
+    await phone.scan(browser.scene, with_code=False)
     code = await phone.wx_login()
     body = {"scene": browser.scene, "scan_token": phone.scan_tokens[browser.scene], "code": code}
 
@@ -168,6 +168,96 @@ async def test_duplicate_confirm_delivery_exchanges_the_code_once(stack: Identit
     if stack.broker is not None:
         await stack.broker.drain()
         assert len(events(stack, LoginConfirmed.TYPE)) == 1
+
+
+async def test_a_code_sent_with_the_scan_is_exchanged_once_and_the_confirm_needs_none(
+    stack: IdentityStack,
+) -> None:
+    browser = Browser(stack.http, stack.gateway)
+    await browser.issue()
+    phone = Phone(stack.http, stack.gateway, stack.sim.url)
+    openid = await phone.register()
+
+    scanned = await phone.scan(browser.scene)
+    assert scanned["identified"] is True and "identify_error" not in scanned
+    assert (await stack.counters())["sns/jscode2session"] == 1  # exchanged while the user reads the page
+    assert await browser.state() == "scanned"  # identified, not confirmed: nobody is logged in yet
+
+    body = {"scene": browser.scene, "scan_token": phone.scan_tokens[browser.scene]}  # no code
+    assert await stack.request("POST", "/api/mp/confirm", body) == (200, {"state": "confirmed"})
+    assert await stack.request("POST", "/api/mp/confirm", body) == (200, {"state": "confirmed"})  # a retry
+    assert (await stack.counters())["sns/jscode2session"] == 1
+
+    status, tokens = await browser.complete()
+    assert status == 200 and tokens["user"]["openid"] == openid
+    assert (await user_doc(stack, tokens["user"]["id"]))["login_count"] == 1
+    if stack.broker is not None:
+        await stack.broker.drain()
+        assert len(events(stack, LoginConfirmed.TYPE)) == 1
+
+
+async def test_a_confirm_without_a_code_after_a_scan_without_one_is_asked_for_a_code(
+    mem: IdentityStack,
+) -> None:
+    browser = Browser(mem.http, mem.gateway)
+    await browser.issue()
+    phone = Phone(mem.http, mem.gateway, mem.sim.url)
+    await phone.register()
+    assert (await phone.scan(browser.scene, with_code=False))["identified"] is False
+
+    body = {"scene": browser.scene, "scan_token": phone.scan_tokens[browser.scene]}
+    status, refused = await mem.request("POST", "/api/mp/confirm", body)
+    assert (status, refused["error"]["code"]) == (400, "code_required")
+    assert await browser.state() == "scanned"
+    assert await phone.confirm(browser.scene, with_code=True) == {"state": "confirmed"}
+
+
+async def test_a_bad_code_with_the_scan_leaves_the_scan_standing_and_a_fresh_code_confirms(
+    mem: IdentityStack,
+) -> None:
+    browser = Browser(mem.http, mem.gateway)
+    await browser.issue()
+    phone = Phone(mem.http, mem.gateway, mem.sim.url)
+    await phone.register()
+
+    status, scanned = await mem.request("POST", "/api/mp/scan", {"scene": browser.scene, "code": "0" * 32})
+    assert status == 200
+    assert (scanned["identified"], scanned["identify_error"]) == (False, "code_invalid")
+    assert await browser.state() == "scanned"
+    token = scanned["scan_token"]
+
+    status, refused = await mem.request(
+        "POST", "/api/mp/confirm", {"scene": browser.scene, "scan_token": token}
+    )
+    assert (status, refused["error"]["code"]) == (400, "code_required")
+    fresh = {"scene": browser.scene, "scan_token": token, "code": await phone.wx_login()}
+    assert await mem.request("POST", "/api/mp/confirm", fresh) == (200, {"state": "confirmed"})
+
+
+async def test_only_the_phone_that_won_the_scan_is_identified_and_a_stranger_gets_no_confirm(
+    mem: IdentityStack,
+) -> None:
+    browser = Browser(mem.http, mem.gateway)
+    await browser.issue()
+    owner = Phone(mem.http, mem.gateway, mem.sim.url)
+    owner_openid = await owner.register()
+    await owner.scan(browser.scene)
+    stranger = Phone(mem.http, mem.gateway, mem.sim.url)
+    await stranger.register()
+    calls = (await mem.counters())["sns/jscode2session"]
+
+    status, body = await mem.request(
+        "POST", "/api/mp/scan", {"scene": browser.scene, "code": await stranger.wx_login()}
+    )
+    assert (status, body["error"]["code"]) == (409, "already_scanned")
+    forged = {"scene": browser.scene, "scan_token": "s" * 43}  # no code: rides on nobody's identity
+    status, body = await mem.request("POST", "/api/mp/confirm", forged)
+    assert (status, body["error"]["code"]) == (403, "scan_token_invalid")
+    assert (await mem.counters())["sns/jscode2session"] == calls  # the stranger's code never reached WeChat
+
+    await owner.confirm(browser.scene)
+    status, tokens = await browser.complete()
+    assert status == 200 and tokens["user"]["openid"] == owner_openid
 
 
 async def test_another_code_cannot_confirm_an_already_confirmed_scene(mem: IdentityStack) -> None:

@@ -42,6 +42,8 @@ SAMPLES: list[m.Message] = [
     m.UserCreated(user_id="u_1", openid="o" * 28),
     m.ConfirmLogin(scene=SCENE, scan_hash=HASH, code=SecretStr("0716AVll20uHk94SLDml27etM946AVlq")),
     m.ConfirmResult(scene=SCENE, state="confirmed"),
+    m.IdentifyScanner(scene=SCENE, scan_hash=HASH, code=SecretStr("0716AVll20uHk94SLDml27etM946AVlq")),
+    m.Identified(identified=True),
     m.CompleteLogin(scene=SCENE, ticket_hash=HASH),
     m.TokenPair(
         access_token=SecretStr("eyJ.a.b"),
@@ -126,7 +128,16 @@ def test_a_sealed_field_cannot_be_serialized_without_a_sealer() -> None:
 
 
 def test_secrets_do_not_show_in_a_message_repr() -> None:
-    assert "refresh-secret" not in repr(SAMPLES[23])
+    holding = [msg for msg in SAMPLES if "refresh-secret" in str(_plain(msg))]
+    assert len(holding) == 3
+    for message in holding:
+        assert "refresh-secret" not in repr(message)
+
+
+def test_a_confirm_without_a_code_crosses_the_wire_as_none(sealer: Sealer) -> None:
+    body = m.encode(m.ConfirmLogin(scene=SCENE, scan_hash=HASH), sealer)
+    decoded = m.decode("session.confirm", 1, body, sealer)
+    assert isinstance(decoded, m.ConfirmLogin) and decoded.code is None
 
 
 def test_error_replies_tolerate_garbage() -> None:
