@@ -83,7 +83,14 @@ class StaticCodes:
     def __init__(self) -> None:
         self.taken = 0
 
-    async def take(self) -> IssuedCode:
+    async def claim(self) -> IssuedCode | None:
+        """No pool here."""
+        return None
+
+    async def give_back(self, code: IssuedCode) -> None:
+        raise AssertionError("nothing was claimed")
+
+    async def render_now(self) -> IssuedCode:
         """A fresh scene with a fixed image."""
         self.taken += 1
         return IssuedCode(new_scene_id(), CodeImage(PNG, "image/png"), "render")

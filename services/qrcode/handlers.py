@@ -9,6 +9,7 @@ constant time, before any state is revealed.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from collections.abc import Callable
@@ -95,8 +96,16 @@ class SceneSettings:
 class Codes(Protocol):
     """Where new scenes get their code (the pool, or a fake in tests)."""
 
-    async def take(self) -> IssuedCode:
-        """A code for a new scene."""
+    async def claim(self) -> IssuedCode | None:
+        """A ready code, if there is one waiting."""
+        ...
+
+    async def give_back(self, code: IssuedCode) -> None:
+        """Return a claimed code that was not used."""
+        ...
+
+    async def render_now(self) -> IssuedCode:
+        """A code made for a new scene now."""
         ...
 
 
@@ -132,12 +141,15 @@ class SceneHandlers:
 
     async def issue(self, request: IssueScene) -> IssuedScene:
         """RPC ``qrcode.issue``: a new pending scene bound to the ticket's hash, with its code."""
-        if self._issue_limit is not None:
-            decision = await self._issue_limit.take(self._clock())
-            if not decision.allowed:
-                self._metrics.refused.labels("issue", IssueRateLimited.code).inc()
-                raise IssueRateLimited(retry_after=decision.retry_after)
-        code = await self._codes.take()
+        # The global limit and the pool claim are independent round trips, so they run together; a
+        # refused issue gives its code back, and a code is rendered only once the limit allowed it.
+        decision, pooled = await asyncio.gather(self._issue_allowance(), self._codes.claim())
+        if decision is not None and not decision.allowed:
+            if pooled is not None:
+                await self._codes.give_back(pooled)
+            self._metrics.refused.labels("issue", IssueRateLimited.code).inc()
+            raise IssueRateLimited(retry_after=decision.retry_after)
+        code = pooled or await self._codes.render_now()
         bind_context(scene=code.scene)
         scene = Scene.new(
             code.scene,
@@ -147,11 +159,18 @@ class SceneHandlers:
             now=self._clock(),
             ttl=self._settings.scene_ttl,
         )
-        await self._store.insert(scene)
-        await self._publisher.publish(SceneIssued(scene=scene.id, expires_at=_at(scene.expires_at)))
+        # Stored and announced together: scene.issued is a notice (Mongo is the truth), which no
+        # service waits on; should the insert fail, the issue fails and the notice names no scene.
+        await asyncio.gather(
+            self._store.insert(scene),
+            self._publisher.publish(SceneIssued(scene=scene.id, expires_at=_at(scene.expires_at))),
+        )
         self._metrics.issued.labels(code.source).inc()
         log.info("scene_issued", source=code.source)
         return IssuedScene(scene=scene.id, image=data_uri(code.image), expires_at=_at(scene.expires_at))
+
+    async def _issue_allowance(self) -> Decision | None:
+        return None if self._issue_limit is None else await self._issue_limit.take(self._clock())
 
     async def status(self, request: GetSceneStatus) -> SceneStatus:
         """RPC ``qrcode.status``; with a ticket hash, only the browser that asked may read."""

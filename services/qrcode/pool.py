@@ -158,12 +158,27 @@ class CodePool:
 
     async def take(self) -> IssuedCode:
         """A code for a new scene: from the pool, or rendered now when the pool is empty."""
-        if self._pool.size > 0:
-            pooled = await self._store.claim(self._variant, self._clock())
-            self._wake.set()
-            if pooled is not None:
-                self._claimed.append(pooled.scene)
-                return IssuedCode(pooled.scene, CodeImage(pooled.image, pooled.content_type), "pool")
+        return await self.claim() or await self.render_now()
+
+    async def claim(self) -> IssuedCode | None:
+        """A code from the pool (one round trip), or None when the pool is off or empty."""
+        if self._pool.size == 0:
+            return None
+        pooled = await self._store.claim(self._variant, self._clock())
+        self._wake.set()
+        if pooled is None:
+            return None
+        self._claimed.append(pooled.scene)
+        return IssuedCode(pooled.scene, CodeImage(pooled.image, pooled.content_type), "pool")
+
+    async def give_back(self, code: IssuedCode) -> None:
+        """Return a claimed code whose scene was not issued after all, so the next issue gets it."""
+        if code.source == "pool" and code.scene in self._claimed:  # not yet purged
+            self._claimed.remove(code.scene)
+            await self._store.unclaim(code.scene)
+
+    async def render_now(self) -> IssuedCode:
+        """A code rendered for a new scene now, within the shared render budget."""
         decision = await self._budget.take(self._clock())
         if not decision.allowed:
             raise CodeQuotaExhausted(retry_after=decision.retry_after)

@@ -238,6 +238,10 @@ class PoolStore:
         )
         return None if doc is None else PooledCode.from_doc(doc)
 
+    async def unclaim(self, scene: str) -> None:
+        """Make a claimed entry ready again (its scene was refused before it was issued)."""
+        await self._pool.update_one({"_id": scene, "state": "claimed"}, {"$set": {"state": "ready"}})
+
     async def purge_claimed(self, scenes: Sequence[str]) -> int:
         """Delete these claimed entries (their images went out with their scenes).
 

@@ -12,21 +12,26 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from services.qrcode.errors import CodeQuotaExhausted, CodeUnavailable
+from services.qrcode.errors import CodeQuotaExhausted, CodeUnavailable, IssueRateLimited
 from services.qrcode.limits import SharedRateLimit
 from services.qrcode.pool import LEASE_TTL, CodePool, PoolSettings, RenderSettings
-from services.qrcode.store import PoolStore, RateWindowStore
+from services.qrcode.store import PoolStore, RateWindowStore, SceneStore
+from shared.messages import IssueScene
 from shared.mongo import EmbeddedMongo
 from shared.runtime import Database
 from sim.phone import decode_scene
 from tests.scenes import (
     FakeClock,
     FakeRenderer,
+    RecordingPublisher,
     fetch_metrics,
     metric_value,
+    new_ticket,
     scene_database,
+    scene_handlers,
     start_stack_with,
     stop_stack,
+    ticket_hash,
 )
 from tests.support import Browser, eventually
 
@@ -227,3 +232,28 @@ async def test_the_browser_gets_a_pooled_code_that_encodes_its_own_scene(
         assert metric_value(text, "wxlogin_scenes_issued_total", source="pool") == 3
     finally:
         await stop_stack(stack)
+
+
+async def test_an_issue_refused_by_the_global_limit_gives_its_pooled_code_back(db: Database) -> None:
+    renderer = FakeRenderer()
+    clock = FakeClock(start=math.ceil(time.time() / 10) * 10 + 10)  # the start of a 10 s window
+    pool = make_pool(db, renderer, clock, size=3, refill_below=1)
+    assert await pool.refill_once() == 3
+    handlers = scene_handlers(
+        db,
+        clock,
+        RecordingPublisher(),
+        codes=pool,
+        issue_limit=SharedRateLimit(RateWindowStore(db), "issue", 6),
+    )  # 6/min: one issue per 10 s window
+
+    first = await handlers.issue(IssueScene(ticket_hash=ticket_hash(new_ticket()), ip="198.51.100.1"))
+    with pytest.raises(IssueRateLimited):
+        await handlers.issue(IssueScene(ticket_hash=ticket_hash(new_ticket()), ip="198.51.100.1"))
+    assert await PoolStore(db).count_ready(pool.variant, up_to=10) == 2  # the refused issue's code is back
+    assert await SceneStore(db).get(first.scene) is not None
+
+    clock.advance(10)
+    again = await handlers.issue(IssueScene(ticket_hash=ticket_hash(new_ticket()), ip="198.51.100.1"))
+    assert again.scene in renderer.rendered and again.scene != first.scene
+    assert len(renderer.rendered) == 3  # nothing was rendered on demand, nothing was lost
