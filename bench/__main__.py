@@ -14,7 +14,7 @@ from bench import report
 BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     # module: (full-size arguments, quick arguments)
     "issue_latency": ([], ["--requests", "30", "--cold-requests", "5"]),
-    "confirm_push": ([], ["--logins", "60"]),
+    "confirm_push": ([], ["--logins", "60", "--code-at-confirm", "20"]),
     "throughput": ([], ["--levels", "1,8", "--logins", "40"]),
     "capacity": ([], ["--levels", "500,1000", "--hold", "3"]),
 }

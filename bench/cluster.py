@@ -349,9 +349,17 @@ async def complete(http: aiohttp.ClientSession, gateway: str, login: Login) -> N
 
 
 async def full_login(
-    c: Cluster, openid: str, login: Login | None = None, issued: asyncio.Event | None = None
+    c: Cluster,
+    openid: str,
+    login: Login | None = None,
+    issued: asyncio.Event | None = None,
+    *,
+    code_with_scan: bool = True,
 ) -> Login:
-    """Issue, subscribe, scan, confirm, wait for the push, complete (``issued`` is set after issuing)."""
+    """Issue, subscribe, scan, confirm, wait for the push, complete (``issued`` is set after issuing).
+
+    ``code_with_scan``: where the phone's wx.login code goes (see :func:`phone_confirm`).
+    """
     login = login or Login()
     await issue(c.http, c.gateway, login)
     if issued is not None:
@@ -360,7 +368,7 @@ async def full_login(
     try:
         confirmed = asyncio.ensure_future(await_confirmed(ws, login))
         try:
-            await phone_confirm(c.http, c.gateway, c.sim, openid, login)
+            await phone_confirm(c.http, c.gateway, c.sim, openid, login, code_with_scan=code_with_scan)
         except BaseException:
             confirmed.cancel()
             raise
