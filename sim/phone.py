@@ -69,7 +69,11 @@ class Phone:
             return data
 
     async def register(self, **traits: Any) -> str:
-        """Create this phone's WeChat user in the simulator (``unionid``, ``phone``, ``blocked``)."""
+        """Create this phone's WeChat user in the simulator (``unionid``, ``phone``, ``blocked``).
+
+        Call it first: a phone that already asked for a code (a scan sends one) has a user, and this
+        replaces it with a new one.
+        """
         user = await self._post(f"{self.sim}/sim/users", traits)
         self.openid = str(user["openid"])
         return self.openid

@@ -24,6 +24,7 @@ const MESSAGES = {
   scan_token_invalid: '请重新扫码',
   scene_not_scanned: '请重新扫码',
   code_invalid: '微信登录失败，请重试',
+  code_required: '微信登录失败，请重试',
   code_in_progress: '正在登录，请稍候',
   user_blocked: '该微信账号暂时无法登录',
   rate_limited: '操作太频繁，请稍后再试',
@@ -78,9 +79,12 @@ function createApi(wx, config) {
     });
   }
 
+  // `code` is optional for scan and confirm: the key is left out, not sent empty, when there is none.
+  const withCode = (body, code) => (code ? Object.assign(body, {code}) : body);
+
   return {
-    scan: (scene) => call('POST', '/api/mp/scan', {scene}),
-    confirm: (scene, scanToken, code) => call('POST', '/api/mp/confirm', {scene, scan_token: scanToken, code}),
+    scan: (scene, code) => call('POST', '/api/mp/scan', withCode({scene}, code)),
+    confirm: (scene, scanToken, code) => call('POST', '/api/mp/confirm', withCode({scene, scan_token: scanToken}, code)),
     cancel: (scene, scanToken) => call('POST', '/api/mp/cancel', {scene, scan_token: scanToken}),
     login: (code) => call('POST', '/api/mp/login', {code}),
     me: (token) => call('GET', '/api/me', null, token),

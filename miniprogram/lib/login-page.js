@@ -13,6 +13,23 @@ const {formatTime, sceneFromQuery} = require('./format');
 function createLoginPage({wx, config}) {
   const api = createApi(wx, config);
 
+  /** The confirm request of a 确认登录 tap on `page`; resolves when the gateway says confirmed. */
+  function confirmRequest(page) {
+    if (page.identified) {
+      // The scan's code was exchanged already: no wx.login, no WeChat call behind this request.
+      return api.confirm(page.scene, page.scanToken).catch((err) => {
+        // The gateway holds no identity from the scan after all: try once more, at once, with a
+        // fresh code rather than make the user tap again.
+        if (err.code !== 'code_required' && err.code !== 'code_invalid') throw err;
+        page.identified = false;
+        return confirmRequest(page);
+      });
+    }
+    // A fresh code on every tap: codes are single-use and expire after 5 minutes, and the user may
+    // have looked at this page for longer than that.
+    return wxLogin(wx).then((code) => api.confirm(page.scene, page.scanToken, code));
+  }
+
   return {
     data: {
       status: 'loading',
@@ -30,6 +47,7 @@ function createLoginPage({wx, config}) {
       // The scan token is this phone's proof that it scanned; it lives on the page, not in `data`.
       this.scene = sceneFromQuery(query);
       this.scanToken = '';
+      this.identified = false; // whether the gateway exchanged the code sent with the scan (see scan())
       if (!this.scene) {
         this.setData({status: 'failed', message: messageFor('missing_scene'), canRetry: false});
         return Promise.resolve();
@@ -39,20 +57,30 @@ function createLoginPage({wx, config}) {
 
     scan() {
       this.setData({status: 'loading', message: '', canRetry: false});
-      return api.scan(this.scene).then((info) => {
-        this.scanToken = info.scan_token;
-        const requester = info.requester || {};
-        this.setData({
-          status: 'ready',
-          site: info.site,
-          browser: requester.browser || '',
-          os: requester.os || '',
-          ip: requester.ip || '',
-          requestedAt: formatTime(requester.requested_at)
+      this.identified = false;
+      // The code goes with the scan: the gateway has WeChat exchange it (jscode2session) while the user
+      // reads this page, so the 确认登录 tap need not wait on WeChat. Without a code (wx.login failed)
+      // the scan works all the same, and the confirm then carries a code as it always did.
+      return wxLogin(wx)
+        .catch(() => undefined)
+        .then((code) => api.scan(this.scene, code))
+        .then((info) => {
+          this.scanToken = info.scan_token;
+          // A code WeChat refused does not fail the scan: it answers `identified: false` (and an
+          // `identify_error`), and the confirm must bring a code of its own.
+          this.identified = info.identified === true;
+          const requester = info.requester || {};
+          this.setData({
+            status: 'ready',
+            site: info.site,
+            browser: requester.browser || '',
+            os: requester.os || '',
+            ip: requester.ip || '',
+            requestedAt: formatTime(requester.requested_at)
+          });
+        }, (err) => {
+          this.setData({status: 'failed', message: messageFor(err), canRetry: retryable(err)});
         });
-      }, (err) => {
-        this.setData({status: 'failed', message: messageFor(err), canRetry: retryable(err)});
-      });
     },
 
     onRetry() {
@@ -71,15 +99,12 @@ function createLoginPage({wx, config}) {
         return Promise.resolve();
       }
       this.setData({status: 'confirming', message: ''});
-      // A fresh code on every tap: codes are single-use and expire after 5 minutes, and the user may
-      // have looked at this page for longer than that.
-      return wxLogin(wx)
-        .then((code) => api.confirm(this.scene, this.scanToken, code))
+      return confirmRequest(this)
         .then(() => {
           this.scanToken = '';
           this.setData({status: 'confirmed', message: '已确认登录，请回到电脑继续'});
         }, (err) => {
-          if (retryable(err) || err.code === 'code_invalid') {
+          if (retryable(err) || err.code === 'code_invalid' || err.code === 'code_required') {
             this.setData({status: 'ready', message: messageFor(err)}); // tap again
           } else {
             this.setData({status: 'failed', message: messageFor(err), canRetry: false});

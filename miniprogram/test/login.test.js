@@ -14,7 +14,11 @@ const SITE = process.env.WXLOGIN_SITE_NAME || 'wxlogin demo';
 const EXPIRED = process.env.WXLOGIN_EXPIRED_SCENE;
 const live = {skip: !(GATEWAY && SIM) && 'WXLOGIN_GATEWAY_URL / WXLOGIN_SIM_URL not set'};
 
-/** The web site's side: a code shown in a browser, its state, the login it completes. */
+/**
+ * The web site's side: a code shown in a browser, its state, the login it completes. Each call spends
+ * one of the gateway's per-IP issue burst (10 by default, one of them the expired scene's), so a new
+ * test that needs a code of its own may have to share one with a test beside it.
+ */
 async function browserCode() {
   const issued = await httpJson('POST', GATEWAY + '/api/login/qrcode', null);
   assert.equal(issued.status, 201);
@@ -29,17 +33,57 @@ async function browserCode() {
   };
 }
 
+/**
+ * A phone: the page on a `wx` stand-in, plus what these tests need to see and steer beyond fake-wx:
+ * `scans()` / `confirms()` are the bodies the page sent (a missing `code` key is a code-less call);
+ * `logins` decides what the next wx.login calls give before the simulator's codes do (a code, or
+ * null for a failed wx.login); `once[path]` steers the next call to that path: `{edit(res)}` changes
+ * the gateway's answer, `{answer}` is answered in the gateway's place without sending.
+ */
 function phone() {
   const wx = createWx({simUrl: SIM});
+  const sent = [];
+  const logins = [];
+  const once = {};
+
+  const request = wx.request;
+  wx.request = (options) => {
+    const path = new URL(options.url).pathname;
+    sent.push({path, data: Object.assign({}, options.data)});
+    const steer = once[path];
+    delete once[path];
+    if (steer && steer.answer) {
+      wx.calls.requests.push({method: options.method, url: options.url});
+      setImmediate(() => options.success(steer.answer));
+      return {abort() {}};
+    }
+    if (!steer) return request(options);
+    return request(Object.assign({}, options, {success: (res) => options.success(steer.edit(res) || res)}));
+  };
+
+  const login = wx.login;
+  wx.login = (options) => {
+    if (!logins.length) return login(options);
+    const code = logins.shift();
+    wx.calls.login += 1;
+    if (code === null) return setImmediate(() => options.fail({errMsg: 'login:fail'}));
+    wx.calls.codes.push(code);
+    setImmediate(() => options.success({code, errMsg: 'login:ok'}));
+  };
+
   const page = mountPage(createLoginPage({wx, config: {server: GATEWAY, timeout: 5000}}));
-  return {wx, page};
+  const bodies = (path) => sent.filter((r) => r.path === path).map((r) => r.data);
+  return {wx, page, logins, once, scans: () => bodies('/api/mp/scan'), confirms: () => bodies('/api/mp/confirm')};
 }
+
+/** A code the simulated WeChat refuses (as it refuses an expired or spent one). */
+const REFUSED_CODE = '0'.repeat(32);
 
 const agree = (page) => page.onAgreeChange({detail: {value: ['agree']}});
 
-test('the page shows who asks, needs the agreement, and confirms with a fresh wx.login code', live, async () => {
+test('the page sends a wx.login code with the scan, shows who asks, and confirms without another', live, async () => {
   const code = await browserCode();
-  const {wx, page} = phone();
+  const {wx, page, scans, confirms} = phone();
   await page.onLoad({scene: encodeURIComponent(code.scene)});
 
   assert.equal(page.data.status, 'ready');
@@ -47,22 +91,91 @@ test('the page shows who asks, needs the agreement, and confirms with a fresh wx
   assert.ok(page.data.browser.length > 0);
   assert.equal(page.data.ip, '127.0.0.1');
   assert.match(page.data.requestedAt, /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/);
-  assert.equal(await code.state(), 'scanned');
+  assert.equal(wx.calls.login, 1);
+  assert.deepEqual(scans(), [{scene: code.scene, code: wx.calls.codes[0]}]);
+  assert.equal(page.identified, true); // the gateway exchanged it
+  assert.equal(await code.state(), 'scanned'); // identified, yet nobody is logged in before the tap
 
   await page.onConfirm(); // not agreed yet: nothing is sent
   assert.equal(page.data.status, 'ready');
   assert.match(page.data.message, /同意/);
-  assert.equal(wx.calls.login, 0);
+  assert.equal(wx.calls.login, 1);
+  assert.equal(confirms().length, 0);
 
   agree(page);
   await page.onConfirm();
   assert.equal(page.data.status, 'confirmed');
-  assert.equal(wx.calls.login, 1);
+  assert.equal(wx.calls.login, 1); // the tap asked WeChat for nothing
+  assert.equal(confirms().length, 1);
+  assert.equal('code' in confirms()[0], false);
+  assert.ok(confirms()[0].scan_token);
   assert.equal(await code.state(), 'confirmed');
 
   const done = await code.complete();
   assert.equal(done.status, 200);
   assert.equal(done.data.user.openid, wx.openid);
+});
+
+test('when wx.login fails the page scans without a code and confirms with one', live, async () => {
+  const code = await browserCode();
+  const {wx, page, logins, scans, confirms} = phone();
+  logins.push(null);
+  await page.onLoad({scene: code.scene});
+  assert.equal(page.data.status, 'ready');
+  assert.deepEqual(scans(), [{scene: code.scene}]);
+  assert.equal(page.identified, false);
+
+  agree(page);
+  await page.onConfirm();
+  assert.equal(page.data.status, 'confirmed');
+  assert.equal(wx.calls.login, 2);
+  assert.equal(confirms()[0].code, wx.calls.codes[0]);
+  assert.equal(await code.state(), 'confirmed');
+});
+
+test('a code-less confirm answered code_required is retried once, at once, with a fresh code', live, async () => {
+  const code = await browserCode();
+  const {wx, page, logins, once, confirms} = phone();
+  // The gateway did not identify this phone, but the page reads `identified: true` (as if the gateway
+  // had lost what the scan's code gave it): the gateway's code_required must not cost the user a tap.
+  logins.push(REFUSED_CODE);
+  once['/api/mp/scan'] = {edit: (res) => { res.data.identified = true; }};
+  await page.onLoad({scene: code.scene});
+  assert.equal(page.identified, true);
+
+  let refused = null;
+  once['/api/mp/confirm'] = {edit: (res) => { refused = res; }};
+  agree(page);
+  await page.onConfirm();
+  assert.equal(refused.statusCode, 400);
+  assert.equal(refused.data.error.code, 'code_required');
+  assert.equal(page.data.status, 'confirmed');
+  assert.equal(page.identified, false);
+  assert.equal(wx.calls.login, 2);
+  assert.equal(confirms().length, 2);
+  assert.equal('code' in confirms()[0], false);
+  assert.equal(confirms()[1].code, wx.calls.codes[1]);
+  assert.equal(await code.state(), 'confirmed');
+});
+
+test('a code-less confirm answered code_invalid is retried the same way', live, async () => {
+  const code = await browserCode();
+  const {wx, page, once, confirms} = phone();
+  await page.onLoad({scene: code.scene});
+  assert.equal(page.identified, true);
+
+  // The gateway has no state that answers a code-less confirm so; the page must treat it as code_required.
+  once['/api/mp/confirm'] = {
+    answer: {statusCode: 400, data: {error: {code: 'code_invalid', message: 'invalid code'}}, errMsg: 'request:ok'}
+  };
+  agree(page);
+  await page.onConfirm();
+  assert.equal(page.data.status, 'confirmed');
+  assert.equal(wx.calls.login, 2);
+  assert.equal(confirms().length, 2);
+  assert.equal('code' in confirms()[0], false);
+  assert.equal(confirms()[1].code, wx.calls.codes[1]);
+  assert.equal(await code.state(), 'confirmed');
 });
 
 test('a second phone scanning the same code is told it was already scanned', live, async () => {
@@ -82,9 +195,10 @@ test('取消 cancels the login and the browser sees it', live, async () => {
   const code = await browserCode();
   const {wx, page} = phone();
   await page.onLoad({scene: code.scene});
+  const logins = wx.calls.login; // the scan's
   await page.onCancel();
   assert.equal(page.data.status, 'cancelled');
-  assert.equal(wx.calls.login, 0);
+  assert.equal(wx.calls.login, logins); // cancelling needs no code
   assert.equal(await code.state(), 'cancelled');
   page.onClose();
   assert.equal(wx.calls.exits, 1);
@@ -109,11 +223,12 @@ test('an unknown code and a missing scene are reported', live, async () => {
   await empty.page.onLoad({});
   assert.equal(empty.page.data.status, 'failed');
   assert.equal(empty.wx.calls.requests.length, 0);
+  assert.equal(empty.wx.calls.login, 0);
 });
 
-test('a network error while loading can be retried', live, async () => {
+test('network errors while loading and on a code-less confirm can be retried', live, async () => {
   const code = await browserCode();
-  const {wx, page} = phone();
+  const {wx, page, scans, confirms} = phone();
   wx.offline = true;
   await page.onLoad({scene: code.scene});
   assert.equal(page.data.status, 'failed');
@@ -125,12 +240,38 @@ test('a network error while loading can be retried', live, async () => {
   await page.onRetry();
   assert.equal(page.data.status, 'ready');
   assert.equal(await code.state(), 'scanned');
+  // The retried scan brought a code of its own (the first one may have reached the gateway).
+  assert.deepEqual(scans().map((body) => body.code), wx.calls.codes);
+  assert.notEqual(wx.calls.codes[0], wx.calls.codes[1]);
+  assert.equal(page.identified, true);
+
+  agree(page);
+  wx.offline = true;
+  await page.onConfirm();
+  assert.equal(page.data.status, 'ready');
+  assert.equal(page.data.message, '网络错误，请检查网络后重试');
+  assert.equal(page.identified, true);
+  assert.equal(await code.state(), 'scanned');
+
+  wx.offline = false;
+  await page.onConfirm();
+  assert.equal(page.data.status, 'confirmed');
+  assert.equal(wx.calls.login, 2); // the two scans'; neither tap asked WeChat
+  assert.deepEqual(confirms().map((body) => 'code' in body), [false, false]);
+  assert.equal(await code.state(), 'confirmed');
 });
 
-test('a network error on confirm keeps the page; the next tap uses a new wx.login code', live, async () => {
+test('after a scan WeChat did not identify, every confirm tap brings a new wx.login code', live, async () => {
   const code = await browserCode();
-  const {wx, page} = phone();
+  const {wx, page, logins, scans, confirms} = phone();
+  logins.push(REFUSED_CODE);
   await page.onLoad({scene: code.scene});
+  assert.equal(page.data.status, 'ready'); // the scan stands: only the identification failed
+  assert.equal(scans()[0].code, REFUSED_CODE);
+  assert.equal(page.identified, false);
+  assert.equal(await code.state(), 'scanned');
+
+  // A network error on confirm keeps the page; the next tap uses a new wx.login code.
   agree(page);
   wx.offline = true;
   await page.onConfirm();
@@ -141,7 +282,11 @@ test('a network error on confirm keeps the page; the next tap uses a new wx.logi
   wx.offline = false;
   await page.onConfirm();
   assert.equal(page.data.status, 'confirmed');
-  assert.equal(wx.calls.login, 2);
-  assert.notEqual(wx.calls.codes[0], wx.calls.codes[1]);
+  assert.equal(wx.calls.login, 3);
+  assert.notEqual(wx.calls.codes[1], wx.calls.codes[2]);
+  assert.deepEqual(confirms().map((body) => body.code), [wx.calls.codes[1], wx.calls.codes[2]]);
   assert.equal(await code.state(), 'confirmed');
+  const done = await code.complete();
+  assert.equal(done.status, 200);
+  assert.equal(done.data.user.openid, wx.openid);
 });

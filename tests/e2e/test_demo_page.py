@@ -22,13 +22,13 @@ async def test_a_person_logs_in_by_scanning_the_code_shown_in_the_page(browser: 
 
     scene = await scene_on_screen(page)
     phone = demo.phone()
+    openid = await phone.register()
     scan = await phone.scan(scene)
     assert "Chrome" in scan["requester"]["browser"]
     await expect_state(page, "scanned")
     await expect(status).to_have_text("扫码成功，请在手机上确认")  # noqa: RUF001
     await screenshot(page, "2-scanned")
 
-    openid = await phone.register()
     async with page.expect_response("**/api/login/complete") as completed:
         await phone.confirm(scene)
     tokens = await (await completed.value).json()
