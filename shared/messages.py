@@ -250,6 +250,19 @@ class SceneScanned(Event):
     scene: SceneId
 
 
+class SceneConfirmed(Event):
+    """The phone that scanned confirmed: the qrcode service moved the scene to ``confirmed``.
+
+    Published right after the transition, so gateways push at once; the session service's
+    ``login.confirmed`` follows (gateways push whichever arrives first, once).
+    """
+
+    TYPE = "scene.confirmed"
+    PUBLISHERS = ("qrcode",)
+
+    scene: SceneId
+
+
 class SceneCancelled(Event):
     """The phone declined the login."""
 

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from services.gateway.ws import Hub
-from shared.messages import Event, LoginConfirmed, SceneCancelled, SceneExpired, SceneScanned
+from shared.messages import (
+    Event,
+    LoginConfirmed,
+    SceneCancelled,
+    SceneConfirmed,
+    SceneExpired,
+    SceneScanned,
+)
 
-# Events the gateway pushes, and the state each announces.
+# Events the gateway pushes, and the state each announces. "confirmed" comes twice, from the qrcode
+# service (at once) and from the session service (after it): the first one is pushed, once.
 PUSHED_EVENTS: dict[type[Event], str] = {
     SceneScanned: "scanned",
+    SceneConfirmed: "confirmed",
     LoginConfirmed: "confirmed",
     SceneCancelled: "cancelled",
     SceneExpired: "expired",

@@ -50,6 +50,7 @@ from shared.messages import (
     Requester,
     ScanInfo,
     ScanScene,
+    SceneConfirmed,
     SceneIssued,
     SceneScanned,
     SceneStatus,
@@ -260,6 +261,10 @@ class SceneHandlers:
         )
         if scene is None:
             raise await self._refusal(request.scene, "confirm", request.scan_hash)
+        try:
+            await self._publisher.publish(SceneConfirmed(scene=scene.id))
+        except ServiceError as exc:  # the session service's login.confirmed announces it as well
+            log.warning("scene_confirmed_not_announced", error_code=exc.error_code)
         self._metrics.confirmed.inc()
         self._metrics.issue_to_confirm.observe(max(0.0, now - scene.requested_at))
         log.info("scene_confirmed", user_id=request.user_id)

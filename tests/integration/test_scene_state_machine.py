@@ -31,6 +31,7 @@ from shared.messages import (
     IssueScene,
     RedeemScene,
     ScanScene,
+    SceneConfirmed,
     SceneExpired,
     SceneScanned,
 )
@@ -365,6 +366,12 @@ class SceneLifecycle(RuleBasedStateMachine):
         counts = Counter(self.publisher.scenes_of(SceneExpired))
         assert all(n == 1 for n in counts.values())
         assert set(counts) == {s for s, m in self.model.items() if m.state == "expired"}
+
+    @invariant()
+    def each_confirm_announced_once(self) -> None:
+        confirmed = Counter(self.publisher.scenes_of(SceneConfirmed))
+        assert all(n == 1 for n in confirmed.values())
+        assert set(confirmed) == {s for s, m in self.model.items() if m.confirmed_by}
 
     @invariant()
     def each_scan_announced_once(self) -> None:
