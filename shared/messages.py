@@ -359,9 +359,28 @@ class CancelScene(Request[SceneStatus]):
 
 
 class ConfirmScene(Request[SceneStatus]):
-    """The session service identified the user of the phone that scanned: ``scanned → confirmed``."""
+    """The session service identified the user of the phone that scanned: ``scanned → confirmed``.
+
+    Without ``user_id``, for the user :class:`IdentifyScene` recorded at the scan (refused with
+    ``scene_not_identified`` when there is none); the reply names the user.
+    """
 
     TYPE = "qrcode.confirm"
+    REPLY = SceneStatus
+
+    scene: SceneId
+    scan_hash: TicketHash
+    user_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+
+
+class IdentifyScene(Request[SceneStatus]):
+    """The code the scanning phone sent with its scan belongs to this existing user.
+
+    Recorded on the scanned scene (confirming stays the phone's choice), so the confirm can go
+    straight to ``qrcode.confirm`` without looking the user up first.
+    """
+
+    TYPE = "qrcode.identify"
     REPLY = SceneStatus
 
     scene: SceneId

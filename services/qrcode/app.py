@@ -20,6 +20,7 @@ from shared.messages import (
     CancelScene,
     ConfirmScene,
     GetSceneStatus,
+    IdentifyScene,
     IssueScene,
     RedeemScene,
     ScanScene,
@@ -139,6 +140,7 @@ def create_app(
                 ScanScene: handlers.scan,
                 CancelScene: handlers.cancel,
                 ConfirmScene: handlers.confirm,
+                IdentifyScene: handlers.identify,
                 RedeemScene: handlers.redeem,
             }
         )

@@ -61,6 +61,13 @@ class AlreadyRedeemed(ServiceError):
     default_message = "the login was already completed"
 
 
+class NotIdentified(ServiceError):
+    """A confirm without a user for a scan whose code identified nobody (the session service then looks)."""
+
+    code = "scene_not_identified"
+    default_message = "the scan did not identify the user"
+
+
 class SceneConflict(ServiceError):
     """The scene changed under the request in a way no other error describes."""
 

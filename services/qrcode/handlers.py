@@ -23,6 +23,7 @@ from services.qrcode.errors import (
     AlreadyScanned,
     IssueRateLimited,
     NotConfirmed,
+    NotIdentified,
     NotScanned,
     ScanTokenMismatch,
     SceneCancelled,
@@ -43,6 +44,7 @@ from shared.messages import (
     CancelScene,
     ConfirmScene,
     GetSceneStatus,
+    IdentifyScene,
     IssuedScene,
     IssueScene,
     RedeemedScene,
@@ -72,6 +74,7 @@ _CONFLICTS: dict[str, dict[str, type[ServiceError]]] = {
     "scan": {"scanned": AlreadyScanned, "confirmed": AlreadyScanned, "redeemed": AlreadyScanned},
     "cancel": {"pending": NotScanned, "confirmed": AlreadyConfirmed, "redeemed": AlreadyConfirmed},
     "confirm": {"pending": NotScanned, "confirmed": AlreadyConfirmed, "redeemed": AlreadyConfirmed},
+    "identify": {"pending": NotScanned, "confirmed": AlreadyConfirmed, "redeemed": AlreadyConfirmed},
     "redeem": {"pending": NotConfirmed, "scanned": NotConfirmed, "redeemed": AlreadyRedeemed},
 }
 
@@ -250,14 +253,17 @@ class SceneHandlers:
         bind_context(scene=request.scene)
         now = self._clock()
         # The transition requires an unexpired scene, so this is also before its expiry + the window.
-        deadline = now + self._settings.redeem_window
+        fields: dict[str, object] = {"expires_at": now + self._settings.redeem_window}
+        if request.user_id is not None:
+            fields["user_id"] = request.user_id
         scene = await self._store.transition(
             request.scene,
             from_states=("scanned",),
             to_state="confirmed",
             now=now,
             scan_hash=request.scan_hash,
-            set_fields={"user_id": request.user_id, "expires_at": deadline},
+            set_fields=fields,
+            identified=request.user_id is None,
         )
         if scene is None:
             raise await self._refusal(request.scene, "confirm", request.scan_hash)
@@ -267,8 +273,25 @@ class SceneHandlers:
             log.warning("scene_confirmed_not_announced", error_code=exc.error_code)
         self._metrics.confirmed.inc()
         self._metrics.issue_to_confirm.observe(max(0.0, now - scene.requested_at))
-        log.info("scene_confirmed", user_id=request.user_id)
-        return SceneStatus(scene=scene.id, state="confirmed", expires_at=_at(scene.expires_at))
+        log.info("scene_confirmed", user_id=scene.user_id)
+        return SceneStatus(
+            scene=scene.id, state="confirmed", expires_at=_at(scene.expires_at), user_id=scene.user_id
+        )
+
+    async def identify(self, request: IdentifyScene) -> SceneStatus:
+        """RPC ``qrcode.identify``: the scanning phone's code belongs to ``user_id``; kept on the scene."""
+        bind_context(scene=request.scene)
+        scene = await self._store.transition(
+            request.scene,
+            from_states=("scanned",),
+            to_state="scanned",
+            now=self._clock(),
+            scan_hash=request.scan_hash,
+            set_fields={"user_id": request.user_id},
+        )
+        if scene is None:
+            raise await self._refusal(request.scene, "identify", request.scan_hash)
+        return SceneStatus(scene=scene.id, state="scanned", expires_at=_at(scene.expires_at))
 
     async def redeem(self, request: RedeemScene) -> RedeemedScene:
         """RPC ``qrcode.redeem``: ``confirmed → redeemed``, once, by the ticket holder only."""
@@ -339,6 +362,8 @@ class SceneHandlers:
                 error = SceneCancelled()
             elif state == "scanned" and scan_hash is not None and not _same_phone(scene, scan_hash):
                 error = ScanTokenMismatch()
+            elif state == "scanned" and action == "confirm" and scene.user_id is None:
+                error = NotIdentified()
             else:
                 error = _CONFLICTS[action].get(state, SceneConflict)()
         self._metrics.refused.labels(action, error.code).inc()

@@ -132,11 +132,13 @@ class SceneStore:
         ticket_hash: str | None = None,
         scan_hash: str | None = None,
         set_fields: dict[str, Any] | None = None,
+        identified: bool = False,
     ) -> Scene | None:
         """Move ``scene_id`` from one of ``from_states`` to ``to_state`` atomically.
 
         Returns the updated scene, or None when the scene is missing, in another state, past its
-        lifetime (with ``unexpired``), held by another ticket or scanned by another phone.
+        lifetime (with ``unexpired``), held by another ticket or scanned by another phone, or (with
+        ``identified``) has no user yet.
         """
         query: dict[str, Any] = {"_id": scene_id, "state": {"$in": list(from_states)}}
         if unexpired:
@@ -145,6 +147,8 @@ class SceneStore:
             query["ticket_hash"] = ticket_hash
         if scan_hash is not None:
             query["scan_hash"] = scan_hash
+        if identified:
+            query["user_id"] = {"$ne": None}
         update = {"$set": {"state": to_state, "updated_at": now, **(set_fields or {})}}
         doc = await self._scenes.find_one_and_update(query, update, return_document=ReturnDocument.AFTER)
         return Scene.from_doc(doc) if doc else None

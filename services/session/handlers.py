@@ -53,6 +53,7 @@ from shared.messages import (
     GetSceneStatus,
     Identified,
     IdentifyScanner,
+    IdentifyScene,
     Jwks,
     LoggedOut,
     LoginConfirmed,
@@ -168,10 +169,17 @@ class SessionHandlers:
         bind_context(scene=request.scene)
         code = request.code.get_secret_value()
         identity = await self._exchange(code, confirm_purpose(request.scene), scan_hash=request.scan_hash)
-        # A returning user (nothing to create or link) is noted now, so the confirm need not look.
+        # A returning user (nothing to create or link) is recorded now, here and on the scene, so the
+        # confirm can go straight to qrcode.confirm.
         known = await self._stores.users.by_openid(identity.openid)
         if known is not None and (identity.unionid is None or known.unionid == identity.unionid):
             await self._stores.code_uses.note_user(identity.code_hash, known.id)
+            try:
+                await self._bus.call(
+                    IdentifyScene(scene=request.scene, scan_hash=request.scan_hash, user_id=known.id)
+                )
+            except RemoteError as exc:  # the confirm looks the user up instead
+                log.info("scene_not_identified", reason=exc.error_code)
         log.info("scanner_identified")
         return Identified(identified=True)
 
@@ -185,23 +193,49 @@ class SessionHandlers:
         """
         bind_context(scene=request.scene)
         purpose = confirm_purpose(request.scene)
-        user_id: str | None = None
         if request.code is None:
+            return await self._confirm_scanner(request, purpose)
+        code = request.code.get_secret_value()
+        # Checked before WeChat sees the code: only the phone that scanned may confirm.
+        status = await self._bus.call(GetSceneStatus(scene=request.scene, scan_hash=request.scan_hash))
+        if status.state != "scanned":
+            if status.state in ("confirmed", "redeemed") and await self._confirmed_by(
+                sha256_hex(code), purpose
+            ):
+                log.info("confirm_repeated")
+                return ConfirmResult(scene=request.scene, state="confirmed")
+            raise RemoteError(*_NOT_CONFIRMABLE[status.state])
+        identity = await self._exchange(code, purpose)
+        return await self._confirm_for(request, identity, (await self._ensure_user(identity)).id)
+
+    async def _confirm_scanner(self, request: ConfirmLogin, purpose: str) -> ConfirmResult:
+        """A confirm without a code: the code sent with the scan identified the phone.
+
+        A returning user is on the scene already (:meth:`identify`), so qrcode.confirm comes first
+        and the push leaves before anything is looked up; otherwise the user is found or created.
+        """
+        try:
+            confirmed = await self._bus.call(ConfirmScene(scene=request.scene, scan_hash=request.scan_hash))
+        except RemoteError as exc:
+            if exc.error_code not in ("scene_not_identified", "already_confirmed"):
+                raise
             identity, user_id = await self._scanner_identity(request, purpose)
-        else:
-            code = request.code.get_secret_value()
-            # Checked before WeChat sees the code: only the phone that scanned may confirm.
-            status = await self._bus.call(GetSceneStatus(scene=request.scene, scan_hash=request.scan_hash))
-            if status.state != "scanned":
-                if status.state in ("confirmed", "redeemed") and await self._confirmed_by(
-                    sha256_hex(code), purpose
-                ):
-                    log.info("confirm_repeated")
-                    return ConfirmResult(scene=request.scene, state="confirmed")
-                raise RemoteError(*_NOT_CONFIRMABLE[status.state])
-            identity = await self._exchange(code, purpose)
-        if user_id is None:
-            user_id = (await self._ensure_user(identity)).id
+            if user_id is None:
+                user_id = (await self._ensure_user(identity)).id
+            if exc.error_code == "scene_not_identified":
+                return await self._confirm_for(request, identity, user_id)
+            if not await self._confirmed_for(request.scene, user_id):
+                raise
+            await self._note_login(identity, user_id)  # a retry: counted once all the same
+            return ConfirmResult(scene=request.scene, state="confirmed")
+        if confirmed.user_id is None:
+            raise RuntimeError("qrcode.confirm named no user")
+        identity, _ = await self._scanner_identity(request, purpose)
+        await self._announce(request.scene, identity, confirmed.user_id)
+        return ConfirmResult(scene=request.scene, state="confirmed")
+
+    async def _confirm_for(self, request: ConfirmLogin, identity: Identity, user_id: str) -> ConfirmResult:
+        """``qrcode.confirm`` for ``user_id``, then announce the login."""
         try:
             await self._bus.call(
                 ConfirmScene(scene=request.scene, scan_hash=request.scan_hash, user_id=user_id)
@@ -213,14 +247,17 @@ class SessionHandlers:
                 await self._note_login(identity, user_id)
                 return ConfirmResult(scene=request.scene, state="confirmed")
             raise
-        # The push leaves with login.confirmed; the login's bookkeeping runs beside it, not before it.
+        await self._announce(request.scene, identity, user_id)
+        return ConfirmResult(scene=request.scene, state="confirmed")
+
+    async def _announce(self, scene: str, identity: Identity, user_id: str) -> None:
+        """After qrcode.confirm (which pushed already): login.confirmed, beside the login's bookkeeping."""
         await asyncio.gather(
-            self._publisher.publish(LoginConfirmed(scene=request.scene, user_id=user_id)),
+            self._publisher.publish(LoginConfirmed(scene=scene, user_id=user_id)),
             self._note_login(identity, user_id),
         )
         await self._stores.code_uses.mark_done(identity.code_hash)
         log.info("login_confirmed", user_id=user_id)
-        return ConfirmResult(scene=request.scene, state="confirmed")
 
     async def _scanner_identity(self, request: ConfirmLogin, purpose: str) -> tuple[Identity, str | None]:
         """The identity exchanged from the code this phone sent with its scan, and its known user."""

@@ -196,6 +196,35 @@ async def test_a_code_sent_with_the_scan_is_exchanged_once_and_the_confirm_needs
         assert len(events(stack, LoginConfirmed.TYPE)) == 1
 
 
+async def test_a_returning_user_confirms_without_a_code_once_per_login_and_retries_are_harmless(
+    stack: IdentityStack,
+) -> None:
+    phone = Phone(stack.http, stack.gateway, stack.sim.url)
+    openid = await phone.register()
+    user_ids = []
+    for _ in range(2):  # the second scan finds the user already there (qrcode.identify)
+        browser = Browser(stack.http, stack.gateway)
+        await browser.issue()
+        await phone.scan(browser.scene)
+        # Only a user who exists already is put on the scanned scene (a new one is created at confirm).
+        scene = await stack.db.scenes.find_one({"_id": browser.scene})
+        assert scene is not None and scene["state"] == "scanned"
+        assert scene["user_id"] == (user_ids[0] if user_ids else None)
+        body = {"scene": browser.scene, "scan_token": phone.scan_tokens[browser.scene]}
+        assert await stack.request("POST", "/api/mp/confirm", body) == (200, {"state": "confirmed"})
+        assert await stack.request("POST", "/api/mp/confirm", body) == (200, {"state": "confirmed"})
+        status, tokens = await browser.complete()
+        assert status == 200 and tokens["user"]["openid"] == openid
+        user_ids.append(tokens["user"]["id"])
+
+    assert user_ids[0] == user_ids[1]
+    assert (await stack.counters())["sns/jscode2session"] == 2
+    assert (await user_doc(stack, user_ids[0]))["login_count"] == 2
+    if stack.broker is not None:
+        await stack.broker.drain()
+        assert len(events(stack, LoginConfirmed.TYPE)) == 2
+
+
 async def test_a_confirm_without_a_code_after_a_scan_without_one_is_asked_for_a_code(
     mem: IdentityStack,
 ) -> None:

@@ -43,6 +43,7 @@ SAMPLES: list[m.Message] = [
     m.ConfirmLogin(scene=SCENE, scan_hash=HASH, code=SecretStr("0716AVll20uHk94SLDml27etM946AVlq")),
     m.ConfirmResult(scene=SCENE, state="confirmed"),
     m.SceneConfirmed(scene=SCENE),
+    m.IdentifyScene(scene=SCENE, scan_hash=HASH, user_id="u_1"),
     m.IdentifyScanner(scene=SCENE, scan_hash=HASH, code=SecretStr("0716AVll20uHk94SLDml27etM946AVlq")),
     m.Identified(identified=True),
     m.CompleteLogin(scene=SCENE, ticket_hash=HASH),
