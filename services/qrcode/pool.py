@@ -34,6 +34,7 @@ log = get_logger(__name__)
 LEASE_TTL = 15.0  # a refiller that dies is replaced after at most this long
 REFILL_INTERVAL = 1.0  # how often a replica checks the pool (the lease holder) or the lease (others)
 MAX_BACKOFF = 30.0
+MIN_ROUND_GAP = 0.1  # the least time, in seconds, between the starts of two refill rounds
 
 CodeSource = Literal["pool", "render"]
 
@@ -225,11 +226,16 @@ class CodePool:
             log.info("pool_refilled", added=added, ready=ready + added)
         return added
 
-    async def run(self, interval: float = REFILL_INTERVAL) -> None:
-        """Refill forever: every ``interval``, sooner after a local claim, slower after failures."""
+    async def run(self, interval: float = REFILL_INTERVAL, *, min_gap: float = MIN_ROUND_GAP) -> None:
+        """Refill forever: every ``interval``, sooner after a local claim, slower after failures.
+
+        Rounds start at least ``min_gap`` apart: a burst of issues then costs a few rounds (each a
+        handful of Mongo operations), not one per issue, while the pool still refills promptly.
+        """
         delay = interval
         try:
             while True:
+                started = time.monotonic()
                 self._wake.clear()  # claims from now on wake the next round early
                 try:
                     await self.refill_once()
@@ -245,6 +251,7 @@ class CodePool:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._wake.wait()
+                await asyncio.sleep(started + min_gap - time.monotonic())  # no wait when already past
         finally:
             await self._store.release_lease(self.holder)
 

@@ -8,7 +8,7 @@ import asyncio
 import math
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
@@ -257,3 +257,48 @@ async def test_an_issue_refused_by_the_global_limit_gives_its_pooled_code_back(d
     again = await handlers.issue(IssueScene(ticket_hash=ticket_hash(new_ticket()), ip="198.51.100.1"))
     assert again.scene in renderer.rendered and again.scene != first.scene
     assert len(renderer.rendered) == 3  # nothing was rendered on demand, nothing was lost
+
+
+class CountingPoolStore(PoolStore):
+    """The real pool store, noting when each refill round starts (a round first purges its claims)."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__(db)
+        self.round_starts: list[float] = []
+
+    async def purge_claimed(self, scenes: Sequence[str]) -> int:
+        self.round_starts.append(time.monotonic())
+        return await super().purge_claimed(scenes)
+
+
+async def test_a_burst_of_issues_costs_a_few_refill_rounds_not_one_each_and_the_pool_fills_again(
+    db: Database,
+) -> None:
+    store = CountingPoolStore(db)
+    pool = CodePool(
+        store,
+        FakeRenderer(),
+        SharedRateLimit(RateWindowStore(db), "renders", 4200),
+        RENDER,
+        PoolSettings(size=30, refill_below=30, concurrency=4),
+        clock=FakeClock(follow_real_time=True),
+    )
+    assert await pool.refill_once() == 30
+    refilling = asyncio.create_task(pool.run(interval=30.0, min_gap=0.1))
+    try:
+        await asyncio.sleep(0.05)  # the first round (the pool is full) is behind us
+        started = time.monotonic()
+        for _ in range(30):  # one issue every 10 ms, each claim waking the refiller
+            assert (await pool.take()).source == "pool"
+            await asyncio.sleep(0.01)
+        ended = time.monotonic()
+
+        async def full() -> bool:
+            return await PoolStore(db).count_ready(pool.variant, up_to=30) == 30
+
+        await eventually(full, timeout=10)
+        during = [t for t in store.round_starts if started <= t <= ended]
+        assert len(during) <= (ended - started) / 0.1 + 1, (len(during), ended - started)  # ~30 without
+    finally:
+        refilling.cancel()
+        await asyncio.gather(refilling, return_exceptions=True)
