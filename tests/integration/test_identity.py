@@ -263,6 +263,23 @@ async def test_a_bad_code_with_the_scan_leaves_the_scan_standing_and_a_fresh_cod
     assert await mem.request("POST", "/api/mp/confirm", fresh) == (200, {"state": "confirmed"})
 
 
+async def test_wechat_refusing_the_scans_exchange_leaves_the_scan_standing_and_a_fresh_code_confirms(
+    mem: IdentityStack,
+) -> None:
+    browser = Browser(mem.http, mem.gateway)
+    await browser.issue()
+    phone = Phone(mem.http, mem.gateway, mem.sim.url)
+    await phone.register()
+    await mem.control.fault("sns/jscode2session", errcode=45011, count=1)  # minute quota: try later
+
+    scanned = await phone.scan(browser.scene)
+    assert (scanned["identified"], scanned["identify_error"]) == (False, "wechat_unavailable")
+    assert await browser.state() == "scanned"
+    assert await phone.confirm(browser.scene) == {"state": "confirmed"}  # with a fresh code, on its own
+    status, tokens = await browser.complete()
+    assert status == 200 and tokens["user"]["openid"] == phone.openid
+
+
 async def test_only_the_phone_that_won_the_scan_is_identified_and_a_stranger_gets_no_confirm(
     mem: IdentityStack,
 ) -> None:
