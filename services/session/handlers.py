@@ -169,11 +169,10 @@ class SessionHandlers:
         bind_context(scene=request.scene)
         code = request.code.get_secret_value()
         identity = await self._exchange(code, confirm_purpose(request.scene), scan_hash=request.scan_hash)
-        # A returning user (nothing to create or link) is recorded now, here and on the scene, so the
-        # confirm can go straight to qrcode.confirm.
+        # A returning user (nothing to create or link) is put on the scene now, so the confirm can go
+        # straight to qrcode.confirm.
         known = await self._stores.users.by_openid(identity.openid)
         if known is not None and (identity.unionid is None or known.unionid == identity.unionid):
-            await self._stores.code_uses.note_user(identity.code_hash, known.id)
             try:
                 await self._bus.call(
                     IdentifyScene(scene=request.scene, scan_hash=request.scan_hash, user_id=known.id)
@@ -219,9 +218,8 @@ class SessionHandlers:
         except RemoteError as exc:
             if exc.error_code not in ("scene_not_identified", "already_confirmed"):
                 raise
-            identity, user_id = await self._scanner_identity(request, purpose)
-            if user_id is None:
-                user_id = (await self._ensure_user(identity)).id
+            identity = await self._scanner_identity(request, purpose)
+            user_id = (await self._ensure_user(identity)).id
             if exc.error_code == "scene_not_identified":
                 return await self._confirm_for(request, identity, user_id)
             if not await self._confirmed_for(request.scene, user_id):
@@ -230,7 +228,7 @@ class SessionHandlers:
             return ConfirmResult(scene=request.scene, state="confirmed")
         if confirmed.user_id is None:
             raise RuntimeError("qrcode.confirm named no user")
-        identity, _ = await self._scanner_identity(request, purpose)
+        identity = await self._scanner_identity(request, purpose)
         await self._announce(request.scene, identity, confirmed.user_id)
         return ConfirmResult(scene=request.scene, state="confirmed")
 
@@ -259,12 +257,11 @@ class SessionHandlers:
         await self._stores.code_uses.mark_done(identity.code_hash)
         log.info("login_confirmed", user_id=user_id)
 
-    async def _scanner_identity(self, request: ConfirmLogin, purpose: str) -> tuple[Identity, str | None]:
-        """The identity exchanged from the code this phone sent with its scan, and its known user."""
+    async def _scanner_identity(self, request: ConfirmLogin, purpose: str) -> Identity:
+        """The identity exchanged from the code this phone sent with its scan."""
         use = await self._stores.code_uses.for_scan(request.scan_hash, purpose)
         if use is not None and use.openid and use.sealed_session_key:
-            identity = Identity(use.code_hash, use.openid, use.unionid, use.sealed_session_key)
-            return identity, use.known_user
+            return Identity(use.code_hash, use.openid, use.unionid, use.sealed_session_key)
         # Say why precisely: a wrong scan token or a scene past scanning, else the missing code.
         status = await self._bus.call(GetSceneStatus(scene=request.scene, scan_hash=request.scan_hash))
         if status.state != "scanned":

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from shared.messages import UserView
@@ -177,11 +178,15 @@ class UserStore:
         return result.matched_count == 1
 
     async def count_login(self, user_id: str, now: float) -> User:
-        """Record one login: ``last_login_at`` and ``login_count``."""
-        await self._users.update_one(
-            {"_id": user_id}, {"$set": {"last_login_at": now}, "$inc": {"login_count": 1}}
+        """Record one login: ``last_login_at`` and ``login_count``; the user as counted."""
+        doc = await self._users.find_one_and_update(
+            {"_id": user_id},
+            {"$set": {"last_login_at": now}, "$inc": {"login_count": 1}},
+            return_document=ReturnDocument.AFTER,
         )
-        return await self._must_get(user_id)
+        if doc is None:
+            raise RuntimeError(f"user {user_id} vanished")
+        return User.from_doc(doc)
 
     async def _must_get(self, user_id: str) -> User:
         user = await self.get(user_id)
@@ -215,7 +220,6 @@ class CodeUse:
     errcode: int | None = None
     user_id: str | None = None
     done: bool = False
-    known_user: str | None = None  # the existing user the scan's code belongs to (see ``note_user``)
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> CodeUse:
@@ -230,7 +234,6 @@ class CodeUse:
             errcode=doc.get("errcode"),
             user_id=doc.get("user_id"),
             done=bool(doc.get("done", False)),
-            known_user=doc.get("known_user"),
         )
 
 
@@ -299,10 +302,6 @@ class CodeUseStore:
     async def release(self, code_hash: str) -> None:
         """Forget a claim whose exchange failed transiently, so a retry may exchange again."""
         await self._uses.delete_one({"_id": code_hash, "status": "exchanging"})
-
-    async def note_user(self, code_hash: str, user_id: str) -> None:
-        """The code belongs to this existing user (found when the scan's code was exchanged)."""
-        await self._uses.update_one({"_id": code_hash}, {"$set": {"known_user": user_id}})
 
     async def attach_user(self, code_hash: str, user_id: str) -> bool:
         """Record that the code's login was counted for ``user_id``; True only the first time."""
