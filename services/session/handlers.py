@@ -254,7 +254,6 @@ class SessionHandlers:
             self._publisher.publish(LoginConfirmed(scene=scene, user_id=user_id)),
             self._note_login(identity, user_id),
         )
-        await self._stores.code_uses.mark_done(identity.code_hash)
         log.info("login_confirmed", user_id=user_id)
 
     async def _scanner_identity(self, request: ConfirmLogin, purpose: str) -> Identity:

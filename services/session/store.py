@@ -206,8 +206,9 @@ class CodeUse:
     """The stored outcome of exchanging one wx.login code (keyed by the code's hash).
 
     ``purpose`` is what the code was spent on (``confirm:<scene>`` or ``mp_login``): a retry for the
-    same purpose reuses the result, any other use is refused like WeChat's 40163. ``user_id`` is set
-    once the login is recorded (so it is counted once), ``done`` once the purpose is complete.
+    same purpose reuses the result, any other use is refused like WeChat's 40163. ``user_id`` and
+    ``done`` are set together once the login is recorded (so it is counted once): for a scene, only
+    after it is confirmed.
     """
 
     status: str  # exchanging | done | failed
@@ -304,15 +305,12 @@ class CodeUseStore:
         await self._uses.delete_one({"_id": code_hash, "status": "exchanging"})
 
     async def attach_user(self, code_hash: str, user_id: str) -> bool:
-        """Record that the code's login was counted for ``user_id``; True only the first time."""
+        """Record that the code's login was counted for ``user_id`` and its purpose is complete (a
+        scene is confirmed, or a mini-program login made); True only the first time."""
         result = await self._uses.update_one(
-            {"_id": code_hash, "user_id": {"$exists": False}}, {"$set": {"user_id": user_id}}
+            {"_id": code_hash, "user_id": {"$exists": False}}, {"$set": {"user_id": user_id, "done": True}}
         )
         return result.modified_count == 1
-
-    async def mark_done(self, code_hash: str) -> None:
-        """The code's purpose is complete (its scene is confirmed)."""
-        await self._uses.update_one({"_id": code_hash}, {"$set": {"done": True}})
 
 
 # --- session keys ---------------------------------------------------------------------------------
