@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from services.gateway.auth import bearer_token
 from services.gateway.errors import Unauthorized
-from services.gateway.routes import KEYS, read_body, tokens_json
+from services.gateway.routes import KEYS, WxCode, read_body, tokens_json
 from shared.messages import (
     BindPhone,
     DecryptData,
@@ -29,8 +29,6 @@ from shared.messages import (
 )
 from shared.runtime import BUS, SETTINGS, stop_task
 
-# Printable ASCII, as WeChat's codes are; the bounds keep garbage out of the bus.
-WxCode = Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")
 URLSAFE = r"^[A-Za-z0-9_-]+$"
 RefreshToken = Field(min_length=16, max_length=256, pattern=URLSAFE)
 BASE64 = r"^[A-Za-z0-9+/]+={0,2}$"

@@ -7,7 +7,7 @@ import re
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
@@ -55,7 +55,8 @@ class CompleteBody(BaseModel):
     ticket: str = Ticket
 
 
-WxLoginCode = Field(default=None, min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")
+# Printable ASCII, as WeChat's codes are; the bounds keep garbage out of the bus.
+WxCode = Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")
 
 
 class ScanBody(BaseModel):
@@ -63,7 +64,7 @@ class ScanBody(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     scene: SceneId
-    code: str | None = WxLoginCode
+    code: Annotated[str, WxCode] | None = None
 
 
 class CancelBody(BaseModel):
@@ -81,7 +82,7 @@ class ConfirmBody(BaseModel):
     scene: SceneId
     scan_token: str = Ticket
     # Required unless the scan sent one and answered ``identified: true``.
-    code: str | None = WxLoginCode
+    code: Annotated[str, WxCode] | None = None
 
 
 async def read_body(request: web.Request, model: type[M]) -> M:

@@ -126,8 +126,11 @@ class Signer:
         published = [record.public_jwk for record in await self._store.published()]
         if current is not None:
             adopted = self._current is None or current.kid != self._current.kid
-            usable = previous is not None and previous.sealed_private_key is not None
-            opened_previous = self._open(previous) if usable and previous is not None else None
+            opened_previous = (
+                self._open(previous)
+                if previous is not None and previous.sealed_private_key is not None
+                else None
+            )
             self._current, self._previous = self._open(current), opened_previous
             if adopted:
                 log.info(

@@ -63,6 +63,13 @@ def events(stack: IdentityStack, event_type: str) -> list[dict[str, Any]]:
     return [json.loads(d.body) for _, d in stack.broker.published if d.type == event_type]
 
 
+async def assert_logins_announced(stack: IdentityStack, count: int) -> None:
+    """Over the in-memory bus (its broker records what is published): ``count`` ``login.confirmed``."""
+    if stack.broker is not None:
+        await stack.broker.drain()
+        assert len(events(stack, LoginConfirmed.TYPE)) == count
+
+
 async def user_doc(stack: IdentityStack, user_id: str) -> dict[str, Any]:
     doc: dict[str, Any] | None = await stack.db.users.find_one({"_id": user_id})
     assert doc is not None
@@ -165,9 +172,7 @@ async def test_duplicate_confirm_delivery_exchanges_the_code_once(stack: Identit
     status, tokens = await browser.complete()
     assert status == 200
     assert (await user_doc(stack, tokens["user"]["id"]))["login_count"] == 1
-    if stack.broker is not None:
-        await stack.broker.drain()
-        assert len(events(stack, LoginConfirmed.TYPE)) == 1
+    await assert_logins_announced(stack, 1)
 
 
 async def test_a_code_sent_with_the_scan_is_exchanged_once_and_the_confirm_needs_none(
@@ -191,9 +196,7 @@ async def test_a_code_sent_with_the_scan_is_exchanged_once_and_the_confirm_needs
     status, tokens = await browser.complete()
     assert status == 200 and tokens["user"]["openid"] == openid
     assert (await user_doc(stack, tokens["user"]["id"]))["login_count"] == 1
-    if stack.broker is not None:
-        await stack.broker.drain()
-        assert len(events(stack, LoginConfirmed.TYPE)) == 1
+    await assert_logins_announced(stack, 1)
 
 
 async def test_a_returning_user_confirms_without_a_code_once_per_login_and_retries_are_harmless(
@@ -220,9 +223,7 @@ async def test_a_returning_user_confirms_without_a_code_once_per_login_and_retri
     assert user_ids[0] == user_ids[1]
     assert (await stack.counters())["sns/jscode2session"] == 2
     assert (await user_doc(stack, user_ids[0]))["login_count"] == 2
-    if stack.broker is not None:
-        await stack.broker.drain()
-        assert len(events(stack, LoginConfirmed.TYPE)) == 2
+    await assert_logins_announced(stack, 2)
 
 
 async def test_a_confirm_without_a_code_after_a_scan_without_one_is_asked_for_a_code(
