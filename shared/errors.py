@@ -57,10 +57,31 @@ class RpcTimeout(RemoteError):
 
 
 class RpcUnavailable(RemoteError):
-    """Nobody serves the method (no queue, or the bus is down)."""
+    """Nobody serves the method (no queue bound, no replica running)."""
 
     def __init__(self, method: str, reason: str = "no server") -> None:
         super().__init__("service_unavailable", f"{method}: {reason}", retry_after=1)
+
+
+class BusUnavailable(RemoteError):
+    """The bus itself is down (no connection, or it is being re-established): try again shortly.
+
+    Raised at once while the bus is reconnecting, and for a call whose reply can no longer arrive
+    because the connection it went out on was lost.
+    """
+
+    def __init__(self, method: str, reason: str = "reconnecting", *, retry_after: float = 2) -> None:
+        super().__init__("bus_unavailable", f"{method}: {reason}", retry_after=retry_after)
+
+
+class StoreUnavailable(ServiceError):
+    """MongoDB did not answer (down, failing over, or a connection dropped mid-operation)."""
+
+    code = "store_unavailable"
+    default_message = "the database is unavailable, try again shortly"
+
+    def __init__(self, message: str | None = None, *, retry_after: float | None = 2) -> None:
+        super().__init__(message, retry_after=retry_after)
 
 
 class InvalidRequest(ServiceError):

@@ -78,6 +78,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "rate_limited": 429,
     "internal": 500,
     "service_unavailable": 503,
+    "bus_unavailable": 503,
+    "store_unavailable": 503,
     "rpc_timeout": 503,
     "token_unavailable": 503,
     "wechat_unavailable": 503,
