@@ -2,7 +2,9 @@
 
 Protocol (DESIGN §5): the client sends ``{"type":"subscribe","scene","ticket"}``; the server answers
 ``{"type":"state","scene","state"}`` at once and on every change, or ``{"type":"error","code"}`` and
-closes. The server closes the socket after a final state.
+closes. An error the browser should wait out (a dependency down, a busy limit: HTTP 503 or 429) also
+carries ``retry_after`` (seconds), as an HTTP answer would carry ``Retry-After``, and closes with 1013
+"try again later". The server closes the socket after a final state.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.gateway.clientip import ClientIpResolver
-from services.gateway.errors import OriginNotAllowed
+from services.gateway.errors import OriginNotAllowed, status_for
 from services.gateway.limits import GatewayLimits
 from services.gateway.store import Subscription, SubscriptionStore
 from shared.bus import Caller
@@ -31,6 +33,8 @@ log = get_logger(__name__)
 MAX_FRAME = 1024  # a subscribe frame is about 120 bytes; a bigger one closes the socket (1009)
 SUBSCRIBE_TIMEOUT = 10.0  # a socket that never subscribes is closed
 HEARTBEAT = 25.0
+RETRY_STATUSES = frozenset({429, 503})  # refusals a browser waits out and subscribes again
+DEFAULT_RETRY_AFTER = 2.0  # seconds, for a retryable refusal that came without a hint
 
 
 def ticket_hash(ticket: str) -> str:
@@ -210,16 +214,23 @@ class SocketEndpoint:
             )
         except RemoteError as exc:
             self._hub.store.remove(sub)
-            await self._refuse(ws, exc.error_code)
+            await self._refuse(ws, exc.error_code, exc.retry_after)
             return None
         await self._hub.deliver(sub, sub.verify(status.state))
         return sub
 
-    async def _refuse(self, ws: web.WebSocketResponse, code: str) -> None:
+    async def _refuse(self, ws: web.WebSocketResponse, code: str, retry_after: float | None = None) -> None:
         self._hub.metrics.refused.labels(code).inc()
+        frame: dict[str, Any] = {"type": "error", "code": code}
+        close_code = 1008 if code in {"ticket_invalid", "invalid_request"} else 1000
+        if status_for(code) in RETRY_STATUSES:
+            # The same hint an HTTP 503/429 gives in Retry-After: the SDK subscribes again after it.
+            hint = retry_after if retry_after is not None else DEFAULT_RETRY_AFTER
+            frame["retry_after"] = max(1, round(hint))
+            close_code = WSCloseCode.TRY_AGAIN_LATER
         with contextlib.suppress(ConnectionError, RuntimeError):
-            await ws.send_json({"type": "error", "code": code})
-            await ws.close(code=1008 if code in {"ticket_invalid", "invalid_request"} else 1000)
+            await ws.send_json(frame)
+            await ws.close(code=close_code)
 
 
 def _parse(data: Any) -> SubscribeFrame | None:
