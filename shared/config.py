@@ -58,7 +58,12 @@ class Settings(BaseSettings):
 
     # --- infrastructure -------------------------------------------------------------------------
     # "memory://" selects the in-process bus; it only works when all services share one process.
+    # Several comma-separated amqp:// URLs name the nodes of a RabbitMQ cluster: the bus connects to
+    # the first that answers and moves to another when its node goes away.
     amqp_url: str = "memory://"
+    # Durable service queues: "quorum" (replicated, delivery limit) or "classic" (an old broker's
+    # queues until they are migrated; docs/deploy.md).
+    bus_queue_type: Literal["quorum", "classic"] = "quorum"
     # Prefix for every exchange and queue name; lets several systems (or test runs) share a vhost.
     bus_prefix: str = ""
     rpc_timeout_seconds: float = Field(default=3.0, gt=0)
@@ -201,8 +206,13 @@ class Settings(BaseSettings):
     @field_validator("amqp_url")
     @classmethod
     def _amqp_scheme(cls, value: str) -> str:
-        if not value.startswith(("memory://", "amqp://", "amqps://")):
-            raise ValueError("amqp_url must start with memory://, amqp:// or amqps://")
+        if value.startswith("memory://"):
+            return value
+        for url in value.split(","):
+            if not url.strip().startswith(("amqp://", "amqps://")):
+                raise ValueError(
+                    "amqp_url must be memory:// or one or more comma-separated amqp:// or amqps:// URLs"
+                )
         return value
 
     @property

@@ -202,6 +202,7 @@ def make_bus(
         sealer,
         prefix=settings.bus_prefix,
         rpc_timeout=settings.rpc_timeout_seconds,
+        queue_type=settings.bus_queue_type,
         metrics=metrics,
     )
 

@@ -44,7 +44,7 @@ def invalidated() -> TokenInvalidated:
 
 
 async def dead_letters(bus: AmqpBus) -> int:
-    async with await aio_pika.connect(bus._url) as connection:
+    async with await aio_pika.connect(bus.urls[0]) as connection:
         channel = await connection.channel()
         queue = await channel.declare_queue(bus.dead_letter_name(), passive=True)
         return int(queue.declaration_result.message_count or 0)

@@ -1,0 +1,644 @@
+"""The bus over RabbitMQ (aio-pika), which heals itself after connection, channel and broker faults.
+
+Names: events go to the durable topic exchange ``<service>.events`` with the event type as routing
+key; ``subscribe`` consumes the durable queue ``<service>.<event type>`` shared by replicas;
+``subscribe_broadcast`` gives each instance its own exclusive auto-delete queue; RPC requests go to
+``<service>.rpc`` on the default exchange and are answered over direct reply-to. Queue arguments
+(quorum queues, delivery limits, bounded dead letters) are in :mod:`shared.bus.topology`.
+
+Healing. Everything the bus uses on the broker lives on one :class:`Link`: a plain (not
+"robust") connection, its four channels, the direct reply-to consumer and this instance's consumers.
+A link dies whole: when the connection or **any** of its channels closes (a dropped socket, a
+closed connection, a channel error, a broker that stops), the supervisor
+
+1. marks the bus down (``/readyz`` 503, ``wxlogin_bus_connected`` 0) and logs ``bus_disconnected``
+   once;
+2. fails every RPC call waiting on that link at once with ``bus_unavailable`` (its reply could only
+   have come back on the lost channel);
+3. reconnects with bounded, jittered backoff (0.1 s doubling to 2 s), trying each URL of a cluster
+   in turn, for as long as it takes;
+4. replays the *plan*: the exchange, the RPC reply path, and every queue, binding and consumer the
+   service declared, in order, on the new link; then logs ``bus_reconnected`` and runs the
+   ``on_reconnected`` hooks (catching up on broadcasts missed while cut off).
+
+While the bus is down, :meth:`AmqpBus.call` and :meth:`AmqpBus.publish` raise
+:class:`~shared.errors.BusUnavailable` at once (503 ``bus_unavailable`` with ``Retry-After`` at the
+gateway), never waiting out the caller's timeout.
+
+aio-pika's robust connection is not used because it does not restore a direct reply-to consumer on
+the channel that publishes requests: after a reconnect every call failed with ``PRECONDITION_FAILED -
+fast reply consumer does not exist`` until the process was restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractIncomingMessage
+from aio_pika.exceptions import AMQPError, ChannelNotFoundEntity, ChannelPreconditionFailed, DeliveryError
+from pamqp import commands as spec
+
+from shared.bus.adapter import (
+    Delivery,
+    E,
+    EventHandler,
+    Outcome,
+    R,
+    Routes,
+    RpcHandler,
+    current_correlation_id,
+    log,
+    version_of,
+)
+from shared.bus.interface import Bus, EventUndeliverable
+from shared.bus.metrics import BusMetrics
+from shared.bus.topology import (
+    QueueType,
+    dead_letter_queue_arguments,
+    durable_queue_arguments,
+    retry_pause,
+)
+from shared.errors import BusUnavailable, RpcTimeout, RpcUnavailable
+from shared.messages import Event, Message, Request, encode
+from shared.sealing import Sealer
+
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+# A publish waits for the broker's confirm; a broker that never answers (blocked by an alarm, a
+# half-open socket) must not hold a request forever.
+PUBLISH_CONFIRM_SECONDS = 5.0
+# One connection attempt; the next URL (or the same one after a pause) is tried after it.
+CONNECT_ATTEMPT_SECONDS = 5.0
+BACKOFF_FIRST_SECONDS = 0.1
+BACKOFF_MAX_SECONDS = 2.0
+# Heartbeats find a peer that vanished without closing the socket; a closed socket is seen at once.
+HEARTBEAT_SECONDS = 10
+# Failures of a channel or connection that just went away (the link is being replaced).
+GONE = (AMQPError, ConnectionError, RuntimeError)
+
+PlanStep = Callable[["Link"], Awaitable[None]]
+
+
+def split_urls(url: str) -> list[str]:
+    """The node URLs of ``WXLOGIN_AMQP_URL`` (one, or several comma-separated for a cluster)."""
+    urls = [part.strip() for part in url.split(",") if part.strip()]
+    if not urls:
+        raise ValueError("no AMQP URL given")
+    return urls
+
+
+def node_of(url: str) -> str:
+    """``host:port`` of a URL, for logs (never the credentials)."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or 5672}"
+
+
+def backoff(attempt: int) -> float:
+    """Pause before reconnect attempt ``attempt`` (1, 2, …): doubling, capped, with jitter."""
+    ceiling = min(BACKOFF_MAX_SECONDS, BACKOFF_FIRST_SECONDS * 2 ** max(0, attempt - 1))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+class Link:
+    """One connection to one broker node and everything the bus holds on it; it dies whole."""
+
+    def __init__(self, connection: AbstractConnection, node: str) -> None:
+        self.connection = connection
+        self.node = node
+        self.lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.consumers: list[tuple[Any, str]] = []
+        self.replies_ready = False
+        self._closing = False
+        self.watch(connection, "connection")
+        # Set by AmqpBus._open once opened:
+        self.publish: AbstractChannel
+        self.rpc: AbstractChannel
+        self.reply: AbstractChannel
+        self.consume: AbstractChannel
+        self.exchange: AbstractExchange
+
+    def watch(self, closable: Any, what: str) -> None:
+        """Treat the closing of ``closable`` (the connection or a channel) as the loss of the link."""
+
+        def closed(_sender: Any, exc: BaseException | None = None, *_: Any) -> None:
+            if not self._closing and not self.lost.done():
+                detail = f"{type(exc).__name__}: {str(exc)[:160]}" if exc is not None else "closed"
+                self.lost.set_result(f"{what} {detail}")
+
+        closable.close_callbacks.add(closed)
+
+    async def channel(self, what: str, *, confirms: bool) -> AbstractChannel:
+        """A channel whose closing kills the link."""
+        channel = await self.connection.channel(publisher_confirms=confirms, on_return_raises=confirms)
+        self.watch(channel, f"{what} channel")
+        return channel
+
+    @property
+    def usable(self) -> bool:
+        """True while nothing on this link has closed and the RPC reply path is consuming."""
+        return self.replies_ready and not self.lost.done() and not self.connection.is_closed
+
+    async def close(self) -> None:
+        """Close the connection (and with it every channel); errors of a dead peer are ignored."""
+        self._closing = True
+        with contextlib.suppress(*GONE, TimeoutError):
+            await asyncio.wait_for(self.connection.close(), 2.0)
+
+
+class AmqpBus(Bus):
+    """The bus over RabbitMQ; see the module docstring for how it heals."""
+
+    def __init__(
+        self,
+        url: str,
+        service: str,
+        sealer: Sealer,
+        *,
+        prefix: str = "",
+        rpc_timeout: float = 3.0,
+        prefetch: int = 64,
+        connect_timeout: float = 30.0,
+        queue_type: QueueType = "quorum",
+        metrics: BusMetrics | None = None,
+    ) -> None:
+        super().__init__(service, sealer, rpc_timeout=rpc_timeout, metrics=metrics)
+        self._urls = split_urls(url)
+        self._prefix = prefix
+        self._prefetch = prefetch
+        self._connect_timeout = connect_timeout
+        self._queue_type: QueueType = queue_type
+        self._link: Link | None = None
+        self._plan: list[PlanStep] = []
+        self._pending: dict[str, asyncio.Future[tuple[str, bytes]]] = {}
+        self._supervisor: asyncio.Task[None] | None = None
+        self._hooks_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._next_url = 0
+        self._warned_queues: set[str] = set()
+
+    @property
+    def urls(self) -> list[str]:
+        """The broker node URLs this bus connects to, in the order it tries them."""
+        return list(self._urls)
+
+    # --- names ------------------------------------------------------------------------------------
+    # Every broker object name this bus uses comes from one of these (the least-privilege broker
+    # definitions in deploy/rabbitmq are tested against them).
+
+    def name(self, suffix: str) -> str:
+        """A broker object name with this bus's prefix."""
+        return f"{self._prefix}{suffix}"
+
+    def exchange_name(self, service: str) -> str:
+        """The durable topic exchange ``service`` publishes its events on."""
+        return self.name(f"{service}.events")
+
+    def rpc_queue_name(self, service: str) -> str:
+        """The queue of ``service``'s RPC requests (reached through the default exchange)."""
+        return self.name(f"{service}.rpc")
+
+    def event_queue_name(self, event: type[Event]) -> str:
+        """This service's durable queue for ``event``, shared by its replicas."""
+        return self.name(f"{self.service}.{event.TYPE}")
+
+    def dead_letter_name(self) -> str:
+        """This service's dead-letter exchange and queue (same name)."""
+        return self.name(f"{self.service}.dead")
+
+    def broadcast_queue_name(self) -> str:
+        """A fresh name for a queue of this instance alone (exclusive, auto-delete)."""
+        return self.name(f"{self.instance}.{uuid.uuid4().hex[:6]}")
+
+    # --- the link and its supervisor ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect (retrying for up to ``connect_timeout`` seconds), then watch the link for good."""
+        self._link = await self._connect(deadline=time.monotonic() + self._connect_timeout)
+        self._set_connected(True)
+        log.info("bus_connected", instance=self.instance, node=self._link.node)
+        self._supervisor = asyncio.ensure_future(self._supervise())
+
+    @property
+    def connected(self) -> bool:
+        return self._link is not None and self._link.usable
+
+    def _set_connected(self, up: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.connected.set(1 if up else 0)
+
+    async def _connect(self, *, deadline: float | None) -> Link:
+        """A new link on the first node that answers; with no ``deadline``, until one does."""
+        attempt = 0
+        last_reason = ""
+        while not self._closing:
+            url = self._urls[self._next_url % len(self._urls)]
+            try:
+                return await self._open(url)
+            except (*GONE, TimeoutError) as exc:
+                self._next_url += 1
+                reason = f"{type(exc).__name__}: {str(exc)[:160]}"
+                if not last_reason:  # the first failure says why; the rest are counted, not logged
+                    log.warning("bus_connect_failed", node=node_of(url), reason=reason)
+                last_reason = reason
+            attempt += 1
+            pause = backoff(attempt)
+            if deadline is not None and time.monotonic() + pause > deadline:
+                raise ConnectionError(f"RabbitMQ did not answer ({attempt} attempts): {last_reason}")
+            await asyncio.sleep(pause)
+        raise BusUnavailable("bus", "closing")
+
+    async def _open(self, url: str) -> Link:
+        """Connect to ``url``, open the channels and the reply path, and replay the plan."""
+        kwargs: dict[str, Any] = {"client_properties": {"connection_name": self.instance}}
+        if "heartbeat=" not in url:
+            kwargs["heartbeat"] = HEARTBEAT_SECONDS
+        connection = await aio_pika.connect(url, timeout=CONNECT_ATTEMPT_SECONDS, **kwargs)
+        link = Link(connection, node_of(url))
+        try:
+            link.publish = await link.channel("publish", confirms=True)
+            link.rpc = await link.channel("rpc", confirms=True)
+            link.reply = await link.channel("reply", confirms=False)
+            link.consume = await link.channel("consume", confirms=False)
+            await link.consume.set_qos(prefetch_count=self._prefetch)
+            # The reply consumer must be on the channel that publishes the requests.
+            replies = await link.rpc.get_queue(DIRECT_REPLY_TO, ensure=False)
+            await replies.consume(self._on_reply, no_ack=True)
+            link.replies_ready = True
+            link.exchange = await self._declare_exchange(link.publish, self.service)
+            for step in self._plan:
+                await step(link)
+        except BaseException:
+            await link.close()
+            raise
+        if link.lost.done():  # something closed while the plan ran: not a usable link
+            await link.close()
+            raise ConnectionError(f"link lost while opening: {link.lost.result()}")
+        return link
+
+    async def _supervise(self) -> None:
+        """For the life of the bus: wait for the link to die, then replace it."""
+        while not self._closing:
+            link = self._link
+            assert link is not None
+            reason = await link.lost
+            if self._closing:
+                return
+            down_since = time.monotonic()
+            self._link = None
+            self._set_connected(False)
+            log.warning("bus_disconnected", node=link.node, reason=reason, calls_failed=len(self._pending))
+            self._fail_pending(f"connection lost ({reason[:60]})")
+            await link.close()
+            try:
+                new = await self._connect(deadline=None)
+            except BusUnavailable:  # closing
+                return
+            self._link = new
+            self._set_connected(True)
+            if self.metrics is not None:
+                self.metrics.reconnects.inc()
+            log.info(
+                "bus_reconnected",
+                node=new.node,
+                down_s=round(time.monotonic() - down_since, 2),
+                consumers=len(new.consumers),
+            )
+            self._hooks_task = asyncio.ensure_future(self._run_reconnect_hooks())
+
+    def _fail_pending(self, reason: str) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(BusUnavailable("rpc", reason))
+
+    def _usable_link(self, what: str) -> Link:
+        link = self._link
+        if link is None or not link.usable:
+            raise BusUnavailable(what)
+        return link
+
+    async def _cancel_consumers(self) -> None:
+        link = self._link
+        if link is None:
+            return
+        consumers, link.consumers = link.consumers, []
+
+        async def cancel(queue: Any, tag: str) -> None:
+            try:
+                await asyncio.wait_for(queue.cancel(tag), 5.0)
+            except (*GONE, TimeoutError):
+                # The connection is going away anyway; closing it cancels the consumer too.
+                log.warning("consumer_cancel_failed", queue=queue.name)
+
+        # Together: with the broker unreachable each would wait its full timeout.
+        await asyncio.gather(*(cancel(queue, tag) for queue, tag in consumers))
+
+    async def close(self) -> None:
+        if self.connected:
+            await self.stop_consuming()
+        self._closing = True
+        # Normally drained already (graceful shutdown); anything left is cancelled and requeued.
+        await self._inflight.finish(0)
+        self._fail_pending("closing")
+        for task in (self._supervisor, self._hooks_task):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(task, 2.0)
+        link, self._link = self._link, None
+        self._set_connected(False)
+        if link is not None:
+            await link.close()
+
+    # --- publishing and calling -----------------------------------------------------------------------
+
+    def _properties(self, message: Message, **extra: Any) -> aio_pika.Message:
+        return aio_pika.Message(
+            body=b"",
+            content_type="application/json",
+            type=message.TYPE,
+            headers={"v": message.VERSION},
+            message_id=uuid.uuid4().hex,
+            correlation_id=current_correlation_id(),
+            timestamp=datetime.now(UTC),
+            app_id=self.service,
+            **extra,
+        )
+
+    async def publish(self, event: Event, *, ttl: float | None = None, must_arrive: bool = False) -> None:
+        self._check_publisher(event)
+        link = self._usable_link(event.TYPE)
+        message = self._properties(
+            event,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            expiration=max(ttl, 0.001) if ttl is not None else None,
+        )
+        message.body = encode(event, self._adapter.sealer)
+        try:
+            await link.exchange.publish(
+                message, routing_key=event.TYPE, mandatory=True, timeout=PUBLISH_CONFIRM_SECONDS
+            )
+        except TimeoutError:
+            raise BusUnavailable(event.TYPE, "broker did not confirm the publish") from None
+        except DeliveryError as exc:
+            if isinstance(exc.frame, spec.Basic.Return):
+                if must_arrive:
+                    raise EventUndeliverable(f"no queue is bound for {event.TYPE}") from None
+                log.debug("event_unroutable", type=event.TYPE)
+                return
+            raise BusUnavailable(event.TYPE, "broker refused the publish") from None
+        except GONE as exc:
+            raise BusUnavailable(event.TYPE, f"bus: {type(exc).__name__}") from None
+
+    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        future = self._pending.get(message.correlation_id or "")
+        if future is not None and not future.done():
+            future.set_result((message.type or "", message.body))
+
+    async def _call(self, request: Request[R], timeout: float) -> R:
+        link = self._usable_link(request.TYPE)
+        deadline = time.monotonic() + timeout
+        message = self._properties(request, reply_to=DIRECT_REPLY_TO, expiration=timeout)
+        message.body = encode(request, self._adapter.sealer)
+        assert message.message_id is not None
+        future: asyncio.Future[tuple[str, bytes]] = asyncio.get_running_loop().create_future()
+        self._pending[message.message_id] = future
+        try:
+            try:
+                await link.rpc.default_exchange.publish(
+                    message,
+                    routing_key=self.rpc_queue_name(request.service()),
+                    mandatory=True,
+                    timeout=timeout,
+                )
+            except TimeoutError:
+                raise RpcTimeout(request.TYPE, timeout) from None
+            except DeliveryError as exc:
+                if isinstance(exc.frame, spec.Basic.Return):
+                    raise RpcUnavailable(request.TYPE) from None
+                raise BusUnavailable(request.TYPE, "broker refused the request") from None
+            except GONE as exc:
+                raise BusUnavailable(request.TYPE, f"bus: {type(exc).__name__}") from None
+            try:
+                type_, body = await asyncio.wait_for(future, max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise RpcTimeout(request.TYPE, timeout) from None
+        finally:
+            self._pending.pop(message.message_id, None)
+        return self._adapter.reply_from(request, type_, body)
+
+    # --- what this service consumes (recorded in the plan, replayed on every new link) --------------
+
+    async def _add_step(self, step: PlanStep) -> None:
+        self._plan.append(step)
+        link = self._link
+        if link is not None and link.usable:
+            await step(link)
+        # Otherwise the supervisor runs it with the rest of the plan once the bus is back.
+
+    async def _declare_exchange(self, channel: AbstractChannel, service: str) -> AbstractExchange:
+        return await channel.declare_exchange(
+            self.exchange_name(service), aio_pika.ExchangeType.TOPIC, durable=True
+        )
+
+    async def _durable_queue(self, link: Link, name: str, arguments: dict[str, Any]) -> Any:
+        """Declare a durable queue with ``arguments`` (on a throw-away channel) and return it.
+
+        RabbitMQ refuses to change a queue's arguments and closes the channel that asked. A queue an
+        earlier version declared (classic, unbounded) is then used as it is, with one warning, so a
+        rolling upgrade keeps serving until the operator migrates it (docs/deploy.md).
+        """
+        probe = await link.connection.channel(publisher_confirms=False)
+        try:
+            await probe.declare_queue(name, durable=True, arguments=arguments)
+        except ChannelPreconditionFailed as exc:
+            if name not in self._warned_queues:
+                self._warned_queues.add(name)
+                log.warning(
+                    "queue_arguments_differ",
+                    queue=name,
+                    wanted=sorted(arguments),
+                    reason=str(exc)[:200],
+                    hint="the queue keeps its old arguments until migrated: see docs/deploy.md",
+                )
+        finally:
+            with contextlib.suppress(*GONE):
+                await probe.close()
+        return await link.consume.get_queue(name, ensure=False)
+
+    async def _dead_letters(self, link: Link) -> str:
+        """Declare this service's bounded dead-letter exchange and queue; returns the exchange name."""
+        name = self.dead_letter_name()
+        exchange = await link.consume.declare_exchange(name, aio_pika.ExchangeType.FANOUT, durable=True)
+        queue = await self._durable_queue(link, name, dead_letter_queue_arguments(self._queue_type))
+        await queue.bind(exchange)
+        return name
+
+    async def subscribe(self, event: type[E], handler: Callable[[E], Awaitable[None]]) -> None:
+        name = self.event_queue_name(event)
+        on_event = functools.partial(self._on_event, handler=handler)
+
+        async def step(link: Link) -> None:
+            dead = await self._dead_letters(link)
+            queue = await self._durable_queue(link, name, durable_queue_arguments(self._queue_type, dead))
+            for publisher in event.PUBLISHERS:
+                await queue.bind(await self._source_exchange(link, publisher), routing_key=event.TYPE)
+            await self._consume(link, queue, on_event)
+
+        await self._add_step(step)
+
+    async def subscribe_broadcast(self, events: Sequence[type[Event]], handler: EventHandler) -> None:
+        on_event = functools.partial(self._on_event, handler=handler)
+
+        async def step(link: Link) -> None:
+            # A fresh queue on every link: the old one went away with its connection.
+            queue = await link.consume.declare_queue(
+                self.broadcast_queue_name(), exclusive=True, auto_delete=True
+            )
+            for event in events:
+                for publisher in event.PUBLISHERS:
+                    await queue.bind(await self._source_exchange(link, publisher), routing_key=event.TYPE)
+            await self._consume(link, queue, on_event)
+
+        await self._add_step(step)
+
+    async def _source_exchange(self, link: Link, publisher: str) -> AbstractExchange | str:
+        """The events exchange of ``publisher``, for binding a queue to it.
+
+        Declaring an exchange needs ``configure`` permission on its name, which a least-privilege
+        broker user has only for its own (``deploy/rabbitmq``). A passive declare needs none, so look
+        first and declare only when the exchange does not exist yet: a development broker on which
+        the publisher has not started. Deployments declare every exchange up front.
+        """
+        if publisher == self.service:
+            return await self._declare_exchange(link.consume, publisher)
+        name = self.exchange_name(publisher)
+        # A passive declare of a missing exchange closes its channel, so probe on a throw-away one.
+        probe = await link.connection.channel(publisher_confirms=False)
+        try:
+            await probe.get_exchange(name, ensure=True)
+        except ChannelNotFoundEntity:
+            return await self._declare_exchange(link.consume, publisher)
+        finally:
+            with contextlib.suppress(*GONE):
+                await probe.close()
+        return name
+
+    async def serve(self, handlers: Mapping[type[Request[Any]], RpcHandler]) -> None:
+        routes = self._routes(handlers)
+        name = self.rpc_queue_name(self.service)
+        on_request = functools.partial(self._on_request, routes=routes)
+
+        async def step(link: Link) -> None:
+            # No dead-letter exchange: requests expire with their caller's timeout, and an expired
+            # request is of no use to anyone. A poison request is dropped at the delivery limit.
+            queue = await self._durable_queue(link, name, durable_queue_arguments(self._queue_type, None))
+            await self._consume(link, queue, on_request)
+
+        await self._add_step(step)
+
+    async def _consume(
+        self, link: Link, queue: Any, callback: Callable[[AbstractIncomingMessage], Awaitable[None]]
+    ) -> None:
+        if self.draining:  # a link replaced during shutdown serves only this instance's own calls
+            return
+        tag = await queue.consume(callback)
+        link.consumers.append((queue, tag))
+
+    # --- handling deliveries ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _delivery(message: AbstractIncomingMessage) -> Delivery:
+        headers = message.headers or {}
+        raw = headers.get("x-delivery-count")
+        count = raw if isinstance(raw, int) else 0
+        return Delivery(
+            type=message.type or "",
+            version=version_of(headers),
+            body=message.body,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            app_id=message.app_id,
+            redelivered=bool(message.redelivered),
+            attempt=max(count, 1 if message.redelivered else 0),
+        )
+
+    async def _settle(self, message: AbstractIncomingMessage, outcome: Outcome) -> None:
+        """Ack or reject; on a channel that died meanwhile the broker redelivers it anyway."""
+        try:
+            if outcome is Outcome.ACK:
+                await message.ack()
+            else:
+                await message.reject(requeue=outcome in (Outcome.REQUEUE, Outcome.RETRY))
+        except GONE:
+            log.debug("delivery_settle_failed", type=message.type, outcome=outcome.value)
+
+    async def _give_back(self, message: AbstractIncomingMessage, kind: str) -> None:
+        """Requeue a delivery this instance will not handle (it is stopping)."""
+        with contextlib.suppress(*GONE):
+            await message.reject(requeue=True)
+        if self.metrics is not None:
+            self.metrics.delivered(kind, "requeue")
+        log.info("delivery_requeued", type=message.type, reason="stopping")
+
+    async def _on_event(self, message: AbstractIncomingMessage, handler: EventHandler) -> None:
+        if self.draining:  # arrived between our basic.cancel and its cancel-ok
+            await self._give_back(message, "event")
+            return
+        with self._inflight.track():
+            delivery = self._delivery(message)
+            try:
+                outcome = await self._adapter.handle_event(delivery, handler)
+                if outcome is Outcome.RETRY:
+                    await asyncio.sleep(retry_pause(delivery.attempt))
+            except asyncio.CancelledError:  # the shutdown deadline passed
+                await self._give_back(message, "event")
+                raise
+            await self._settle(message, outcome)
+            if self.metrics is not None:
+                self.metrics.delivered("event", outcome.value)
+
+    async def _on_request(self, message: AbstractIncomingMessage, routes: Routes) -> None:
+        if self.draining:
+            await self._give_back(message, "rpc")
+            return
+        with self._inflight.track():
+            try:
+                await self._answer_request(message, routes)
+            except asyncio.CancelledError:
+                await self._give_back(message, "rpc")
+                raise
+        if self.metrics is not None:
+            self.metrics.delivered("rpc", "ack")
+
+    async def _answer_request(self, message: AbstractIncomingMessage, routes: Routes) -> None:
+        type_, version, body = await self._adapter.handle_request(self._delivery(message), routes)
+        link = self._link
+        if message.reply_to and link is not None and link.usable:
+            reply = aio_pika.Message(
+                body=body,
+                content_type="application/json",
+                type=type_,
+                headers={"v": version},
+                message_id=uuid.uuid4().hex,
+                correlation_id=message.message_id,
+                timestamp=datetime.now(UTC),
+                app_id=self.service,
+            )
+            try:
+                # mandatory=False: RabbitMQ returns mandatory publishes to direct reply-to even when it
+                # delivers them.
+                await link.reply.default_exchange.publish(
+                    reply, routing_key=message.reply_to, mandatory=False, timeout=PUBLISH_CONFIRM_SECONDS
+                )
+            except (*GONE, TimeoutError):
+                log.warning("rpc_reply_failed", type=message.type)
+        await self._settle(message, Outcome.ACK)
