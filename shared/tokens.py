@@ -76,6 +76,8 @@ class TokenCache:
         False is normal while the token service has none yet (``get`` then waits, bounded).
         """
         await self._bus.subscribe_broadcast([TokenRefreshed], self.on_refreshed)
+        # A refresh broadcast while this instance was cut off from the bus was missed: ask again.
+        self._bus.on_reconnected(self.fetch)
         return await self.fetch()
 
     async def on_refreshed(self, event: TokenRefreshed) -> None:

@@ -11,7 +11,7 @@ from aiohttp import web
 from services.gateway.auth import KeySet
 from services.gateway.clientip import ClientIpResolver
 from services.gateway.errors import status_for
-from services.gateway.handlers import PUSHED_EVENTS, PushHandlers
+from services.gateway.handlers import PUSHED_EVENTS, CatchUp, PushHandlers
 from services.gateway.limits import GatewayLimits
 from services.gateway.longpoll import StatusPoller
 from services.gateway.routes import CLIENT_IP, KEYS, LIMITS, POLLER, SOCKETS, setup_routes
@@ -159,6 +159,7 @@ def create_app(settings: Settings, *, broker: MemoryBroker | None = None) -> web
         keys = KeySet(bus, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
         app[KEYS] = keys
         await bus.subscribe_broadcast(list(PUSHED_EVENTS), PushHandlers(hub).on_event)
+        bus.on_reconnected(CatchUp(hub, bus))
         await keys.refresh(force=True)  # the session service may not be up yet; retried on demand
 
         async def keys_ready() -> bool:

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from services.gateway.ws import Hub
+from shared.bus import Caller
+from shared.errors import RemoteError
+from shared.logging import get_logger
 from shared.messages import (
     Event,
+    GetSceneStatus,
     LoginConfirmed,
     SceneCancelled,
     SceneConfirmed,
     SceneExpired,
     SceneScanned,
 )
+
+log = get_logger(__name__)
 
 # Events the gateway pushes, and the state each announces. "confirmed" comes twice, from the qrcode
 # service (at once) and from the session service (after it): the first one is pushed, once.
@@ -34,3 +42,32 @@ class PushHandlers:
         scene = getattr(event, "scene", None)
         if state is not None and isinstance(scene, str):
             await self._hub.push(scene, state)
+
+
+class CatchUp:
+    """After the bus comes back: re-read every scene this instance watches and push what changed.
+
+    Pushes sent while this gateway's broadcast queue was gone (it dies with the connection) never
+    arrive; Mongo, behind ``qrcode.status``, is the truth. Subscriptions only move forward, so a
+    state already pushed is not sent again.
+    """
+
+    def __init__(self, hub: Hub, bus: Caller, *, concurrency: int = 16) -> None:
+        self._hub = hub
+        self._bus = bus
+        self._limit = asyncio.Semaphore(concurrency)
+
+    async def __call__(self) -> None:
+        scenes = list(self._hub.store.by_scene)
+        results = await asyncio.gather(*(self._one(scene) for scene in scenes))
+        log.info("pushes_caught_up", scenes=len(scenes), unavailable=results.count(False))
+
+    async def _one(self, scene: str) -> bool:
+        async with self._limit:
+            try:
+                status = await self._bus.call(GetSceneStatus(scene=scene))
+            except RemoteError as exc:
+                log.info("catch_up_skipped", scene=scene, error_code=exc.error_code)
+                return False
+            await self._hub.push(scene, status.state)
+            return True

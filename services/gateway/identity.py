@@ -9,6 +9,7 @@ This module also keeps the gateway's keys fresh: a periodic re-fetch, and one on
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -141,6 +142,8 @@ async def keys_context(app: web.Application) -> AsyncIterator[None]:
         await keys.refresh(force=True)
 
     await app[BUS].subscribe_broadcast([SigningKeysChanged], on_keys_changed)
+    # A rotation announced while the bus was down was missed: look again once it is back.
+    app[BUS].on_reconnected(functools.partial(keys.refresh, force=True))
     task = asyncio.ensure_future(keys.refresh_forever(settings.jwks_refresh_seconds))
     try:
         yield

@@ -32,6 +32,7 @@ class FakeBus:
         self.subscribed: list[tuple[Sequence[type[Event]], Callable[[Any], Any]]] = []
         self.current: tuple[str, float] | None = None
         self.calls = 0
+        self.reconnect_hooks: list[Callable[[], Any]] = []
 
     async def publish(self, event: Event, *, ttl: float | None = None, must_arrive: bool = False) -> None:
         self.published.append(event)
@@ -45,6 +46,14 @@ class FakeBus:
 
     async def subscribe_broadcast(self, events: Sequence[type[Event]], handler: Callable[[Any], Any]) -> None:
         self.subscribed.append((events, handler))
+
+    def on_reconnected(self, hook: Callable[[], Any]) -> None:
+        self.reconnect_hooks.append(hook)
+
+    async def reconnect(self) -> None:
+        """What the real bus does once it is back after an outage."""
+        for hook in self.reconnect_hooks:
+            await hook()
 
 
 def cache(bus: FakeBus, **kwargs: Any) -> TokenCache:
@@ -63,6 +72,16 @@ async def test_start_subscribes_to_the_broadcast_and_asks_for_the_current_token(
     assert [events for events, _ in bus.subscribed] == [[TokenRefreshed]]
     assert await tokens.get() == TOKEN
     assert bus.calls == 1  # no second question: the token is held in memory
+
+
+async def test_a_refresh_broadcast_missed_while_the_bus_was_down_is_caught_up_on_reconnect() -> None:
+    bus = FakeBus()
+    bus.current = (TOKEN, NOW + 7000)
+    tokens = cache(bus)
+    assert await tokens.start()
+    bus.current = (NEXT, NOW + 7200)  # refreshed while this instance's broadcast queue was gone
+    await bus.reconnect()
+    assert await tokens.get() == NEXT
 
 
 async def test_start_without_a_token_service_token_is_not_an_error_and_get_waits_then_gives_up() -> None:
