@@ -1,18 +1,24 @@
 // Calls to the wxlogin gateway from the mini-program: wx.request as a promise, errors made readable.
 'use strict';
 
-/** An error of a gateway call: `code` is the gateway's error code, or 'network' when nothing came back. */
+/**
+ * An error of a gateway call: `code` is the gateway's error code, or 'network' when nothing came back;
+ * `retryAfter` is the answer's Retry-After in seconds (null when it had none).
+ */
 class ApiError extends Error {
-  constructor(code, message, status) {
+  constructor(code, message, status, retryAfter) {
     super(message || code);
     this.code = code;
     this.status = status || 0;
+    this.retryAfter = retryAfter == null ? null : retryAfter;
   }
 }
 
 /** What the user reads for each error code (Chinese: this page runs inside WeChat). */
 const MESSAGES = {
   network: '网络错误，请检查网络后重试',
+  busy: '网络繁忙，正在重试…',
+  scan_unheard: '扫码未能完成，请在电脑上刷新二维码后重新扫码',
   unavailable: '服务暂时不可用，请稍后重试',
   already_scanned: '该二维码已被其他微信扫描',
   scene_expired: '二维码已过期，请在电脑上刷新后重新扫码',
@@ -44,6 +50,56 @@ function retryable(err) {
   return !!err && (err.code === 'network' || err.status === 429 || err.status >= 500);
 }
 
+/**
+ * Failures the page waits out and retries by itself: no answer at all, 503 (a service behind the
+ * gateway is down: bus, store, WeChat, an RPC timeout), 429 (busy) and a proxy's 502/504.
+ */
+function transient(err) {
+  return !!err && (err.code === 'network' || [429, 502, 503, 504].indexOf(err.status) >= 0);
+}
+
+/** How the page retries: attempts per request, the time it may take in all, waits (ms). */
+const RETRY = {attempts: 8, budget: 60000, base: 500, cap: 10000};
+
+/** The wait before the next attempt: the answer's Retry-After if any, else backoff; capped, jittered. */
+function retryDelay(err, attempt, policy) {
+  const ms = err.retryAfter != null ? err.retryAfter * 1000 : policy.base * Math.pow(2, attempt);
+  const capped = Math.min(policy.cap, ms);
+  return capped + Math.random() * Math.min(500, capped / 4);
+}
+
+/**
+ * `attempt()` (a function returning a promise) again after each transient failure, until it succeeds,
+ * fails for another reason, or the attempts, the budget or `deadline` (epoch ms: the scene's expiry)
+ * would be exceeded; then the last error. `onWait(err, ms)` is told before each wait.
+ */
+function withRetry(attempt, {policy = RETRY, deadline = null, onWait = () => {}} = {}) {
+  const started = Date.now();
+  let tries = 0;
+  const run = () => attempt().catch((err) => {
+    if (!transient(err) || tries + 1 >= policy.attempts) throw err;
+    const wait = retryDelay(err, tries, policy);
+    const end = Date.now() + wait;
+    if (end > started + policy.budget || (deadline && end > deadline)) throw err;
+    tries += 1;
+    onWait(err, wait);
+    return new Promise((resolve) => setTimeout(resolve, wait)).then(run);
+  });
+  return run();
+}
+
+/** Retry-After in seconds (a number or an HTTP date), from a wx.request answer's headers. */
+function retryAfterOf(header) {
+  if (!header) return null;
+  const key = Object.keys(header).find((name) => name.toLowerCase() === 'retry-after');
+  const value = key === undefined ? '' : String(header[key]);
+  if (!value) return null;
+  const seconds = Number(value);
+  if (Number.isFinite(seconds)) return Math.max(0, seconds);
+  const at = Date.parse(value);
+  return Number.isNaN(at) ? null : Math.max(0, (at - Date.now()) / 1000);
+}
+
 /** `wx.login()` as a promise of a fresh code (codes are single-use and live 5 minutes). */
 function wxLogin(wx) {
   return new Promise((resolve, reject) => {
@@ -72,7 +128,8 @@ function createApi(wx, config) {
           const data = res.data || {};
           if (res.statusCode >= 200 && res.statusCode < 300) return resolve(data);
           const error = data.error || {};
-          reject(new ApiError(error.code || 'http_' + res.statusCode, error.message, res.statusCode));
+          const code = error.code || 'http_' + res.statusCode;
+          reject(new ApiError(code, error.message, res.statusCode, retryAfterOf(res.header)));
         },
         fail: (res) => reject(new ApiError('network', (res && res.errMsg) || 'request failed'))
       });
@@ -92,4 +149,6 @@ function createApi(wx, config) {
   };
 }
 
-module.exports = {ApiError, MESSAGES, messageFor, retryable, wxLogin, createApi};
+module.exports = {
+  ApiError, MESSAGES, RETRY, messageFor, retryable, transient, retryDelay, withRetry, retryAfterOf, wxLogin, createApi
+};

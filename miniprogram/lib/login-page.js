@@ -2,32 +2,53 @@
 // web site shows. Plain CommonJS, so it runs under Node with a stand-in `wx` (see test/).
 'use strict';
 
-const {createApi, messageFor, retryable, wxLogin} = require('./api');
+const {MESSAGES, RETRY, createApi, messageFor, retryable, withRetry, wxLogin} = require('./api');
 const {formatTime, sceneFromQuery} = require('./format');
 
 /**
  * The Page() definition. `status` is one of:
  *   loading · ready (showing who asks; agree + 确认登录 / 取消) · confirming · confirmed ·
  *   cancelling · cancelled · failed (no way on but scanning a new code; `canRetry` when a retry may work)
+ * `retrying` is true while a request is waited out after a busy or missing answer (the message then
+ * says 网络繁忙，正在重试…).
  */
 function createLoginPage({wx, config}) {
   const api = createApi(wx, config);
+  const policy = Object.assign({}, RETRY, config.retry);
+
+  /** `attempt()` with retries on transient failures (see api.withRetry), shown on `page` as busy. */
+  function patiently(page, attempt, onWait) {
+    return withRetry(attempt, {
+      policy,
+      deadline: page.expiresAt,
+      onWait: () => {
+        if (onWait) onWait();
+        page.setData({retrying: true, message: MESSAGES.busy});
+      }
+    });
+  }
 
   /** The confirm request of a 确认登录 tap on `page`; resolves when the gateway says confirmed. */
   function confirmRequest(page) {
-    if (page.identified) {
-      // The scan's code was exchanged already: no wx.login, no WeChat call behind this request.
-      return api.confirm(page.scene, page.scanToken).catch((err) => {
-        // The gateway holds no identity from the scan after all: try once more, at once, with a
-        // fresh code rather than make the user tap again.
-        if (err.code !== 'code_required' && err.code !== 'code_invalid') throw err;
-        page.identified = false;
-        return confirmRequest(page);
-      });
-    }
-    // A fresh code on every tap: codes are single-use and expire after 5 minutes, and the user may
-    // have looked at this page for longer than that.
-    return wxLogin(wx).then((code) => api.confirm(page.scene, page.scanToken, code));
+    // One code per tap, sent again by every retry of it: the gateway knows a repeat by its code and
+    // answers it `confirmed` without confirming twice. A new tap gets a fresh code: codes are
+    // single-use and expire after 5 minutes, and the user may have looked at this page for longer.
+    let code = null;
+    const attempt = () => {
+      // After an identified scan no wx.login and no WeChat call is behind the request.
+      const withCode = !page.identified;
+      const ready = withCode && !code ? wxLogin(wx).then((fresh) => { code = fresh; }) : Promise.resolve();
+      return ready.then(() => api.confirm(page.scene, page.scanToken, withCode ? code : undefined));
+    };
+    // A retried confirm may have landed behind an answer that never came.
+    const send = () => patiently(page, attempt, () => { page.confirmUnheard = true; });
+    return send().catch((err) => {
+      // The gateway holds no identity from the scan after all: try once more, at once, with a
+      // fresh code rather than make the user tap again.
+      if (!page.identified || (err.code !== 'code_required' && err.code !== 'code_invalid')) throw err;
+      page.identified = false;
+      return send();
+    });
   }
 
   return {
@@ -40,7 +61,8 @@ function createLoginPage({wx, config}) {
       requestedAt: '',
       agreed: false,
       message: '',
-      canRetry: false
+      canRetry: false,
+      retrying: false
     },
 
     onLoad(query) {
@@ -48,6 +70,8 @@ function createLoginPage({wx, config}) {
       this.scene = sceneFromQuery(query);
       this.scanToken = '';
       this.identified = false; // whether the gateway exchanged the code sent with the scan (see scan())
+      this.expiresAt = null; // the scene's expiry (epoch ms), which no retry goes past
+      this.confirmUnheard = false; // a confirm got no (or a busy) answer: it may have landed
       if (!this.scene) {
         this.setData({status: 'failed', message: messageFor('missing_scene'), canRetry: false});
         return Promise.resolve();
@@ -56,22 +80,28 @@ function createLoginPage({wx, config}) {
     },
 
     scan() {
-      this.setData({status: 'loading', message: '', canRetry: false});
+      this.setData({status: 'loading', message: '', canRetry: false, retrying: false});
       this.identified = false;
+      let waited = false;
       // The code goes with the scan: the gateway has WeChat exchange it (jscode2session) while the user
       // reads this page, so the 确认登录 tap need not wait on WeChat. Without a code (wx.login failed)
-      // the scan works all the same, and the confirm then carries a code as it always did.
+      // the scan works all the same, and the confirm then carries a code as it always did. Retries of
+      // a busy or unanswered scan send the same code (it reaches WeChat only after a scan won).
       return wxLogin(wx)
         .catch(() => undefined)
-        .then((code) => api.scan(this.scene, code))
+        .then((code) => patiently(this, () => api.scan(this.scene, code), () => { waited = true; }))
         .then((info) => {
           this.scanToken = info.scan_token;
           // A code WeChat refused does not fail the scan: it answers `identified: false` (and an
           // `identify_error`), and the confirm must bring a code of its own.
           this.identified = info.identified === true;
+          const expiresAt = Date.parse(info.expires_at);
+          this.expiresAt = expiresAt > Date.now() ? expiresAt : null; // a phone clock far off: no bound
           const requester = info.requester || {};
           this.setData({
             status: 'ready',
+            retrying: false,
+            message: '',
             site: info.site,
             browser: requester.browser || '',
             os: requester.os || '',
@@ -79,7 +109,10 @@ function createLoginPage({wx, config}) {
             requestedAt: formatTime(requester.requested_at)
           });
         }, (err) => {
-          this.setData({status: 'failed', message: messageFor(err), canRetry: retryable(err)});
+          // The gateway scans a code once and a repeat gets a new scan token: already_scanned after a
+          // scan that got no answer is most likely this phone's own scan, whose token never arrived.
+          const message = waited && err.code === 'already_scanned' ? messageFor('scan_unheard') : messageFor(err);
+          this.setData({status: 'failed', retrying: false, message, canRetry: retryable(err)});
         });
     },
 
@@ -99,15 +132,19 @@ function createLoginPage({wx, config}) {
         return Promise.resolve();
       }
       this.setData({status: 'confirming', message: ''});
+      const confirmed = () => {
+        this.scanToken = '';
+        this.setData({status: 'confirmed', retrying: false, message: '已确认登录，请回到电脑继续'});
+      };
       return confirmRequest(this)
-        .then(() => {
-          this.scanToken = '';
-          this.setData({status: 'confirmed', message: '已确认登录，请回到电脑继续'});
-        }, (err) => {
+        .then(confirmed, (err) => {
+          // Only the phone holding the scan token can confirm the scene: already_confirmed after a
+          // confirm of ours went unanswered is that confirm, landed.
+          if (err.code === 'already_confirmed' && this.confirmUnheard) return confirmed();
           if (retryable(err) || err.code === 'code_invalid' || err.code === 'code_required') {
-            this.setData({status: 'ready', message: messageFor(err)}); // tap again
+            this.setData({status: 'ready', retrying: false, message: messageFor(err)}); // tap again
           } else {
-            this.setData({status: 'failed', message: messageFor(err), canRetry: false});
+            this.setData({status: 'failed', retrying: false, message: messageFor(err), canRetry: false});
           }
         });
     },
@@ -115,12 +152,13 @@ function createLoginPage({wx, config}) {
     onCancel() {
       if (this.data.status !== 'ready') return Promise.resolve();
       this.setData({status: 'cancelling', message: ''});
-      return api.cancel(this.scene, this.scanToken).then(() => {
+      // The gateway answers a repeated cancel from the same phone `cancelled`: safe to retry.
+      return patiently(this, () => api.cancel(this.scene, this.scanToken)).then(() => {
         this.scanToken = '';
-        this.setData({status: 'cancelled', message: '已取消登录'});
+        this.setData({status: 'cancelled', retrying: false, message: '已取消登录'});
       }, (err) => {
-        if (retryable(err)) this.setData({status: 'ready', message: messageFor(err)});
-        else this.setData({status: 'failed', message: messageFor(err), canRetry: false});
+        if (retryable(err)) this.setData({status: 'ready', retrying: false, message: messageFor(err)});
+        else this.setData({status: 'failed', retrying: false, message: messageFor(err), canRetry: false});
       });
     },
 

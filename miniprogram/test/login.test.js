@@ -16,8 +16,8 @@ const live = {skip: !(GATEWAY && SIM) && 'WXLOGIN_GATEWAY_URL / WXLOGIN_SIM_URL 
 
 /**
  * The web site's side: a code shown in a browser, its state, the login it completes. Each call spends
- * one of the gateway's per-IP issue burst (10 by default, one of them the expired scene's), so a new
- * test that needs a code of its own may have to share one with a test beside it.
+ * one of the gateway's per-IP issue burst (tests/integration/test_miniprogram.py raises it to 30, one
+ * of them the expired scene's; the default is 10).
  */
 async function browserCode() {
   const issued = await httpJson('POST', GATEWAY + '/api/login/qrcode', null);
@@ -33,29 +33,43 @@ async function browserCode() {
   };
 }
 
+// The page's retries in these tests: Retry-After is honoured as it is (1 s here), other waits are short.
+const RETRY = {attempts: 4, budget: 20000, base: 20, cap: 2000};
+
 /**
  * A phone: the page on a `wx` stand-in, plus what these tests need to see and steer beyond fake-wx:
- * `scans()` / `confirms()` are the bodies the page sent (a missing `code` key is a code-less call);
- * `logins` decides what the next wx.login calls give before the simulator's codes do (a code, or
- * null for a failed wx.login); `once[path]` steers the next call to that path: `{edit(res)}` changes
- * the gateway's answer, `{answer}` is answered in the gateway's place without sending.
+ * `scans()` / `confirms()` are the bodies the page sent (a missing `code` key is a code-less call),
+ * `times(path)` when; `seen` every setData patch; `logins` decides what the next wx.login calls give
+ * before the simulator's codes do (a code, or null for a failed wx.login); `once[path]` steers the next
+ * call to that path (a list steers the next calls, one each): `{edit(res)}` changes the gateway's
+ * answer, `{answer}` is answered in the gateway's place without sending, `{lose: true}` is sent but
+ * its answer is lost on the way back (the page sees a network failure).
  */
 function phone() {
   const wx = createWx({simUrl: SIM});
   const sent = [];
   const logins = [];
   const once = {};
+  const seen = [];
 
   const request = wx.request;
   wx.request = (options) => {
     const path = new URL(options.url).pathname;
-    sent.push({path, data: Object.assign({}, options.data)});
-    const steer = once[path];
-    delete once[path];
+    sent.push({path, data: Object.assign({}, options.data), at: Date.now()});
+    let steer = once[path];
+    if (Array.isArray(steer)) {
+      steer = steer.shift();
+      if (!once[path].length) delete once[path];
+    } else {
+      delete once[path];
+    }
     if (steer && steer.answer) {
       wx.calls.requests.push({method: options.method, url: options.url});
       setImmediate(() => options.success(steer.answer));
       return {abort() {}};
+    }
+    if (steer && steer.lose) {
+      return request(Object.assign({}, options, {success: () => options.fail({errMsg: 'request:fail timeout'})}));
     }
     if (!steer) return request(options);
     return request(Object.assign({}, options, {success: (res) => options.success(steer.edit(res) || res)}));
@@ -71,10 +85,31 @@ function phone() {
     setImmediate(() => options.success({code, errMsg: 'login:ok'}));
   };
 
-  const page = mountPage(createLoginPage({wx, config: {server: GATEWAY, timeout: 5000}}));
+  const page = mountPage(createLoginPage({wx, config: {server: GATEWAY, timeout: 5000, retry: RETRY}}));
+  const setData = page.setData;
+  page.setData = function (patch) { seen.push(Object.assign({}, patch)); setData.call(this, patch); };
   const bodies = (path) => sent.filter((r) => r.path === path).map((r) => r.data);
-  return {wx, page, logins, once, scans: () => bodies('/api/mp/scan'), confirms: () => bodies('/api/mp/confirm')};
+  const times = (path) => sent.filter((r) => r.path === path).map((r) => r.at);
+  return {
+    wx, page, logins, once, seen, times,
+    scans: () => bodies('/api/mp/scan'), confirms: () => bodies('/api/mp/confirm')
+  };
 }
+
+/** What the gateway answers while a service behind it is down (HTTP 503 with Retry-After). */
+function unavailable(code = 'bus_unavailable', retryAfter = '1') {
+  return {
+    answer: {
+      statusCode: 503,
+      data: {error: {code, message: 'try again shortly'}},
+      header: {'Content-Type': 'application/json; charset=utf-8', 'Retry-After': retryAfter},
+      errMsg: 'request:ok'
+    }
+  };
+}
+
+/** The page told the user it is retrying (and not that something failed) at some point. */
+const showedBusy = (seen) => seen.some((patch) => patch.retrying === true && patch.message === '网络繁忙，正在重试…');
 
 /** A code the simulated WeChat refuses (as it refuses an expired or spent one). */
 const REFUSED_CODE = '0'.repeat(32);
@@ -231,7 +266,10 @@ test('network errors while loading and on a code-less confirm can be retried', l
   const {wx, page, scans, confirms} = phone();
   wx.offline = true;
   await page.onLoad({scene: code.scene});
+  // The page retried by itself (a few times, quickly here), then gave up and offers 重试.
+  assert.equal(scans().length, RETRY.attempts);
   assert.equal(page.data.status, 'failed');
+  assert.equal(page.data.retrying, false);
   assert.equal(page.data.message, '网络错误，请检查网络后重试');
   assert.equal(page.data.canRetry, true);
   assert.equal(await code.state(), 'pending');
@@ -240,8 +278,10 @@ test('network errors while loading and on a code-less confirm can be retried', l
   await page.onRetry();
   assert.equal(page.data.status, 'ready');
   assert.equal(await code.state(), 'scanned');
-  // The retried scan brought a code of its own (the first one may have reached the gateway).
-  assert.deepEqual(scans().map((body) => body.code), wx.calls.codes);
+  // Its own retries sent the same code; the tapped retry brought a code of its own (the first one
+  // may have reached the gateway).
+  const sentCodes = scans().map((body) => body.code);
+  assert.deepEqual(sentCodes, [...Array(RETRY.attempts).fill(wx.calls.codes[0]), wx.calls.codes[1]]);
   assert.notEqual(wx.calls.codes[0], wx.calls.codes[1]);
   assert.equal(page.identified, true);
 
@@ -257,7 +297,8 @@ test('network errors while loading and on a code-less confirm can be retried', l
   await page.onConfirm();
   assert.equal(page.data.status, 'confirmed');
   assert.equal(wx.calls.login, 2); // the two scans'; neither tap asked WeChat
-  assert.deepEqual(confirms().map((body) => 'code' in body), [false, false]);
+  assert.equal(confirms().length, RETRY.attempts + 1); // the first tap's own retries, then the second tap
+  assert.ok(confirms().every((body) => !('code' in body)));
   assert.equal(await code.state(), 'confirmed');
 });
 
@@ -284,9 +325,113 @@ test('after a scan WeChat did not identify, every confirm tap brings a new wx.lo
   assert.equal(page.data.status, 'confirmed');
   assert.equal(wx.calls.login, 3);
   assert.notEqual(wx.calls.codes[1], wx.calls.codes[2]);
-  assert.deepEqual(confirms().map((body) => body.code), [wx.calls.codes[1], wx.calls.codes[2]]);
+  // The first tap's retries sent its code again; the second tap brought a new one.
+  const first = Array(RETRY.attempts).fill(wx.calls.codes[1]);
+  assert.deepEqual(confirms().map((body) => body.code), [...first, wx.calls.codes[2]]);
   assert.equal(await code.state(), 'confirmed');
   const done = await code.complete();
   assert.equal(done.status, 200);
   assert.equal(done.data.user.openid, wx.openid);
+});
+
+test('a scan answered 503 with Retry-After says 网络繁忙，正在重试… and goes on after the wait', live, async () => {
+  const code = await browserCode();
+  const {wx, page, once, seen, scans, times} = phone();
+  once['/api/mp/scan'] = [unavailable('bus_unavailable'), unavailable('store_unavailable')];
+  await page.onLoad({scene: code.scene});
+
+  assert.equal(page.data.status, 'ready');
+  assert.equal(page.data.retrying, false);
+  assert.equal(page.data.message, '');
+  assert.ok(showedBusy(seen));
+  assert.ok(!seen.some((patch) => patch.status === 'failed'));
+  // Every attempt carried the one code; each came after the Retry-After (1 s), plus a little jitter.
+  assert.equal(scans().length, 3);
+  assert.ok(scans().every((body) => body.code === wx.calls.codes[0]));
+  assert.equal(wx.calls.login, 1);
+  const at = times('/api/mp/scan');
+  for (let i = 1; i < at.length; i += 1) {
+    assert.ok(at[i] - at[i - 1] >= 950 && at[i] - at[i - 1] < 2000, at[i] - at[i - 1]);
+  }
+  assert.equal(page.identified, true);
+  assert.equal(await code.state(), 'scanned');
+});
+
+test('a confirm answered 503 is retried until the gateway is back and confirms once', live, async () => {
+  const code = await browserCode();
+  const {wx, page, once, seen, confirms} = phone();
+  await page.onLoad({scene: code.scene});
+  assert.equal(page.identified, true);
+
+  agree(page);
+  once['/api/mp/confirm'] = [unavailable('rpc_timeout'), unavailable('service_unavailable')];
+  const tapped = page.onConfirm();
+  assert.equal(page.data.status, 'confirming');
+  await tapped;
+  assert.equal(page.data.status, 'confirmed');
+  assert.equal(page.data.retrying, false);
+  assert.ok(showedBusy(seen));
+  assert.equal(confirms().length, 3);
+  assert.ok(confirms().every((body) => !('code' in body)));
+  assert.equal(wx.calls.login, 1); // the scan's only
+  assert.equal(await code.state(), 'confirmed');
+  const done = await code.complete();
+  assert.equal(done.status, 200);
+  assert.equal(done.data.user.openid, wx.openid);
+});
+
+test('a confirm whose answer was lost is sent again with the same code and counts as confirmed', live, async () => {
+  const code = await browserCode();
+  const {wx, page, logins, once, confirms} = phone();
+  logins.push(REFUSED_CODE); // the scan does not identify: the confirm brings a code
+  await page.onLoad({scene: code.scene});
+  assert.equal(page.identified, false);
+
+  agree(page);
+  once['/api/mp/confirm'] = [{lose: true}];
+  await page.onConfirm();
+  // The first confirm landed; its repeat (same code) is answered `confirmed` by the gateway, not
+  // refused, and nothing is confirmed twice.
+  assert.equal(page.data.status, 'confirmed');
+  assert.equal(confirms().length, 2);
+  assert.equal(confirms()[0].code, wx.calls.codes[1]);
+  assert.equal(confirms()[1].code, wx.calls.codes[1]);
+  assert.equal(wx.calls.login, 2);
+  assert.equal(await code.state(), 'confirmed');
+  const done = await code.complete();
+  assert.equal(done.status, 200);
+  assert.equal(done.data.user.openid, wx.openid);
+});
+
+test('already_confirmed after a confirm of this phone went unanswered is taken as confirmed', live, async () => {
+  const code = await browserCode();
+  const {page, once, confirms} = phone();
+  await page.onLoad({scene: code.scene});
+
+  agree(page);
+  // The first confirm lands but its answer is lost; the repeat is answered already_confirmed (as the
+  // gateway does when it cannot match the repeat to the first). Only this phone's scan token can
+  // confirm the scene, so that confirm was this one.
+  once['/api/mp/confirm'] = [{lose: true}, {
+    answer: {statusCode: 409, data: {error: {code: 'already_confirmed', message: 'x'}}, header: {}, errMsg: 'request:ok'}
+  }];
+  await page.onConfirm();
+  assert.equal(page.data.status, 'confirmed');
+  assert.equal(page.data.message, '已确认登录，请回到电脑继续');
+  assert.equal(confirms().length, 2);
+  assert.equal(await code.state(), 'confirmed');
+});
+
+test('a scan whose answer was lost, then refused as already scanned, asks for a new code', live, async () => {
+  // The gateway scans a code once and mints a new scan token per request, so the page cannot get back
+  // the token of a scan that landed unheard: it says so instead of "scanned by another WeChat".
+  const code = await browserCode();
+  const {page, once, scans} = phone();
+  once['/api/mp/scan'] = [{lose: true}];
+  await page.onLoad({scene: code.scene});
+  assert.equal(scans().length, 2);
+  assert.equal(page.data.status, 'failed');
+  assert.equal(page.data.message, '扫码未能完成，请在电脑上刷新二维码后重新扫码');
+  assert.equal(page.data.canRetry, false);
+  assert.equal(await code.state(), 'scanned');
 });

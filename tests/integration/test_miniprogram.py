@@ -36,8 +36,16 @@ def clock() -> FakeClock:
 async def clocked_stack(
     mongo_server: EmbeddedMongo, amqp_base_url: str, unique: str, clock: FakeClock
 ) -> AsyncIterator[Stack]:
+    # One client IP runs every Node test: room for their codes and their retried requests.
     stack = await start_stack_with(
-        "memory", mongo_server, amqp_base_url, unique, clock=clock, code_pool_size=4
+        "memory",
+        mongo_server,
+        amqp_base_url,
+        unique,
+        clock=clock,
+        code_pool_size=4,
+        limit_issue_per_ip_burst=30,
+        limit_mp_per_ip_burst=120,
     )
     try:
         yield stack
