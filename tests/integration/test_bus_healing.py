@@ -172,3 +172,24 @@ async def test_service_queues_are_quorum_queues_with_a_delivery_limit_and_dead_l
         assert "x-delivery-limit" in rows[name]
     dead = rows[f"h{unique}.session.dead"]
     assert "x-max-length" in dead and "x-message-ttl" in dead
+
+
+async def test_a_classic_queue_left_by_an_older_version_is_used_as_it_is_until_migrated(
+    make_bus: Callable[..., AmqpBus], amqp_base_url: str, unique: str
+) -> None:
+    connection = await aio_pika.connect(amqp_base_url)
+    try:
+        channel = await connection.channel()
+        await channel.declare_queue(f"h{unique}.qrcode.rpc", durable=True)  # what version 1 declared
+    finally:
+        await connection.close()
+    server, client = make_bus("qrcode"), make_bus("gateway")
+    await server.start()
+    await client.start()
+    served: list[str] = []
+    await server.serve({GetSceneStatus: status_handler(served)})
+    assert (await client.call(GetSceneStatus(scene=SCENE))).scene == SCENE
+    assert server.connected  # the refused redeclare did not take the link down
+    vhost = unquote(urlsplit(amqp_base_url).path.lstrip("/"))
+    listed = await rabbitmqctl("list_queues", "-p", vhost, "--quiet", "--no-table-headers", "name", "type")
+    assert f"h{unique}.qrcode.rpc\tclassic" in listed
