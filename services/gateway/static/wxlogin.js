@@ -11,6 +11,11 @@
  * The ticket that proves this browser asked for the code is kept in this closure only: never in
  * localStorage, sessionStorage, cookies, the URL or the DOM. After a final state (logged in,
  * cancelled, expired, error) the box closes its socket, aborts its requests and clears its timers.
+ *
+ * An outage is waited out, not reported: an answer of 503 or 429 (with its Retry-After), a proxy's
+ * 502/504, a request that got no answer, or a subscribe refused with `retry_after` is asked again
+ * after that delay (capped, with a little jitter), while the box shows "reconnecting"; never past the
+ * code's expiry. Only other errors reach onError.
  */
 (function (root, factory) {
   'use strict';
@@ -35,7 +40,8 @@
       refresh: '刷新二维码',
       alt: '微信小程序码，请用微信扫码',
       expiresIn: function (s) { return s + ' 秒后过期'; },
-      reconnecting: '连接中断，正在重连…'
+      reconnecting: '连接中断，正在重连…',
+      lost: '登录未能完成，请刷新二维码后重新扫码'
     },
     en: {
       loading: 'Loading the code…',
@@ -49,7 +55,8 @@
       refresh: 'Refresh the code',
       alt: 'WeChat mini-program code: scan it with WeChat',
       expiresIn: function (s) { return 'Expires in ' + s + ' s'; },
-      reconnecting: 'Connection lost, reconnecting…'
+      reconnecting: 'Connection lost, reconnecting…',
+      lost: 'The login could not be finished. Refresh the code and scan again'
     }
   };
 
@@ -78,6 +85,19 @@
   // Final states of a box: nothing runs after them until the user refreshes.
   var FINAL = {done: true, cancelled: true, expired: true, error: true};
   var POLL_STATUS = {202: true, 200: true, 410: true, 408: true};
+  // Answers that say "the service is there but cannot serve right now": 503 (a dependency is down:
+  // bus, store, WeChat, an RPC timeout), 429 (busy), and a proxy's 502/504. Status 0: no answer at all.
+  var BUSY_STATUS = {0: true, 429: true, 502: true, 503: true, 504: true};
+  // The codes of those answers, for a refused WebSocket subscribe that carries no retry_after.
+  var BUSY_CODES = {
+    bus_unavailable: true, store_unavailable: true, service_unavailable: true, rpc_timeout: true,
+    token_unavailable: true, wechat_unavailable: true, rate_limited: true
+  };
+  var RETRY = {
+    cap: 15000, // ms: no single wait is longer, whatever Retry-After says
+    issueFor: 60000, // ms: how long getting a code keeps trying (there is no code to expire yet)
+    completeFor: 60000 // ms after "confirmed": the server keeps a confirmed login that long (redeem window)
+  };
 
   function pickLang(lang) {
     if (lang && TEXT[lang]) return lang;
@@ -93,12 +113,49 @@
     return ceiling / 2 + Math.random() * ceiling / 2;
   }
 
-  function apiError(status, data, fallback) {
-    var err = new Error((data && data.error && data.error.message) || fallback || ('HTTP ' + status));
-    err.code = (data && data.error && data.error.code) || 'http_' + status;
-    err.status = status;
+  /**
+   * How long to wait before asking again: the server's Retry-After (seconds) when it gave one, else
+   * exponential backoff; capped, plus a little jitter so browsers of one outage do not return at once.
+   */
+  function retryDelay(retryAfter, attempt) {
+    var ms = retryAfter != null ? retryAfter * 1000 : backoff(attempt, 500, 8000);
+    ms = Math.min(RETRY.cap, Math.max(250, ms));
+    return ms + Math.random() * Math.min(1000, ms / 4);
+  }
+
+  /** Retry-After as seconds (a number or an HTTP date), or null when absent or unreadable. */
+  function parseRetryAfter(value) {
+    if (value == null || value === '') return null;
+    var seconds = Number(value);
+    if (isFinite(seconds)) return Math.max(0, seconds);
+    var at = Date.parse(value);
+    return isNaN(at) ? null : Math.max(0, (at - Date.now()) / 1000);
+  }
+
+  /** An answer (see request()) as an Error for onError: `code` is the gateway's error code. */
+  function apiError(r) {
+    if (r.status === 0) {
+      var lost = new Error((r.error && r.error.message) || 'network error');
+      lost.code = 'network_error';
+      lost.status = 0;
+      return lost;
+    }
+    var data = r.data;
+    var err = new Error((data && data.error && data.error.message) || ('HTTP ' + r.status));
+    err.code = (data && data.error && data.error.code) || 'http_' + r.status;
+    err.status = r.status;
     return err;
   }
+
+  /** A subscribe the gateway refused for good, as an Error for onError (status 0: not HTTP). */
+  function refusal(code) {
+    var err = new Error(code);
+    err.code = code;
+    err.status = 0;
+    return err;
+  }
+
+  function busy(r) { return BUSY_STATUS[r.status] === true; }
 
   function mount(target, options) {
     options = options || {};
@@ -168,6 +225,7 @@
         ws: null,
         wsWorked: false, // a socket of this session has delivered a message
         wsFailures: 0, // closes in a row without a message
+        refusals: 0, // subscribes in a row refused for now (retry_after)
         mode: transport === 'longpoll' ? 'longpoll' : 'websocket',
         timers: [],
         aborts: []
@@ -214,23 +272,27 @@
         referrerPolicy: 'no-referrer'
       };
       if (controller) init.signal = controller.signal;
+      // Always resolves: {status, ok, data, retryAfter}, with status 0 (and `error`) when no answer
+      // came (offline, refused, reset); an aborted request resolves so too, for a session that ended.
       return fetch(endpoint + path, init).then(function (resp) {
+        // A cross-origin page reads Retry-After only if the gateway exposes it; null means "back off".
+        var retryAfter = parseRetryAfter(resp.headers && resp.headers.get('Retry-After'));
         return resp.json().catch(function () { return null; }).then(function (data) {
-          return {status: resp.status, ok: resp.ok, data: data};
+          return {status: resp.status, ok: resp.ok, data: data, retryAfter: retryAfter};
         });
+      }).catch(function (err) {
+        return {status: 0, ok: false, data: null, retryAfter: null, error: err};
       }).then(function (result) {
         if (session) session.aborts = session.aborts.filter(function (c) { return c !== controller; });
         return result;
-      }, function (err) {
-        if (session) session.aborts = session.aborts.filter(function (c) { return c !== controller; });
-        throw err;
       });
     }
 
-    function fail(session, err) {
+    function fail(session, err, why) {
       if (session !== current) return;
       end(session);
       show('error');
+      if (why) status.textContent = t[why];
       setNet('idle');
       emit('onError', err);
     }
@@ -264,8 +326,16 @@
       emit('onExpired', {scene: session.scene});
     }
 
+    /**
+     * Collect the tokens of a confirmed login. A busy or missing answer is asked again until the
+     * server's redeem window is over: a confirmed login is never given up while it can be collected.
+     */
     function completeLogin(session) {
       var ticket = session.ticket;
+      // Whether a complete of ours may have gone through without us hearing the answer; then the
+      // server's already_redeemed means our tokens were issued and lost, not someone else's doing.
+      var unheard = session.state === 'redeemed';
+      var until = Math.max(session.deadline, Date.now() + RETRY.completeFor);
       // No more pushes needed: the socket and the long-poll stop now, the ticket is spent below.
       if (session.ws) { var ws = session.ws; session.ws = null; ws.onclose = ws.onmessage = null; try { ws.close(1000); } catch (e) { /* closed */ } }
       if (session.tick) { clearInterval(session.tick); session.tick = null; }
@@ -282,16 +352,24 @@
             end(session);
             img.hidden = true;
             show('done');
+            setNet('idle');
             emit('onSuccess', r.data);
-          } else if ((r.status === 503 || r.status === 429 || r.status >= 500) && attempt < 4) {
-            later(session, tryComplete, backoff(attempt++, 500, 4000));
-          } else {
-            fail(session, apiError(r.status, r.data));
+            return;
           }
-        }, function (err) {
-          if (!alive(session)) return;
-          if (attempt < 4) later(session, tryComplete, backoff(attempt++, 500, 4000));
-          else fail(session, err);
+          var err = apiError(r);
+          var wait = retryDelay(r.retryAfter, attempt++);
+          if ((busy(r) || r.status >= 500) && Date.now() + wait <= until) {
+            if (r.status !== 429) unheard = true; // the redeem may have happened behind this answer
+            setNet('reconnecting');
+            later(session, tryComplete, wait);
+          } else if (unheard && err.code === 'already_redeemed') {
+            // The server redeems a login once and does not answer a repeat with its tokens: they went
+            // out with an answer that never arrived. Only a new code can log in now.
+            err.lost = true;
+            fail(session, err, 'lost');
+          } else {
+            fail(session, err);
+          }
         });
       })();
     }
@@ -325,11 +403,14 @@
           session.wsFailures = 0;
           setNet('websocket');
         }
-        if (msg.type === 'state') onState(session, msg.state);
-        else if (msg.type === 'error') {
+        if (msg.type === 'state') {
+          session.refusals = 0;
+          onState(session, msg.state);
+        } else if (msg.type === 'error') {
           if (msg.code === 'scene_expired') expire(session);
           else if (msg.code === 'scene_cancelled') onState(session, 'cancelled');
-          else fail(session, apiError(0, {error: {code: msg.code, message: msg.code}}));
+          else if (msg.retry_after != null || BUSY_CODES[msg.code]) subscribeLater(session, ws, msg.retry_after);
+          else fail(session, refusal(msg.code));
         }
       };
       ws.onerror = function () { /* onclose follows */ };
@@ -340,6 +421,16 @@
         if (!gotMessage) session.wsFailures += 1;
         socketLost(session);
       };
+    }
+
+    /** The subscribe was refused for now (the gateway could not read the scene): subscribe again later. */
+    function subscribeLater(session, ws, retryAfter) {
+      session.ws = null;
+      ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+      try { ws.close(1000); } catch (e) { /* closed */ }
+      setNet('reconnecting');
+      var hint = retryAfter != null ? Number(retryAfter) : null;
+      later(session, function () { connect(session); }, retryDelay(isFinite(hint) ? hint : null, session.refusals++));
     }
 
     function socketLost(session) {
@@ -367,16 +458,13 @@
           setNet('longpoll');
           onState(session, r.data.state);
           poll(session, 0);
-        } else if (r.status === 429 || r.status >= 500) {
+        } else if (busy(r) || r.status >= 500) {
+          // Until the code expires (the countdown ends the session then).
           setNet('reconnecting');
-          later(session, function () { poll(session, attempt + 1); }, backoff(attempt, 500, 5000));
+          later(session, function () { poll(session, attempt + 1); }, retryDelay(r.retryAfter, attempt));
         } else {
-          fail(session, apiError(r.status, r.data));
+          fail(session, apiError(r));
         }
-      }, function () {
-        if (!alive(session)) return;
-        setNet('reconnecting');
-        later(session, function () { poll(session, attempt + 1); }, backoff(attempt, 500, 5000));
       });
     }
 
@@ -404,21 +492,35 @@
       box.removeAttribute('data-scene');
       var pending = {timers: [], aborts: [], finished: false};
       current = pending;
-      return request(pending, 'POST', '/api/login/qrcode').then(function (r) {
-        if (current !== pending) return;
-        if (!r.ok || !r.data || !r.data.scene) return fail(pending, apiError(r.status, r.data));
-        var session = newSession(r.data);
-        current = session;
-        img.src = r.data.image;
-        img.hidden = false;
-        box.setAttribute('data-scene', session.scene);
-        show('pending');
-        startCountdown(session);
-        emit('onCode', {scene: session.scene, expiresAt: r.data.expires_at});
-        if (session.mode === 'longpoll') { setNet('longpoll'); poll(session, 0); } else connect(session);
-      }, function (err) {
-        if (current === pending) fail(pending, err);
-      });
+      var attempt = 0;
+      var until = Date.now() + RETRY.issueFor;
+      (function issue() {
+        request(pending, 'POST', '/api/login/qrcode').then(function (r) {
+          if (!alive(pending)) return;
+          if (r.ok && r.data && r.data.scene) return begin(pending, r.data);
+          var wait = retryDelay(r.retryAfter, attempt++);
+          if (busy(r) && Date.now() + wait <= until) {
+            setNet('reconnecting');
+            later(pending, issue, wait);
+          } else {
+            fail(pending, apiError(r));
+          }
+        });
+      })();
+    }
+
+    function begin(pending, issued) {
+      end(pending);
+      var session = newSession(issued);
+      current = session;
+      img.src = issued.image;
+      img.hidden = false;
+      box.setAttribute('data-scene', session.scene);
+      show('pending');
+      setNet('idle');
+      startCountdown(session);
+      emit('onCode', {scene: session.scene, expiresAt: issued.expires_at});
+      if (session.mode === 'longpoll') { setNet('longpoll'); poll(session, 0); } else connect(session);
     }
 
     refresh.addEventListener('click', function () { start(); });
