@@ -8,7 +8,7 @@ import asyncio
 import json
 from typing import Any
 
-from playwright.async_api import Browser, Page, Response, Route, WebSocket, expect
+from playwright.async_api import Browser, Page, Response, Route, WebSocket, WebSocketRoute, expect
 
 from tests.e2e.conftest import Demo, demo_url, expect_state, open_demo, scene_on_screen
 from tests.e2e.test_embed import MODULE_PAGE, site
@@ -262,3 +262,33 @@ async def test_an_embed_on_another_origin_rides_out_an_outage_without_reading_re
         await expect(page.locator("#me")).to_have_text(openid)
         await expect_state(page, "done")
     assert errors == []
+
+
+async def test_the_long_poll_fallback_waits_out_the_outage_too(browser: Browser, demo: Demo) -> None:
+    page = await open_watched(browser, demo)
+
+    async def refuse(ws: WebSocketRoute) -> None:  # a proxy that drops every WebSocket
+        await ws.close(code=1011)
+
+    await page.route_web_socket("**/api/login/ws", refuse)
+    refused = record_503s(page, "/api/login/status")
+    await page.goto(demo_url(demo))
+    box = page.locator(".wxl")
+    await expect(box).to_have_attribute("data-transport", "longpoll")
+    await expect_state(page, "pending")
+
+    # The qrcode service goes down and the gateway restarts (its long-poll in flight answers at once
+    # as it stops): the next long-polls meet the outage.
+    await stop_qrcode(demo)
+    await demo.stop_gateway()
+    await demo.start_gateway()
+    await until(lambda: len(refused) >= 2, "the long-poll was asked again")
+    assert refused[0].headers.get("retry-after") == "1"
+    await expect(box).to_have_attribute("data-transport", "reconnecting")
+    await expect_state(page, "pending")
+
+    await start_qrcode(demo)
+    await expect(box).to_have_attribute("data-transport", "longpoll")
+    await log_in(page, demo)
+    assert "data-state=error" not in await seen(page)
+    assert await errors_reported(page) == []

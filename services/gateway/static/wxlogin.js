@@ -450,7 +450,8 @@
 
     function poll(session, attempt) {
       if (!alive(session) || session.mode !== 'longpoll') return;
-      var path = '/api/login/status?scene=' + encodeURIComponent(session.scene) + '&wait=' + pollWait +
+      // After a busy answer, a quick read first: the box leaves "reconnecting" as soon as it can.
+      var path = '/api/login/status?scene=' + encodeURIComponent(session.scene) + '&wait=' + (attempt ? 0 : pollWait) +
         '&since=' + encodeURIComponent(session.state);
       request(session, 'GET', path, null, {'X-Login-Ticket': session.ticket}).then(function (r) {
         if (!alive(session)) return;
