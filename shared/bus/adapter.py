@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import structlog
 from pymongo.errors import PyMongoError
 
+from shared.bus.acl import CallerNotAllowed, Gate
 from shared.errors import (
     BusUnavailable,
     InternalError,
@@ -115,6 +116,7 @@ class Delivery:
     app_id: str | None = None
     redelivered: bool = False
     attempt: int = 0  # how many times it was delivered before (the broker's delivery count)
+    user_id: str | None = None  # the sender's broker user, validated by RabbitMQ (shared.bus.acl)
 
 
 def version_of(headers: Mapping[str, Any] | None) -> int:
@@ -128,9 +130,10 @@ def version_of(headers: Mapping[str, Any] | None) -> int:
 class Adapter:
     """Decodes deliveries, binds the log context, runs handlers, and decides acks and replies."""
 
-    def __init__(self, service: str, sealer: Sealer) -> None:
+    def __init__(self, service: str, sealer: Sealer, gate: Gate | None = None) -> None:
         self.service = service
         self.sealer = sealer
+        self.gate = gate or Gate(None)
 
     async def handle_event(self, delivery: Delivery, handler: EventHandler) -> Outcome:
         """Run ``handler`` on the decoded event; the :class:`Outcome` says what to do with the message."""
@@ -138,6 +141,9 @@ class Adapter:
             event = decode(delivery.type, delivery.version, delivery.body, self.sealer)
         except (UnknownMessage, InvalidMessage) as exc:
             log.warning("message_rejected", type=delivery.type, v=delivery.version, reason=str(exc)[:200])
+            return Outcome.REJECT
+        if not isinstance(event, Event) or not self.gate.may_publish(type(event), delivery.user_id):
+            log.warning("message_rejected", type=delivery.type, reason="sender", user=delivery.user_id)
             return Outcome.REJECT
         token = set_correlation_id(delivery.correlation_id)
         bound = structlog.contextvars.bind_contextvars(
@@ -170,6 +176,9 @@ class Adapter:
             if entry is None:
                 raise InvalidRequest(f"{self.service} does not answer {delivery.type!r}")
             cls, handler = entry
+            if not self.gate.may_call(delivery.type, delivery.user_id):
+                log.warning("rpc_caller_refused", type=delivery.type, user=delivery.user_id)
+                raise CallerNotAllowed(f"{delivery.user_id or 'this sender'} may not call {delivery.type}")
             if delivery.version != cls.VERSION:
                 raise InvalidRequest(f"{delivery.type} version {delivery.version} is not served")
             try:

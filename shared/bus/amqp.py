@@ -41,7 +41,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractIncomingMessage
@@ -94,6 +94,11 @@ def split_urls(url: str) -> list[str]:
     if not urls:
         raise ValueError("no AMQP URL given")
     return urls
+
+
+def user_of(url: str) -> str:
+    """The broker user a URL logs in as (RabbitMQ's default, ``guest``, when it names none)."""
+    return unquote(urlsplit(url).username or "guest")
 
 
 def node_of(url: str) -> str:
@@ -170,8 +175,9 @@ class AmqpBus(Bus):
         queue_type: QueueType = "quorum",
         metrics: BusMetrics | None = None,
     ) -> None:
-        super().__init__(service, sealer, rpc_timeout=rpc_timeout, metrics=metrics)
-        self._urls = split_urls(url)
+        urls = split_urls(url)
+        super().__init__(service, sealer, rpc_timeout=rpc_timeout, metrics=metrics, user=user_of(urls[0]))
+        self._urls = urls
         self._prefix = prefix
         self._prefetch = prefetch
         self._connect_timeout = connect_timeout
@@ -370,6 +376,7 @@ class AmqpBus(Bus):
             correlation_id=current_correlation_id(),
             timestamp=datetime.now(UTC),
             app_id=self.service,
+            user_id=self.user,
             **extra,
         )
 
@@ -567,6 +574,7 @@ class AmqpBus(Bus):
             message_id=message.message_id,
             correlation_id=message.correlation_id,
             app_id=message.app_id,
+            user_id=message.user_id,
             redelivered=bool(message.redelivered),
             attempt=max(count, 1 if message.redelivered else 0),
         )
@@ -632,6 +640,7 @@ class AmqpBus(Bus):
                 correlation_id=message.message_id,
                 timestamp=datetime.now(UTC),
                 app_id=self.service,
+                user_id=self.user,
             )
             try:
                 # mandatory=False: RabbitMQ returns mandatory publishes to direct reply-to even when it

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from shared.bus.acl import Gate
 from shared.bus.adapter import (
     UNAVAILABLE_CODES,
     Adapter,
@@ -61,12 +62,19 @@ class Bus(abc.ABC):
     """What services see of the bus. One instance per service instance."""
 
     def __init__(
-        self, service: str, sealer: Sealer, *, rpc_timeout: float = 3.0, metrics: BusMetrics | None = None
+        self,
+        service: str,
+        sealer: Sealer,
+        *,
+        rpc_timeout: float = 3.0,
+        metrics: BusMetrics | None = None,
+        user: str | None = None,
     ) -> None:
         self.service = service
         self.instance = f"{service}.{uuid.uuid4().hex[:10]}"
         self.rpc_timeout = rpc_timeout
-        self._adapter = Adapter(service, sealer)
+        self.user = user  # the broker user this instance sends as (shared.bus.acl)
+        self._adapter = Adapter(service, sealer, Gate(user))
         self.metrics = metrics
         self.draining = False
         self._inflight = InFlight()

@@ -133,7 +133,8 @@ class MemoryBus(Bus):
         rpc_timeout: float = 3.0,
         metrics: BusMetrics | None = None,
     ) -> None:
-        super().__init__(service, sealer, rpc_timeout=rpc_timeout, metrics=metrics)
+        # In one process the sender is known for sure: the table of shared.bus.acl is enforced.
+        super().__init__(service, sealer, rpc_timeout=rpc_timeout, metrics=metrics, user=f"wxlogin-{service}")
         self.broker = broker
         self._started = False
         self._event_handlers: dict[int, EventHandler] = {}
@@ -162,6 +163,7 @@ class MemoryBus(Bus):
             message_id=uuid.uuid4().hex,
             correlation_id=current_correlation_id(),
             app_id=self.service,
+            user_id=self.user,
         )
 
     async def publish(self, event: Event, *, ttl: float | None = None, must_arrive: bool = False) -> None:

@@ -6,7 +6,9 @@ Then the rendered definitions go into a real broker, which must refuse what they
 services run on these users at all is shown by tests/integration/test_processes.py.)
 
 What the definitions cannot forbid: every service writes to the default exchange (RPC requests and
-direct-reply-to answers go through it), and the default exchange routes to any queue by name.
+direct-reply-to answers go through it), and the default exchange routes to any queue by name. So every
+message carries the sender's broker user in ``user_id``, which RabbitMQ validates, and the receiving
+service checks it against the table of shared/bus/acl.py.
 """
 
 from __future__ import annotations
@@ -17,17 +19,19 @@ import os
 import re
 import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aio_pika
 import pytest
-from aiormq.exceptions import ChannelAccessRefused
+from aiormq.exceptions import ChannelAccessRefused, ChannelPreconditionFailed
 
 from services.gateway.handlers import PUSHED_EVENTS
 from shared.bus import AmqpBus
-from shared.messages import Event, TokenInvalidated, TokenRefreshed
-from shared.sealing import Sealer
+from shared.errors import RemoteError
+from shared.messages import ConfirmScene, Event, SceneStatus, TokenInvalidated, TokenRefreshed
+from shared.sealing import Sealer, generate_key
 from tests.integration.broker import (
     RABBITMQ_DIR,
     SERVICES,
@@ -214,8 +218,8 @@ def broker_users(amqp_base_url: str, tmp_path_factory: pytest.TempPathFactory) -
         users.delete()
 
 
-async def refused(url: str, action: Any) -> bool:
-    """Run ``action(channel)``; True when the broker refused it (ACCESS_REFUSED)."""
+async def refused(url: str, action: Any, refusal: type[Exception] = ChannelAccessRefused) -> bool:
+    """Run ``action(channel)``; True when the broker refused it (``refusal``: ACCESS_REFUSED by default)."""
     connection = await aio_pika.connect(url)
     try:
         channel = await connection.channel()
@@ -223,7 +227,7 @@ async def refused(url: str, action: Any) -> bool:
             await action(channel)
             await asyncio.sleep(0.2)  # a refused publish closes the channel asynchronously
             await channel.get_exchange("amq.direct", ensure=True)  # passive: fails only on a closed channel
-        except ChannelAccessRefused:
+        except refusal:
             return True
         return False
     finally:
@@ -290,3 +294,39 @@ async def test_the_broker_refuses_binding_to_an_exchange_a_service_does_not_cons
 
     assert not await refused(broker_users.url("qrcode"), bind(f"{prefix}token.events"))
     assert await refused(broker_users.url("qrcode"), bind(f"{prefix}session.events"))
+
+
+async def test_only_the_session_service_may_confirm_a_scene_and_a_sender_cannot_pose_as_another(
+    broker_users: BrokerUsers,
+) -> None:
+    """M1 of the security review: the gateway's broker user sent ``qrcode.confirm`` for a victim."""
+    sealer = Sealer.from_text(generate_key())
+    prefix = broker_users.prefix
+    buses = {name: AmqpBus(broker_users.url(name), name, sealer, prefix=prefix) for name in SERVICES}
+    confirmed: list[str | None] = []
+
+    async def confirm(request: ConfirmScene) -> SceneStatus:
+        confirmed.append(request.user_id)
+        return SceneStatus(scene=request.scene, state="confirmed", expires_at=datetime.now(UTC))
+
+    try:
+        for bus in buses.values():
+            await bus.start()
+        await buses["qrcode"].serve({ConfirmScene: confirm})
+        forged = ConfirmScene(scene="C" * 32, scan_hash="d" * 64, user_id="u_victim")
+        with pytest.raises(RemoteError) as caught:
+            await buses["gateway"].call(forged)
+        assert caught.value.error_code == "caller_not_allowed"
+        assert confirmed == []
+        assert (await buses["session"].call(forged)).state == "confirmed"
+        assert confirmed == ["u_victim"]
+    finally:
+        for bus in buses.values():
+            await bus.close()
+
+    async def pose_as_session(channel: aio_pika.abc.AbstractChannel) -> None:
+        message = aio_pika.Message(b"{}", type="qrcode.confirm", user_id=broker_users.users["session"][0])
+        await channel.default_exchange.publish(message, routing_key=f"{prefix}qrcode.rpc")
+
+    # RabbitMQ validates user_id against the connection's user: the claim cannot be forged.
+    assert await refused(broker_users.url("gateway"), pose_as_session, refusal=ChannelPreconditionFailed)

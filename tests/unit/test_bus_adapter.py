@@ -211,7 +211,7 @@ async def test_undecodable_and_unknown_events_are_dead_lettered_without_reaching
     good = encode(SceneScanned(scene=SCENE), sealer)
     broker.route("qrcode.events", Delivery("scene.scanned", 1, b"{not json"))
     broker.route("qrcode.events", Delivery("scene.scanned", 9, good))
-    broker.route("qrcode.events", Delivery("scene.scanned", 1, good))
+    broker.route("qrcode.events", Delivery("scene.scanned", 1, good, user_id="wxlogin-qrcode"))
     await broker.drain()
     assert len(handled) == 1
     assert len(broker.queue("session.scene.scanned").dead) == 2
