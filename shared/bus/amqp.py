@@ -231,6 +231,12 @@ class AmqpBus(Bus):
         self._link = await self._connect(deadline=time.monotonic() + self._connect_timeout)
         self._set_connected(True)
         log.info("bus_connected", instance=self.instance, node=self._link.node)
+        if not self._adapter.gate.enforced:
+            log.warning(
+                "bus_sender_check_off",
+                user=self.user,
+                reason="this service has no broker user of its own, so senders cannot be told apart",
+            )
         self._supervisor = asyncio.ensure_future(self._supervise())
 
     @property
