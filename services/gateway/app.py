@@ -129,6 +129,8 @@ def cors(allowed: list[str]) -> Callable[..., Awaitable[web.StreamResponse]]:
             response = await handler(request)
         if applies and not response.prepared:
             response.headers["Access-Control-Allow-Origin"] = str(origin)
+            # The SDK waits out a 503/429 for as long as Retry-After says.
+            response.headers["Access-Control-Expose-Headers"] = "Retry-After, X-Request-ID"
             response.headers["Vary"] = "Origin"
         return response
 
@@ -140,7 +142,8 @@ def create_app(settings: Settings, *, broker: MemoryBroker | None = None) -> web
     app = new_app(
         settings,
         client_max_size=MAX_BODY,
-        middlewares=[correlation, errors, security_headers(settings), cors(settings.allowed_origins)],
+        # cors outside errors: an error answer to an allowed origin must be readable by that page.
+        middlewares=[correlation, cors(settings.allowed_origins), errors, security_headers(settings)],
     )
     app.cleanup_ctx.append(bus_context(SERVICE, broker))
 

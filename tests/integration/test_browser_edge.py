@@ -114,6 +114,18 @@ async def test_hostile_origins_cannot_issue_codes_and_get_no_cors_grant(site_sta
         assert resp.headers["Access-Control-Allow-Origin"] == SITE
 
 
+async def test_an_error_answer_to_an_allowed_origin_is_readable_by_that_page_with_its_retry_hint(
+    site_stack: Stack,
+) -> None:
+    async with site_stack.http.post(
+        f"{site_stack.gateway}/api/login/complete", json={"scene": "bad"}, headers={"Origin": SITE}
+    ) as resp:
+        assert resp.status == 400
+        assert resp.headers["Access-Control-Allow-Origin"] == SITE
+        assert "Retry-After" in resp.headers["Access-Control-Expose-Headers"]
+        assert (await resp.json())["error"]["code"] == "invalid_request"
+
+
 async def test_websocket_compression_offered_by_the_browser_is_declined(site_stack: Stack) -> None:
     async with site_stack.http.ws_connect(
         f"{site_stack.gateway}/api/login/ws", headers={"Origin": SITE}, compress=15
