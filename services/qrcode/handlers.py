@@ -294,21 +294,35 @@ class SceneHandlers:
         return SceneStatus(scene=scene.id, state="scanned", expires_at=_at(scene.expires_at))
 
     async def redeem(self, request: RedeemScene) -> RedeemedScene:
-        """RPC ``qrcode.redeem``: ``confirmed → redeemed``, once, by the ticket holder only."""
+        """RPC ``qrcode.redeem``: ``confirmed → redeemed``, by the ticket holder only.
+
+        Redeeming again with the same ticket before the redeem window ends answers the same user (a
+        retry whose first answer was lost); the session service then hands out the same session.
+        """
         bind_context(scene=request.scene)
         current = await self._store.get(request.scene)
         if current is None:
             raise SceneNotFound()
         if not hmac.compare_digest(current.ticket_hash, request.ticket_hash):
             raise TicketMismatch()
-        scene = await self._store.transition(
-            request.scene,
-            from_states=("confirmed",),
-            to_state="redeemed",
-            now=self._clock(),
-            ticket_hash=current.ticket_hash,
-        )
+        now = self._clock()
+        scene = None
+        if current.state != "redeemed":
+            scene = await self._store.transition(
+                request.scene,
+                from_states=("confirmed",),
+                to_state="redeemed",
+                now=now,
+                ticket_hash=current.ticket_hash,
+            )
+            if scene is None:  # lost a race, perhaps to a retry of this same redeem
+                current = await self._store.get(request.scene) or current
         if scene is None or scene.user_id is None:
+            if current.state == "redeemed" and current.user_id is not None and current.expires_at > now:
+                # The same ticket again within the redeem window: the browser's first answer was lost
+                # (a dropped connection, a gateway that died). The ticket is the proof: same user.
+                log.info("scene_redeemed_again", user_id=current.user_id)
+                return RedeemedScene(scene=current.id, user_id=current.user_id)
             raise await self._refusal(request.scene, "redeem")
         self._metrics.redeemed.inc()
         log.info("scene_redeemed", user_id=scene.user_id)

@@ -268,14 +268,20 @@ class SessionHandlers:
         raise CodeRequired()
 
     async def complete(self, request: CompleteLogin) -> TokenPair:
-        """RPC ``session.complete``: redeem the confirmed scene (ticket checked) and issue tokens."""
+        """RPC ``session.complete``: redeem the confirmed scene (ticket checked) and issue tokens.
+
+        Idempotent within the redeem window: the same scene and ticket get the same session (same
+        refresh token and ``sid``), so a browser whose answer was lost loses no login and makes no
+        second one.
+        """
         bind_context(scene=request.scene)
         redeemed = await self._bus.call(RedeemScene(scene=request.scene, ticket_hash=request.ticket_hash))
         user = await self._stores.users.get(redeemed.user_id)
         if user is None:
             raise UserNotFound()
         log.info("login_completed", user_id=user.id)
-        return await self._new_session(user)
+        # One scan login, one session: a retry whose first answer was lost gets the same session.
+        return await self._new_session(user, once_for=f"{request.scene}:{request.ticket_hash}")
 
     async def mp_login(self, request: LoginMiniProgram) -> TokenPair:
         """RPC ``session.mp_login``: plain in-mini-program login with a wx.login code.
@@ -374,8 +380,8 @@ class SessionHandlers:
 
     # -- helpers --
 
-    async def _new_session(self, user: User) -> TokenPair:
-        grant = await self._families.start(user.id)
+    async def _new_session(self, user: User, *, once_for: str | None = None) -> TokenPair:
+        grant = await self._families.start(user.id, once_for=once_for)
         return self._pair(user, grant.family, grant.token)
 
     def _pair(self, user: User, family: str, refresh_token: str) -> TokenPair:

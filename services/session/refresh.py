@@ -73,18 +73,28 @@ class RefreshFamilies:
 
     def successor_of(self, token: str) -> str:
         """The token a refresh with ``token`` hands out (deterministic, unguessable without the key)."""
-        mac = hmac.new(self._key, b"refresh-successor:" + token.encode(), hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(mac).decode().rstrip("=")
+        return self._derive("refresh-successor:", token)
 
-    async def start(self, user_id: str) -> Grant:
-        """A new family (one login) with its first token."""
+    async def start(self, user_id: str, *, once_for: str | None = None) -> Grant:
+        """A new family (one login) with its first token.
+
+        With ``once_for`` (a scan login: its scene and ticket hash), the family and its first token
+        are derived from it with the server key, so a retried completion of the same login gets the
+        same session back instead of a second one.
+        """
         now = self._clock()
-        token = secrets.token_urlsafe(32)
-        family = secrets.token_urlsafe(12)
-        await self._store.insert(
+        if once_for is None:
+            token, family = secrets.token_urlsafe(32), secrets.token_urlsafe(12)
+        else:
+            token, family = self._derive("refresh-first:", once_for), self._derive("family:", once_for)[:16]
+        await self._store.insert(  # False for a retry: the record is already there
             RefreshRecord(sha256_hex(token), family, user_id, created_at=now, expires_at=now + self._ttl)
         )
         return Grant(token, family, user_id)
+
+    def _derive(self, label: str, value: str) -> str:
+        mac = hmac.new(self._key, label.encode() + value.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac).decode().rstrip("=")
 
     async def rotate(self, presented: str) -> Grant:
         """Spend ``presented`` and return its successor (see the module docstring for the rules)."""

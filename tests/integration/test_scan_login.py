@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import aiohttp
 import jwt
 import pytest
 
@@ -58,17 +59,31 @@ async def test_browser_sees_pending_scanned_confirmed_then_gets_a_verifiable_tok
         assert await resp.json() == {"id": tokens["user"]["id"], "openid": openid}
 
 
-async def test_second_complete_for_the_same_scene_is_refused(stack: Stack) -> None:
+async def test_a_complete_retried_after_a_lost_answer_gets_the_same_session_not_a_second_one(
+    stack: Stack,
+) -> None:
     browser = Browser(stack.http, stack.gateway)
     await browser.issue()
     phone = Phone(stack.http, stack.gateway, stack.sim.url)
     await phone.scan(browser.scene)
     await phone.confirm(browser.scene)
 
-    first, _ = await browser.complete()
-    second, body = await browser.complete()
-    assert (first, second) == (200, 409)
-    assert body["error"]["code"] == "already_redeemed"
+    first, lost = await browser.complete()  # say this answer never reached the browser
+    second, again = await browser.complete()
+    assert (first, second) == (200, 200)
+    assert again["refresh_token"] == lost["refresh_token"]
+    sids = {jwt.decode(t["access_token"], options={"verify_signature": False})["sid"] for t in (lost, again)}
+    assert len(sids) == 1  # one login, one session
+    refreshed = await refresh(stack, again["refresh_token"])
+    assert refreshed.status == 200
+    stolen, _ = await browser.complete(ticket="x" * 43)
+    assert stolen == 403
+
+
+async def refresh(stack: Stack, token: str) -> aiohttp.ClientResponse:
+    async with stack.http.post(f"{stack.gateway}/api/token/refresh", json={"refresh_token": token}) as resp:
+        await resp.read()
+        return resp
 
 
 async def test_subscribe_with_a_wrong_ticket_gets_nothing_but_a_refusal(stack: Stack) -> None:

@@ -71,7 +71,7 @@ async def test_fifty_phones_confirming_one_scene_at_once_log_in_exactly_one_user
     assert tokens["user"]["openid"] == winner.openid
 
 
-async def test_fifty_completes_of_one_confirmed_scene_hand_out_tokens_once(relaxed_stack: Stack) -> None:
+async def test_fifty_completes_of_one_confirmed_scene_hand_out_one_session(relaxed_stack: Stack) -> None:
     stack = relaxed_stack
     browser = Browser(stack.http, stack.gateway)
     await browser.issue()
@@ -81,8 +81,8 @@ async def test_fifty_completes_of_one_confirmed_scene_hand_out_tokens_once(relax
 
     results = await asyncio.gather(*(browser.complete() for _ in range(RACERS)))
     statuses = Counter(status for status, _ in results)
-    assert statuses == {200: 1, 409: RACERS - 1}
-    assert {body["error"]["code"] for status, body in results if status == 409} == {"already_redeemed"}
+    assert statuses == {200: RACERS}  # the ticket holder retrying: every answer is the same session
+    assert len({body["refresh_token"] for _, body in results}) == 1
 
 
 async def test_two_qrcode_replicas_announce_each_expired_scene_exactly_once(

@@ -1,7 +1,8 @@
 """A Hypothesis state machine over the real scene handlers and store (nx-27017): issue, scan, confirm,
 cancel, expire, redeem and duplicated or racing deliveries, checked against a model of DESIGN §2.
 
-Properties held after every step: at most one user per scene, at most one redeem, nothing granted at
+Properties held after every step: at most one user per scene, at most one redeem (the ticket holder
+redeeming again within the redeem window gets the same user, not a second redeem), nothing granted at
 or after ``expires_at``, nothing granted without the ticket, only the phone that scanned confirms or
 cancels, and each expiry announced once.
 """
@@ -234,6 +235,12 @@ class SceneLifecycle(RuleBasedStateMachine):
         result = self.outcome(self.handlers.redeem(RedeemScene(scene=scene, ticket_hash=ticket_hash(ticket))))
         if not right_ticket:
             assert isinstance(result, errors.TicketMismatch), result
+            return
+        if m.state == "redeemed" and self.clock() < m.expires_at:
+            # The same ticket again within the redeem window (its first answer was lost): the same
+            # user, and no second redeem.
+            assert not isinstance(result, ServiceError), f"redeem again: {result!r}; {self.describe(scene)}"
+            assert result.user_id == m.user
             return
         if self.expect("redeem", scene, result):
             self.granted(scene)

@@ -363,8 +363,8 @@
             setNet('reconnecting');
             later(session, tryComplete, wait);
           } else if (unheard && err.code === 'already_redeemed') {
-            // The server redeems a login once and does not answer a repeat with its tokens: they went
-            // out with an answer that never arrived. Only a new code can log in now.
+            // The server answers a repeat with the same session only within its redeem window; past
+            // it, the tokens went out with an answer that never arrived. Only a new code helps now.
             err.lost = true;
             fail(session, err, 'lost');
           } else {
