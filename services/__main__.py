@@ -113,9 +113,14 @@ def embedded_settings(settings: Settings) -> Settings:
         update["demo"] = True
     if "wechat_api_base" not in settings.model_fields_set:  # follow WXLOGIN_SIM_HOST/PORT
         update["wechat_api_base"] = f"http://{settings.sim_host}:{settings.sim_port}"
-    if "allowed_origins" not in settings.model_fields_set:  # the demo page, wherever it is served
-        port = settings.gateway_port
-        update["allowed_origins"] = [f"http://127.0.0.1:{port}", f"http://localhost:{port}"]
+    # The demo page, wherever it is served, keeps working when a site is added to the allowed origins.
+    port = settings.gateway_port
+    own = [f"http://127.0.0.1:{port}", f"http://localhost:{port}"]
+    if "allowed_origins" not in settings.model_fields_set:
+        update["allowed_origins"] = own
+    elif update.get("demo", settings.demo) and "*" not in settings.allowed_origins:
+        added = [origin for origin in own if origin not in settings.allowed_origins]
+        update["allowed_origins"] = [*settings.allowed_origins, *added]
     return settings.model_copy(update=update) if update else settings
 
 

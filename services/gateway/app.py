@@ -119,22 +119,44 @@ def cors(allowed: list[str]) -> Callable[..., Awaitable[web.StreamResponse]]:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         origin = request.headers.get("Origin")
-        applies = request.path.startswith(_CORS_PREFIXES) and origin_allowed(origin, allowed) and origin
+        browser_api = request.path.startswith(_CORS_PREFIXES)
+        if browser_api and origin and not origin_allowed(origin, allowed):
+            # Refused before any handler runs, and readable by the refused page (only this refusal
+            # carries its origin), so the SDK can say which setting to change instead of a bare
+            # "Failed to fetch". The preflight must pass for the page to see it.
+            refusal = (
+                web.Response(status=204)
+                if request.method == "OPTIONS"
+                else error_response(
+                    "origin_not_allowed",
+                    f"the origin {origin} is not in WXLOGIN_ALLOWED_ORIGINS of this login service",
+                    403,
+                )
+            )
+            _grant(refusal, origin)
+            return refusal
+        applies = browser_api and origin
         if request.method == "OPTIONS" and applies:
             response: web.StreamResponse = web.Response(status=204)
-            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
-            response.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization, X-Login-Ticket"
-            response.headers["Access-Control-Max-Age"] = "600"
         else:
             response = await handler(request)
         if applies and not response.prepared:
-            response.headers["Access-Control-Allow-Origin"] = str(origin)
-            # The SDK waits out a 503/429 for as long as Retry-After says.
-            response.headers["Access-Control-Expose-Headers"] = "Retry-After, X-Request-ID"
-            response.headers["Vary"] = "Origin"
+            _grant(response, str(origin))
         return response
 
     return middleware
+
+
+def _grant(response: web.StreamResponse, origin: str) -> None:
+    """Let the page at ``origin`` read ``response`` (no credentials: the API takes none)."""
+    response.headers["Access-Control-Allow-Origin"] = origin
+    if response.status == 204:
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        response.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization, X-Login-Ticket"
+        response.headers["Access-Control-Max-Age"] = "600"
+    # The SDK waits out a 503/429 for as long as Retry-After says.
+    response.headers["Access-Control-Expose-Headers"] = "Retry-After, X-Request-ID"
+    response.headers["Vary"] = "Origin"
 
 
 def create_app(settings: Settings, *, broker: MemoryBroker | None = None) -> web.Application:

@@ -70,3 +70,21 @@ async def test_the_three_line_script_embed_logs_in_from_another_origin(browser: 
 
 async def test_the_es_module_embed_logs_in_from_another_origin(browser: Browser, demo: Demo) -> None:
     await log_in_on(browser, demo, MODULE_PAGE)
+
+
+async def test_a_page_whose_origin_is_not_allowed_is_told_which_setting_to_change(
+    browser: Browser, demo: Demo
+) -> None:
+    page = await browser.new_page()
+    console: list[str] = []
+    page.on("console", lambda msg: console.append(msg.text) if msg.type == "error" else None)
+    html = SCRIPT_PAGE.format(gateway=demo.url).replace(
+        "onSuccess:", "onError: (e) => { document.getElementById('me').textContent = e.code; }, onSuccess:"
+    )
+    async with site(demo.site_port, html):
+        # The same site under another name is another origin, and not in the allowed list.
+        await page.goto(f"http://localhost:{demo.site_port}/")
+        await expect_state(page, "error")
+        await expect(page.locator("#me")).to_have_text("origin_not_allowed")
+    hints = [line for line in console if "WXLOGIN_ALLOWED_ORIGINS" in line]
+    assert hints and f"http://localhost:{demo.site_port}" in hints[0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from services.__main__ import embedded_settings, local_sim
 from shared.config import Settings
 
@@ -28,5 +30,18 @@ def test_the_demo_generates_the_keys_it_needs() -> None:
 def test_the_demo_page_on_a_moved_gateway_port_is_an_allowed_origin() -> None:
     settings = embedded_settings(Settings(_env_file=None, gateway_port=18080))  # type: ignore[call-arg]
     assert settings.allowed_origins == ["http://127.0.0.1:18080", "http://localhost:18080"]
+
+
+
+def test_adding_a_site_to_the_allowed_origins_keeps_the_demo_page_working(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     chosen = Settings(_env_file=None, gateway_port=18080, allowed_origins="https://example.com")  # type: ignore[call-arg]
-    assert embedded_settings(chosen).allowed_origins == ["https://example.com"]
+    assert embedded_settings(chosen).allowed_origins == [
+        "https://example.com",
+        "http://127.0.0.1:18080",
+        "http://localhost:18080",
+    ]
+    monkeypatch.setenv("WXLOGIN_DEMO", "false")  # no demo page: exactly the origins given
+    plain = Settings(_env_file=None, gateway_port=18080, allowed_origins="https://example.com")  # type: ignore[call-arg]
+    assert embedded_settings(plain).allowed_origins == ["https://example.com"]

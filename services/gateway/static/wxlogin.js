@@ -294,6 +294,12 @@
       show('error');
       if (why) status.textContent = t[why];
       setNet('idle');
+      if (err && err.code === 'origin_not_allowed' && global.console) {
+        // The most common first-hour mistake: say which setting to change, on which server.
+        global.console.error('wxlogin: this page\'s origin (' + (global.location && global.location.origin) +
+          ') is not allowed by the login service at ' + endpoint +
+          '. Add it to WXLOGIN_ALLOWED_ORIGINS there (exact scheme://host[:port], comma-separated).');
+      }
       emit('onError', err);
     }
 
