@@ -21,7 +21,29 @@ wire server used by the demo and the tests):
   it with two ``delete_many`` scans, so reads slow down as the collection grows (measured: 0.6 ms
   without a TTL index, 2.2 ms with one at 3,000 documents); writes and ``find_one_and_update`` do not
   purge. Nothing here works around it: a real mongod's TTL monitor runs once a minute instead. It
-  shows in long benchmark runs on nx-27017 (docs/benchmarks.md).
+  shows in long benchmark runs on nx-27017 (docs/benchmarks.md);
+* nx-27017 takes 1 to 4 s to exit on SIGTERM, and once stopped (or killed) its port refuses connections
+  at once, so a client sees ``AutoReconnect`` (connection refused or reset) rather than a timeout; a
+  restart on the same port and data directory listens within ~0.1 s with the same data, and the
+  client's monitor finds it again by itself;
+* it accepts the ``maxTimeMS`` that PyMongo's client-side timeout (``pymongo.timeout``) attaches to
+  every command, and may answer a slow one with ``ExecutionTimeout`` (error 50), like a real mongod.
+
+Outages, and why nothing here cancels a PyMongo call: on Python 3.11, PyMongo's async topology waits
+for a change with ``asyncio.wait_for(condition.wait(), 0.5)``, which runs the wait as a separate task.
+A cancel of the calling task that arrives after that inner wait timed out, while its cancelled wait is
+still re-taking the topology lock, lets the caller leave its ``async with lock`` early and release a
+lock it no longer holds (``RuntimeError: Lock is not acquired``); the orphaned wait then takes the lock
+for good. Every later operation, the client's monitor and ``client.close()`` wait on it forever: the
+client is wedged until the process restarts, and a graceful stop hangs. The old ``/readyz`` ping did
+exactly that (``asyncio.wait_for(db.command("ping"), 1)``, polled every 0.25 s through outages). So:
+
+* bound a PyMongo call with :func:`pymongo.timeout` (client-side operation timeout: server selection,
+  pool wait, socket and ``maxTimeMS`` alike), never with ``asyncio.wait_for`` or a cancel;
+* readiness reads the cached verdict of one :class:`MongoHealth` monitor per client, which pings with
+  ``pymongo.timeout`` and is stopped by an event, not a cancel;
+* :func:`close_client` bounds ``client.close()`` (its ``endSessions`` waits on server selection), so
+  a stop is bounded even when MongoDB is gone, or a cancel at shutdown wedged the client after all.
 """
 
 from __future__ import annotations
@@ -36,13 +58,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pymongo
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from shared.logging import get_logger
 from shared.retry import connect_policy
@@ -100,11 +123,120 @@ async def ensure_indexes(db: AsyncDatabase[dict[str, Any]], indexes: Sequence[In
 
 
 async def ping(db: AsyncDatabase[dict[str, Any]], *, timeout: float = 1.0) -> bool:
-    """True when the database answers within ``timeout`` (for ``/readyz``)."""
+    """True when the database answers within ``timeout`` (PyMongo's own timeout; nothing is cancelled)."""
     try:
-        await asyncio.wait_for(db.command("ping"), timeout)
-    except (PyMongoError, TimeoutError):
+        with pymongo.timeout(timeout):
+            await db.command("ping")
+    except PyMongoError:
         return False
+    return True
+
+
+def maybe_applied(exc: BaseException) -> bool:
+    """True when a failed write may still have been applied: the connection dropped or the call timed
+    out after the command may have reached the server (``AutoReconnect``, ``NetworkTimeout``, any
+    ``ConnectionFailure``, or a PyMongo timeout). Such a write is settled by reading it back."""
+    return isinstance(exc, ConnectionFailure) or (isinstance(exc, PyMongoError) and exc.timeout)
+
+
+class MongoHealth:
+    """One background ping per client; readiness and ``wxlogin_store_up`` read its cached verdict.
+
+    Pings every ``interval`` seconds, each bounded by ``timeout`` through ``pymongo.timeout``. Logs once
+    per change (``store_down`` / ``store_up``), not once per ping. :meth:`stop` sets an event and waits
+    for the loop to notice it (a ping in flight ends by its own timeout); see the module docstring for
+    why it is never cancelled.
+    """
+
+    def __init__(
+        self,
+        db: AsyncDatabase[dict[str, Any]],
+        *,
+        interval: float = 1.0,
+        timeout: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._db = db
+        self.interval = interval
+        self.timeout = timeout
+        self._clock = clock
+        self.up = True  # it answered at start-up (wait_ready) before the monitor was made
+        self.changed_at = clock()
+        self.last_error = ""
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def check(self) -> bool:
+        """The latest verdict (a readiness check: answers at once)."""
+        return self.up
+
+    async def ping_once(self) -> bool:
+        """Ping now and record the verdict."""
+        try:
+            with pymongo.timeout(self.timeout):
+                await self._db.command("ping")
+        except PyMongoError as exc:
+            self._record(False, f"{type(exc).__name__}: {str(exc)[:200]}")
+        else:
+            self._record(True, "")
+        return self.up
+
+    def _record(self, up: bool, error: str) -> None:
+        if up != self.up:
+            down_for = round(self._clock() - self.changed_at, 2)
+            self.changed_at = self._clock()
+            if up:
+                log.info("store_up", down_s=down_for)
+            else:
+                log.warning("store_down", error=error)
+        self.up, self.last_error = up, error
+
+    async def run(self) -> None:
+        """Ping until :meth:`stop`."""
+        while not self._stopping.is_set():
+            await self.ping_once()
+            # asyncio.timeout around an Event, never around PyMongo.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval):
+                    await self._stopping.wait()
+
+    def start(self) -> asyncio.Task[None]:
+        """Run :meth:`run` as a task of the running loop."""
+        self._task = asyncio.ensure_future(self.run())
+        self._task.set_name("mongo-health")
+        return self._task
+
+    async def stop(self) -> None:
+        """End the loop: at most one ping timeout plus a little; cancelled only if that passes."""
+        self._stopping.set()
+        task, self._task = self._task, None
+        if task is None or task.done():
+            return
+        done, _ = await asyncio.wait({task}, timeout=self.timeout + 1.0)
+        if not done:  # only if PyMongo ignored its own timeout; the client is closed right after
+            log.warning("store_monitor_did_not_stop")
+            task.cancel()
+
+
+async def close_client(client: AsyncMongoClient[dict[str, Any]], *, timeout: float = 2.0) -> bool:
+    """``client.close()`` in at most ~``timeout`` seconds; False when it had to be abandoned.
+
+    ``close()`` sends ``endSessions``, which waits on server selection (up to serverSelectionTimeoutMS)
+    when MongoDB is gone; ``pymongo.timeout`` bounds that. A client wedged by a cancel (module docstring)
+    never finishes closing: it is left behind after ``timeout`` so the process can still stop.
+    """
+
+    async def close() -> None:
+        with pymongo.timeout(max(0.1, timeout / 2)):
+            await client.close()
+
+    task = asyncio.ensure_future(close())
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        log.error("mongo_close_abandoned", timeout_s=timeout)
+        return False
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("mongo_close_failed", error=repr(task.exception())[:200])
     return True
 
 

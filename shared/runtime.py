@@ -11,7 +11,8 @@ Graceful shutdown, in this order (aiohttp runs it on ``AppRunner.cleanup()``, i.
 4. HTTP requests and bus deliveries in flight get until one deadline
    (``WXLOGIN_SHUTDOWN_TIMEOUT_SECONDS`` after the signal); deliveries still running then are
    cancelled and requeued, requests are cancelled by aiohttp;
-5. background tasks stop, then the resources close in reverse order: HTTP client, bus, MongoDB.
+5. background tasks stop, then the resources close in reverse order: HTTP client, bus, MongoDB (the
+   health monitor first; ``client.close()`` is bounded, so a gone MongoDB cannot hold the stop).
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.bus import AmqpBus, Bus, BusMetrics, MemoryBroker, MemoryBus
 from shared.config import Settings
 from shared.logging import get_logger
-from shared.mongo import Index, ensure_indexes, make_client, ping, wait_ready
+from shared.mongo import Index, MongoHealth, close_client, ensure_indexes, make_client, wait_ready
 from shared.sealing import Sealer
 
 log = get_logger(__name__)
@@ -258,23 +260,58 @@ def _bus_ready(bus: Bus) -> ReadyCheck:
     return check
 
 
+# Up to this long for ``client.close()`` on shutdown, MongoDB gone or not (shared.mongo.close_client).
+MONGO_CLOSE_TIMEOUT = 2.0
+STORE_MONITOR = web.AppKey("store_monitor", MongoHealth)
+
+
+class _StoreUpCollector:
+    """``wxlogin_store_up{service}``: 1 while this instance's MongoDB answers its health pings, else 0.
+
+    Labelled at scrape time, so it carries the service name given by ``bus_context`` (which runs after
+    ``mongo_context``)."""
+
+    def __init__(self, app: web.Application, monitor: MongoHealth) -> None:
+        self._app = app
+        self._monitor = monitor
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "wxlogin_store_up", "1 while MongoDB answers this instance's health pings", labels=["service"]
+        )
+        family.add_metric([self._app[SHUTDOWN].service], 1.0 if self._monitor.up else 0.0)
+        return [family]
+
+
 def mongo_context(indexes: Sequence[Index]) -> Callable[[web.Application], AsyncIterator[None]]:
-    """``cleanup_ctx``: connect to MongoDB, create ``indexes``, close on shutdown."""
+    """``cleanup_ctx``: connect to MongoDB, create ``indexes``, watch it, close on shutdown.
+
+    One :class:`~shared.mongo.MongoHealth` monitor pings every second with PyMongo's own timeout;
+    ``/readyz`` (check ``mongo``) and ``wxlogin_store_up`` read its verdict, so a readiness probe never
+    runs, let alone cancels, a MongoDB operation (see shared.mongo on the wedged-client bug that caused).
+    """
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
         if not settings.mongo_url:
             raise RuntimeError("WXLOGIN_MONGO_URL is not set")
         client = make_client(settings.mongo_url)
+        monitor: MongoHealth | None = None
         try:
             await wait_ready(client)
             db = client[settings.mongo_db]
             await ensure_indexes(db, indexes)
             app[DB] = db
-            app[READY_CHECKS]["mongo"] = lambda: ping(db)
+            monitor = MongoHealth(db)
+            app[STORE_MONITOR] = monitor
+            app[REGISTRY].register(_StoreUpCollector(app, monitor))
+            app[READY_CHECKS]["mongo"] = monitor.check
+            monitor.start()
             yield
         finally:
-            await client.close()
+            if monitor is not None:
+                await monitor.stop()
+            await close_client(client, timeout=MONGO_CLOSE_TIMEOUT)
 
     return ctx
 
@@ -301,6 +338,11 @@ async def stop_task(task: asyncio.Future[Any], *, timeout: float = 5.0) -> bool:
     awaits ``wait_for`` inside every operation, so a loop of ours could lose its one cancel there and
     go back to sleep, and a plain ``cancel(); await task`` then waits forever (seen: a test run hung in
     the session service's shutdown).
+
+    A cancel that lands inside a PyMongo call can, on 3.11, also wedge that client for good (see
+    shared.mongo): this is only for shutdown, after which the client is closed with a bound
+    (:func:`~shared.mongo.close_client`). Never use it, or ``asyncio.wait_for``, to time-limit a
+    MongoDB operation of a running service; use ``pymongo.timeout``.
     """
     deadline = time.monotonic() + timeout
     while not task.done():

@@ -3,8 +3,9 @@
 ``pending → scanned → confirmed → redeemed``; ``pending|scanned → cancelled``; ``pending|scanned →
 expired``. Every transition is one conditional update that also requires ``expires_at > now`` (Mongo's
 TTL monitor lags, so a stored scene may be past its life); a refused one is explained by reading the
-scene (unknown, expired, cancelled or a conflict), never guessed. Tickets are compared as hashes, in
-constant time, before any state is revealed.
+scene (unknown, expired, cancelled or a conflict), never guessed; one whose connection dropped is
+settled by reading the scene back (a confirm that landed answers confirmed). Tickets are compared as
+hashes, in constant time, before any state is revealed.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
+
+from pymongo.errors import PyMongoError
 
 from services.qrcode.errors import (
     AlreadyConfirmed,
@@ -35,10 +38,10 @@ from services.qrcode.errors import (
 from services.qrcode.limits import Decision
 from services.qrcode.metrics import SceneMetrics
 from services.qrcode.pool import IssuedCode, data_uri
-from services.qrcode.store import Scene, SceneStore
+from services.qrcode.store import Scene
 from services.qrcode.useragent import summarize
 from shared.bus import Publisher
-from shared.errors import ServiceError
+from shared.errors import ServiceError, StoreUnavailable
 from shared.logging import bind_context, get_logger
 from shared.messages import (
     CancelScene,
@@ -55,6 +58,7 @@ from shared.messages import (
     SceneConfirmed,
     SceneIssued,
     SceneScanned,
+    SceneState,
     SceneStatus,
 )
 from shared.messages import (
@@ -63,11 +67,15 @@ from shared.messages import (
 from shared.messages import (
     SceneExpired as SceneExpiredEvent,
 )
+from shared.mongo import maybe_applied
 
 log = get_logger(__name__)
 
 # An expired scene whose announcement failed is retried after this long, by one replica.
 ANNOUNCE_RETRY_AFTER = 10.0
+# A scene read back after a dropped write was changed by that write when its ``updated_at`` is the
+# write's ``now``, give or take nx-27017's rounding of floats to 15 significant digits (~10 µs).
+STAMP_TOLERANCE = 1e-4
 
 # Why each action is refused in each live state (expired and cancelled are answered first).
 _CONFLICTS: dict[str, dict[str, type[ServiceError]]] = {
@@ -81,6 +89,14 @@ _CONFLICTS: dict[str, dict[str, type[ServiceError]]] = {
 
 def _at(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
+
+
+def _stamped(scene: Scene, to_state: str, now: float, expected: dict[str, Any]) -> bool:
+    """True when ``scene`` is what one write at ``now`` to ``to_state`` with ``expected`` left."""
+    if scene.state != to_state or abs(scene.updated_at - now) > STAMP_TOLERANCE:
+        return False
+    held = {"ticket_hash": scene.ticket_hash, "scan_hash": scene.scan_hash, "user_id": scene.user_id}
+    return all(held[key] == value for key, value in expected.items() if key in held and value is not None)
 
 
 def _same_phone(scene: Scene, scan_hash: str) -> bool:
@@ -113,6 +129,46 @@ class Codes(Protocol):
         ...
 
 
+class Scenes(Protocol):
+    """Where scenes are kept (:class:`services.qrcode.store.SceneStore`, or a fake in tests)."""
+
+    async def insert(self, scene: Scene) -> None:
+        """Store a new scene."""
+        ...
+
+    async def get(self, scene_id: str) -> Scene | None:
+        """The scene, or None when unknown."""
+        ...
+
+    async def transition(
+        self,
+        scene_id: str,
+        *,
+        from_states: Collection[str],
+        to_state: SceneState,
+        now: float,
+        unexpired: bool = True,
+        ticket_hash: str | None = None,
+        scan_hash: str | None = None,
+        set_fields: dict[str, Any] | None = None,
+        identified: bool = False,
+    ) -> Scene | None:
+        """One conditional update stamped ``updated_at = now``; None when refused."""
+        ...
+
+    async def overdue(self, now: float, *, limit: int = 200) -> list[str]:
+        """Ids of live scenes past their lifetime."""
+        ...
+
+    async def mark_announced(self, scene_id: str) -> None:
+        """Record that ``scene.expired`` went out."""
+        ...
+
+    async def claim_unannounced(self, now: float, *, older_than: float, limit: int = 50) -> list[str]:
+        """Expired scenes whose announcement failed, each claimed by one replica."""
+        ...
+
+
 class IssueLimit(Protocol):
     """The global issue limit shared by every replica."""
 
@@ -126,7 +182,7 @@ class SceneHandlers:
 
     def __init__(
         self,
-        store: SceneStore,
+        store: Scenes,
         codes: Codes,
         publisher: Publisher,
         settings: SceneSettings,
@@ -201,7 +257,7 @@ class SceneHandlers:
     async def scan(self, request: ScanScene) -> ScanInfo:
         """RPC ``qrcode.scan``: ``pending → scanned``; tells the phone what it is about to approve."""
         bind_context(scene=request.scene)
-        scene = await self._store.transition(
+        scene = await self._transition(
             request.scene,
             from_states=("pending",),
             to_state="scanned",
@@ -225,7 +281,7 @@ class SceneHandlers:
     async def cancel(self, request: CancelScene) -> SceneStatus:
         """RPC ``qrcode.cancel``: ``scanned → cancelled`` by the phone that scanned; again is a no-op."""
         bind_context(scene=request.scene)
-        scene = await self._store.transition(
+        scene = await self._transition(
             request.scene,
             from_states=("scanned",),
             to_state="cancelled",
@@ -256,7 +312,7 @@ class SceneHandlers:
         fields: dict[str, object] = {"expires_at": now + self._settings.redeem_window}
         if request.user_id is not None:
             fields["user_id"] = request.user_id
-        scene = await self._store.transition(
+        scene = await self._transition(
             request.scene,
             from_states=("scanned",),
             to_state="confirmed",
@@ -281,7 +337,7 @@ class SceneHandlers:
     async def identify(self, request: IdentifyScene) -> SceneStatus:
         """RPC ``qrcode.identify``: the scanning phone's code belongs to ``user_id``; kept on the scene."""
         bind_context(scene=request.scene)
-        scene = await self._store.transition(
+        scene = await self._transition(
             request.scene,
             from_states=("scanned",),
             to_state="scanned",
@@ -308,7 +364,7 @@ class SceneHandlers:
         now = self._clock()
         scene = None
         if current.state != "redeemed":
-            scene = await self._store.transition(
+            scene = await self._transition(
                 request.scene,
                 from_states=("confirmed",),
                 to_state="redeemed",
@@ -362,6 +418,57 @@ class SceneHandlers:
             return
         await self._store.mark_announced(scene_id)
         log.info("scene_expired", scene=scene_id)
+
+    async def _transition(
+        self,
+        scene_id: str,
+        *,
+        from_states: Collection[str],
+        to_state: SceneState,
+        now: float,
+        ticket_hash: str | None = None,
+        scan_hash: str | None = None,
+        set_fields: dict[str, Any] | None = None,
+        identified: bool = False,
+    ) -> Scene | None:
+        """:meth:`Scenes.transition`, settled by reading the scene back when its write may have landed.
+
+        A connection dropped (or a timeout) after the update was sent leaves its outcome unknown. The
+        scene is read back: if it is in ``to_state``, stamped with this write's ``now`` and held by
+        the same ticket, phone and user, the write landed and the caller goes on as if it had
+        answered (the same announcement, the same reply: nothing is lost and, the stamp being this
+        request's own, nothing is done twice). Still in a state it would move from: the write did not
+        land, ``store_unavailable`` (the caller retries). Moved by somebody else: None, explained by
+        :meth:`_refusal` as any refused transition.
+        """
+        try:
+            return await self._store.transition(
+                scene_id,
+                from_states=from_states,
+                to_state=to_state,
+                now=now,
+                ticket_hash=ticket_hash,
+                scan_hash=scan_hash,
+                set_fields=set_fields,
+                identified=identified,
+            )
+        except PyMongoError as exc:
+            if not maybe_applied(exc):
+                raise
+            error = f"{type(exc).__name__}: {str(exc)[:120]}"
+        try:
+            scene = await self._store.get(scene_id)
+        except PyMongoError:
+            log.warning("scene_write_unsettled", to_state=to_state, error=error)
+            raise StoreUnavailable() from None
+        expected = {"ticket_hash": ticket_hash, "scan_hash": scan_hash, **(set_fields or {})}
+        if scene is not None and _stamped(scene, to_state, now, expected):
+            log.info("scene_write_landed_before_reset", to_state=to_state, error=error)
+            return scene
+        if scene is None or scene.state in from_states:
+            log.warning("scene_write_lost", to_state=to_state, error=error)
+            raise StoreUnavailable()
+        return None
 
     async def _refusal(self, scene_id: str, action: str, scan_hash: str | None = None) -> ServiceError:
         """Why a transition did not happen, read from the stored scene."""
