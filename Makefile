@@ -3,20 +3,39 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+HASH := $(shell cat pyproject.toml | sha1sum | cut -c1-12)
+# `make test` and the other development targets install the dev extra (which includes the demo's);
+# `make demo` only the embedded one. A stamp per pyproject.toml, so a re-run installs nothing.
+STAMP := $(VENV)/.installed-$(HASH)
+DEMO_STAMP := $(VENV)/.installed-embedded-$(HASH)
+# The venv is made by a Python 3.11+ (one clear line otherwise) and rebuilt when it is broken, older
+# than 3.11, or made by another interpreter than a PYTHON= given on the command line or environment.
+VENV_ARGS := $(VENV) $(PYTHON) $(if $(filter command line environment,$(origin PYTHON)),given)
+VENV_CHECK := $(if $(shell bash scripts/venv.sh check $(VENV_ARGS)),rebuild-venv)
 
-.PHONY: install test lint typecheck unit integration e2e demo bench bench-quick bench-deps rabbitmq chromium clean
+.PHONY: install install-demo rebuild-venv test lint typecheck unit integration e2e demo bench bench-quick bench-deps rabbitmq chromium clean
 
-$(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml $(VENV_CHECK)
+	@bash scripts/venv.sh ensure $(VENV_ARGS)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
-	rm -f $(VENV)/.installed-*
-	touch $(STAMP)
+	find $(VENV) -maxdepth 1 -name '.installed-*' ! -name '*-$(HASH)' -delete
+	touch $(STAMP) $(DEMO_STAMP)
+
+# After `make test` the dev install already holds what the demo needs: nothing to do.
+$(DEMO_STAMP): pyproject.toml $(VENV_CHECK)
+	@bash scripts/venv.sh ensure $(VENV_ARGS)
+	test -e $(STAMP) || $(BIN)/python -m pip install -q --upgrade pip
+	test -e $(STAMP) || $(BIN)/python -m pip install -q -e '.[embedded]'
+	find $(VENV) -maxdepth 1 -name '.installed-*' ! -name '*-$(HASH)' -delete
+	touch $(DEMO_STAMP)
+
+# Only a prerequisite: makes the stamps out of date when scripts/venv.sh says the venv must go.
+rebuild-venv:
 
 install: $(STAMP)
+
+install-demo: $(DEMO_STAMP)
 
 rabbitmq:
 	@bash scripts/ensure-rabbitmq.sh
@@ -44,7 +63,7 @@ integration: install rabbitmq
 e2e: install chromium
 	$(BIN)/pytest -q tests/e2e
 
-demo: install
+demo: install-demo
 	$(BIN)/python -m services run all
 
 # Benchmarks (not part of `make test`): every service its own process; see docs/benchmarks.md.
