@@ -33,6 +33,8 @@ from shared.sealing import generate_key
 SERVICES = ("token", "qrcode", "session", "gateway")
 
 log = get_logger("services")
+# After the shutdown deadline: time for background tasks to stop and connections to close.
+STOP_GRACE_SECONDS = 4.0
 
 
 def app_factory(name: str) -> Callable[..., web.Application]:
@@ -97,8 +99,24 @@ async def run_one(name: str, settings: Settings) -> None:
     finally:
         log.info("service_stopping")
         _force_on_second_signal()
-        await runner.cleanup()
+        await _cleanup_within(runner, settings.shutdown_timeout_seconds + STOP_GRACE_SECONDS)
         log.info("service_stopped")
+
+
+async def _cleanup_within(runner: web.AppRunner, seconds: float) -> None:
+    """``runner.cleanup()``, but the process ends after ``seconds`` whatever still waits.
+
+    Every step of the graceful stop is bounded on its own; this is the last guard, so one SIGTERM
+    always stops the process (a hung stop once kept a service with a wedged MongoDB client alive).
+    """
+    cleanup = asyncio.ensure_future(runner.cleanup())
+    done, _ = await asyncio.wait({cleanup}, timeout=seconds)
+    if not done:
+        log.error("shutdown_overran", after_s=seconds)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+    cleanup.result()
 
 
 def embedded_settings(settings: Settings) -> Settings:

@@ -98,12 +98,19 @@ class Index:
         return out
 
 
-def make_client(url: str, *, timeout_ms: int = 5000) -> AsyncMongoClient[dict[str, Any]]:
-    """A client with bounded timeouts (never connects here; the first command does)."""
+def make_client(
+    url: str, *, timeout_ms: int = 5000, selection_timeout_ms: int | None = None
+) -> AsyncMongoClient[dict[str, Any]]:
+    """A client with bounded timeouts (never connects here; the first command does).
+
+    ``selection_timeout_ms`` (default ``timeout_ms``) is how long an operation waits for a server
+    while none answers: services keep it under their RPC timeout, so a request in flight during an
+    outage is answered ``store_unavailable`` rather than timing out at its caller.
+    """
     return AsyncMongoClient(
         url,
         tz_aware=True,
-        serverSelectionTimeoutMS=timeout_ms,
+        serverSelectionTimeoutMS=selection_timeout_ms or timeout_ms,
         connectTimeoutMS=timeout_ms,
         socketTimeoutMS=max(timeout_ms * 2, 10000),
     )

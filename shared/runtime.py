@@ -265,6 +265,12 @@ MONGO_CLOSE_TIMEOUT = 2.0
 STORE_MONITOR = web.AppKey("store_monitor", MongoHealth)
 
 
+def selection_timeout_ms(settings: Settings) -> int:
+    """How long a MongoDB operation waits for a server: two thirds of the RPC timeout (0.5 to 5 s), so
+    a caller hears ``store_unavailable`` during an outage, not its own timeout."""
+    return int(1000 * min(5.0, max(0.5, settings.rpc_timeout_seconds * 2 / 3)))
+
+
 class _StoreUpCollector:
     """``wxlogin_store_up{service}``: 1 while this instance's MongoDB answers its health pings, else 0.
 
@@ -295,7 +301,7 @@ def mongo_context(indexes: Sequence[Index]) -> Callable[[web.Application], Async
         settings = app[SETTINGS]
         if not settings.mongo_url:
             raise RuntimeError("WXLOGIN_MONGO_URL is not set")
-        client = make_client(settings.mongo_url)
+        client = make_client(settings.mongo_url, selection_timeout_ms=selection_timeout_ms(settings))
         monitor: MongoHealth | None = None
         try:
             await wait_ready(client)
