@@ -177,6 +177,10 @@ class Settings(BaseSettings):
     ops_port: int = Field(default=8081, ge=0, le=65535)
     sim_host: str = "127.0.0.1"
     sim_port: int = Field(default=9100, ge=0, le=65535)
+    # What the simulator does with a code it never issued (WeChat DevTools' real wx.login codes):
+    # "off" refuses it like WeChat (40029); "sticky" logs in one developer user; "new" a new user each
+    # time. The demo (`run all` with WXLOGIN_DEMO on) uses "sticky" unless this is set.
+    sim_any_code: Literal["off", "sticky", "new"] = "off"
     demo: bool = False
     log_format: LogFormat = "auto"
     log_level: str = "INFO"
