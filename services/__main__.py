@@ -129,6 +129,8 @@ def embedded_settings(settings: Settings) -> Settings:
         update["data_key"] = SecretStr(generate_key())
     if "WXLOGIN_DEMO" not in os.environ:
         update["demo"] = True
+    if update.get("demo", settings.demo) and "sim_any_code" not in settings.model_fields_set:
+        update["sim_any_code"] = "sticky"  # WeChat DevTools' real wx.login codes work against the demo
     if "wechat_api_base" not in settings.model_fields_set:  # follow WXLOGIN_SIM_HOST/PORT
         update["wechat_api_base"] = f"http://{settings.sim_host}:{settings.sim_port}"
     # The demo page, wherever it is served, keeps working when a site is added to the allowed origins.
@@ -165,6 +167,7 @@ async def run_all(settings: Settings) -> None:
                     appid=settings.appid,
                     secret=settings.secret.get_secret_value(),
                     published_pages={*DEFAULT_PAGES, settings.miniprogram_page},
+                    any_code=settings.sim_any_code,
                 ),
                 access_log=None,
                 handle_signals=False,

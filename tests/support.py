@@ -50,8 +50,10 @@ class Sim:
 
 
 async def start_sim(settings: Settings) -> Sim:
-    """The simulator on a free port, accepting ``settings``' appid and secret."""
-    app = create_sim(appid=settings.appid, secret=settings.secret.get_secret_value())
+    """The simulator on a free port, accepting ``settings``' appid and secret (and its any-code mode)."""
+    app = create_sim(
+        appid=settings.appid, secret=settings.secret.get_secret_value(), any_code=settings.sim_any_code
+    )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     port = free_port()

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from shared.config import Settings
 from sim.wechat.app import create_app
-from sim.wechat.state import DEFAULT_PAGES
+from sim.wechat.state import ANY_CODE_MODES, DEFAULT_PAGES
 
 
 def main() -> None:
@@ -33,14 +33,25 @@ def main() -> None:
         action="store_true",
         help="the app is not bound to an Open Platform account: jscode2session returns no unionid",
     )
+    parser.add_argument(
+        "--any-code",
+        choices=ANY_CODE_MODES,
+        default=settings.sim_any_code,
+        help="codes never issued here (WeChat DevTools' real wx.login codes): off = 40029 as on WeChat "
+        "(default: WXLOGIN_SIM_ANY_CODE, off), sticky = the developer user, new = a new user each",
+    )
     args = parser.parse_args()
     app = create_app(
         appid=args.appid,
         secret=args.secret,
         open_platform_bound=not args.no_open_platform,
         published_pages={*DEFAULT_PAGES, settings.miniprogram_page, *args.page},
+        any_code=args.any_code,
     )
-    print(f"WeChat simulator on http://{args.host}:{args.port} (appid {args.appid})", flush=True)
+    print(
+        f"WeChat simulator on http://{args.host}:{args.port} (appid {args.appid}, any-code {args.any_code})",
+        flush=True,
+    )
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
 
 

@@ -239,6 +239,9 @@ async def jscode2session(request: web.Request, state: SimState) -> web.Response:
     if not js_code:
         raise Reply(41008)
     code = state.codes.get(js_code)
+    if code is None:
+        # Any-code mode: a code from WeChat DevTools (never issued here) is a virtual user's.
+        code = state.accept_unknown_code(js_code)
     if code is None or state.now() - code.issued_at >= CODE_LIFETIME:
         raise Reply(40029)
     if code.used:
@@ -265,11 +268,14 @@ async def getuserphonenumber(request: web.Request, state: SimState) -> web.Respo
     check_token(state, request.query.get("access_token"))
     body = await json_body(request)
     value = body.get("code")
+    openid = body.get("openid")
     code = state.phone_codes.get(value) if isinstance(value, str) else None
+    if code is None and isinstance(value, str) and value:
+        # Any-code mode: a getPhoneNumber code from WeChat DevTools gives a virtual phone.
+        code = state.accept_unknown_phone_code(value, openid if isinstance(openid, str) else None)
     # A missing code ({} with the code in the query string, say) is 40029 too, as reported.
     if code is None or code.used or state.now() - code.issued_at >= PHONE_CODE_LIFETIME:
         raise Reply(40029)
-    openid = body.get("openid")
     if openid is not None and openid != code.openid:
         raise Reply(40003)  # [unverified] the docs only say it "errors" when openid and code differ
     if not state.take("getuserphonenumber", "minute", state.limits.phone_per_minute):

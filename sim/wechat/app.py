@@ -15,8 +15,9 @@ from aiohttp import web
 from sim.wechat import api
 from sim.wechat.control import STATE, ControlError, setup_control_routes
 from sim.wechat.errors import content_type_for, error_response
+from sim.wechat.index import index
 from sim.wechat.render import render_code
-from sim.wechat.state import DEFAULT_PAGES, Limits, SimState
+from sim.wechat.state import DEFAULT_PAGES, AnyCode, Limits, SimState
 
 __all__ = ["STATE", "create_app", "render_code"]
 
@@ -107,8 +108,13 @@ def create_app(
     open_platform_bound: bool = True,
     published_pages: Iterable[str] = DEFAULT_PAGES,
     limits: Limits | None = None,
+    any_code: AnyCode = "off",
 ) -> web.Application:
-    """The simulator as an aiohttp application for one mini-program (``appid``/``secret``)."""
+    """The simulator as an aiohttp application for one mini-program (``appid``/``secret``).
+
+    ``any_code`` (off by default) takes codes it never issued, such as WeChat DevTools' real
+    wx.login codes, as a virtual user's: ``"sticky"`` the developer user's, ``"new"`` a new user's.
+    """
     app = web.Application(middlewares=[control_errors])
     app[STATE] = SimState(
         appid=appid,
@@ -116,7 +122,9 @@ def create_app(
         open_platform_bound=open_platform_bound,
         published_pages=published_pages,
         limits=limits,
+        any_code=any_code,
     )
+    app.router.add_get("/", index)
     for name, handler in ROUTES.items():
         # Every method reaches the handler: a wrong one is WeChat's 43001/43002, not an HTTP 405.
         app.router.add_route("*", f"/{name}", wechat_endpoint(name, handler))

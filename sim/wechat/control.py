@@ -15,7 +15,7 @@ from aiohttp import web
 
 from shared.wxcrypto import encrypt_data
 from sim.wechat.faults import ENDPOINTS, FaultSpecError
-from sim.wechat.state import Limits, SimState, User
+from sim.wechat.state import ANY_CODE_MODES, Limits, SimState, User
 
 STATE = web.AppKey("state", SimState)
 
@@ -160,6 +160,41 @@ async def create_encrypted_data(request: web.Request) -> web.Response:
     return web.json_response({"encrypted_data": encrypted, "iv": iv})
 
 
+async def get_dev_user(request: web.Request) -> web.Response:
+    """``GET /sim/dev-user`` → the user unknown codes log in as in sticky any-code mode."""
+    return web.json_response(_dev_user_view(request.app[STATE]))
+
+
+async def choose_dev_user(request: web.Request) -> web.Response:
+    """``POST /sim/dev-user {index?: int, openid?: str}`` → a new (or chosen) developer user.
+
+    No body: the next numbered developer user, a new WeChat identity. ``index`` picks a numbered
+    one (the same openid every time); ``openid`` picks any user of the simulator.
+    """
+    state = request.app[STATE]
+    body = await read_body(request)
+    _only(body, "index", "openid")
+    if "index" in body and "openid" in body:
+        fail(400, "invalid_field", "give index or openid, not both")
+    index = body.get("index")
+    whole = isinstance(index, int) and not isinstance(index, bool)
+    if index is not None and not (whole and 1 <= index <= 10**6):
+        fail(400, "invalid_field", "index must be a whole number from 1")
+    openid = body.get("openid")
+    if openid is not None:
+        _user(state, openid)
+    state.choose_dev_user(index=index, openid=openid)
+    return web.json_response(_dev_user_view(state), status=201)
+
+
+def _dev_user_view(state: SimState) -> dict[str, Any]:
+    return {
+        **state.dev_user().view(),
+        "index": state.dev_user_number(),
+        "any_code": state.config.any_code,
+    }
+
+
 # --- faults ---------------------------------------------------------------------------------------
 
 
@@ -223,6 +258,7 @@ def _config_view(state: SimState) -> dict[str, Any]:
         "published_pages": sorted(config.published_pages),
         "country_code_as": config.country_code_as,
         "limits": asdict(config.limits),
+        "any_code": config.any_code,
     }
 
 
@@ -232,10 +268,13 @@ async def get_config(request: web.Request) -> web.Response:
 
 
 async def update_config(request: web.Request) -> web.Response:
-    """``POST /sim/config {open_platform_bound?, published_pages?, country_code_as?, limits?}``."""
+    """``POST /sim/config {open_platform_bound?, published_pages?, country_code_as?, limits?, any_code?}``.
+
+    Changes the set-up; the answer is the new config.
+    """
     state = request.app[STATE]
     body = await read_body(request)
-    _only(body, "open_platform_bound", "published_pages", "country_code_as", "limits")
+    _only(body, "open_platform_bound", "published_pages", "country_code_as", "limits", "any_code")
     config = state.config
     bound = _bool(body, "open_platform_bound", config.open_platform_bound)
     pages = body.get("published_pages", sorted(config.published_pages))
@@ -244,6 +283,9 @@ async def update_config(request: web.Request) -> web.Response:
     country_code_as = body.get("country_code_as", config.country_code_as)
     if country_code_as not in ("string", "number"):
         fail(400, "invalid_field", 'country_code_as must be "string" or "number"')
+    any_code = body.get("any_code", config.any_code)
+    if any_code not in ANY_CODE_MODES:
+        fail(400, "invalid_field", f"any_code must be one of {list(ANY_CODE_MODES)}")
     limits = body.get("limits", {})
     if not isinstance(limits, dict):
         fail(400, "invalid_field", "limits must be an object")
@@ -258,6 +300,7 @@ async def update_config(request: web.Request) -> web.Response:
     config.open_platform_bound = bound
     config.published_pages = frozenset(pages)
     config.country_code_as = country_code_as
+    config.any_code = any_code
     for name, value in limits.items():
         setattr(config.limits, name, value)
     return web.json_response(_config_view(state))
@@ -278,6 +321,8 @@ def setup_control_routes(app: web.Application) -> None:
     r.add_post("/sim/codes", create_code)
     r.add_post("/sim/phone-codes", create_phone_code)
     r.add_post("/sim/encrypted-data", create_encrypted_data)
+    r.add_get("/sim/dev-user", get_dev_user)
+    r.add_post("/sim/dev-user", choose_dev_user)
     r.add_post("/sim/faults", add_fault)
     r.add_get("/sim/faults", list_faults)
     r.add_delete("/sim/faults", clear_faults)

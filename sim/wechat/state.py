@@ -39,6 +39,11 @@ DEFAULT_PAGES = ("pages/index/index", "pages/login/index")
 ACCESS_TOKEN_SHAPE = re.compile(r"^[0-9]{2,3}_[A-Za-z0-9_-]{40,600}$")
 
 Period = Literal["minute", "day"]
+# What jscode2session and getuserphonenumber do with a code this simulator never issued (a real
+# wx.login code from WeChat DevTools, say): "off" refuses it (40029) as WeChat would; "sticky" takes
+# it as the current developer user's; "new" takes it as a brand-new user's.
+AnyCode = Literal["off", "sticky", "new"]
+ANY_CODE_MODES: tuple[AnyCode, ...] = ("off", "sticky", "new")
 
 
 def _rand(alphabet: str, n: int) -> str:
@@ -52,14 +57,32 @@ def _prefix(seed: str) -> str:
     return "".join(c for c in digest if c in ID_ALPHABET)[:5]
 
 
-def new_openid(appid: str = "") -> str:
-    """28 characters starting with ``o``, like real openids."""
-    return "o" + _prefix("openid:" + appid) + _rand(ID_ALPHABET, 22)
+def _derived(seed: str, n: int) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(seed.encode()).digest()).decode()
+    return "".join(c for c in digest if c in ID_ALPHABET)[:n]
 
 
-def new_unionid(appid: str = "") -> str:
-    """28 characters starting with ``o``, like real unionids."""
-    return "o" + _prefix("unionid:" + appid) + _rand(ID_ALPHABET, 22)
+def new_openid(appid: str = "", *, seed: str | None = None) -> str:
+    """28 characters starting with ``o``, like real openids (the same for the same ``seed``)."""
+    tail = _rand(ID_ALPHABET, 22) if seed is None else _derived("openid-of:" + seed, 22)
+    return "o" + _prefix("openid:" + appid) + tail
+
+
+def new_unionid(appid: str = "", *, seed: str | None = None) -> str:
+    """28 characters starting with ``o``, like real unionids (the same for the same ``seed``)."""
+    tail = _rand(ID_ALPHABET, 22) if seed is None else _derived("unionid-of:" + seed, 22)
+    return "o" + _prefix("unionid:" + appid) + tail
+
+
+def virtual_phone(openid: str) -> str:
+    """A mainland mobile number (11 digits, ``138…``) derived from ``openid``: stable per user."""
+    digest = hashlib.sha256(("phone:" + openid).encode()).digest()
+    return f"138{int.from_bytes(digest[:8], 'big') % 10**8:08d}"
+
+
+def dev_user_seed(appid: str, index: int) -> str:
+    """What the ids of developer user number ``index`` of ``appid`` derive from."""
+    return f"dev-user:{appid}:{index}"
 
 
 def new_login_code() -> str:
@@ -113,6 +136,7 @@ class SimConfig:
     published_pages: frozenset[str] = frozenset(DEFAULT_PAGES)  # pages check_path accepts
     country_code_as: Literal["string", "number"] = "string"  # getuserphonenumber's countryCode
     limits: Limits = field(default_factory=Limits)
+    any_code: AnyCode = "off"  # codes this simulator never issued: refused unless switched on
 
 
 @dataclass
@@ -181,6 +205,7 @@ class SimState:
         open_platform_bound: bool = True,
         published_pages: Iterable[str] = DEFAULT_PAGES,
         limits: Limits | None = None,
+        any_code: AnyCode = "off",
     ) -> None:
         self.appid = appid
         self.secret = secret
@@ -188,6 +213,7 @@ class SimState:
             open_platform_bound=open_platform_bound,
             published_pages=frozenset(published_pages),
             limits=limits or Limits(),
+            any_code=any_code,
         )
         self.faults = FaultBook()
         self.reset()
@@ -204,6 +230,9 @@ class SimState:
         self.counters: Counter[str] = Counter()
         self._windows: dict[str, tuple[int, int]] = {}  # quota key -> (window index, calls)
         self.last_force_refresh: float | None = None
+        # The developer user that "sticky" any-code mode logs in: number 1 until POST /sim/dev-user.
+        self.dev_index = 1
+        self.dev_openid: str | None = None
         self.faults.clear()
 
     # -- compatibility accessors --
@@ -284,28 +313,93 @@ class SimState:
         self.users[user.openid] = user
         return user
 
-    def issue_code(self, openid: str) -> LoginCode:
-        """``wx.login()`` on the user's phone: a fresh code, and maybe a new session_key."""
+    def issue_code(self, openid: str, value: str | None = None) -> LoginCode:
+        """``wx.login()`` on the user's phone: a fresh code (or ``value``), and maybe a new session_key."""
         now = self.now()
         user = self.users[openid]
         if user.session_key is None or now - (user.session_key_issued_at or 0) >= SESSION_KEY_MIN_AGE:
             # Only one session_key is valid at a time: the previous one stops working now.
             user.session_key, user.session_key_issued_at = new_session_key(), now
-        code = LoginCode(new_login_code(), openid, now)
+        code = LoginCode(value or new_login_code(), openid, now)
         self._prune(self.codes, CODE_LIFETIME)
         self.codes[code.code] = code
         return code
 
-    def issue_phone_code(self, openid: str) -> PhoneCode:
+    def issue_phone_code(self, openid: str, value: str | None = None) -> PhoneCode:
         """The user tapped a getPhoneNumber button and agreed."""
-        code = PhoneCode(new_phone_code(), openid, self.now())
+        code = PhoneCode(value or new_phone_code(), openid, self.now())
         self._prune(self.phone_codes, PHONE_CODE_LIFETIME)
         self.phone_codes[code.code] = code
         return code
 
+    # -- any-code mode (WeChat DevTools against the simulator) --
+
+    def dev_user(self) -> User:
+        """The developer user "sticky" mode logs in, created on first use.
+
+        Developer user number *n* of an appid always has the same openid, unionid and phone (they
+        derive from appid and *n*), so it is the same user after a restart or ``POST /sim/reset``.
+        """
+        if self.dev_openid is not None and self.dev_openid in self.users:
+            return self.users[self.dev_openid]
+        seed = dev_user_seed(self.appid, self.dev_index)
+        openid = new_openid(self.appid, seed=seed)
+        user = self.users.get(openid)
+        if user is None:
+            unionid = new_unionid(self.appid, seed=seed)
+            user = User(openid=openid, unionid=unionid, phone=virtual_phone(openid))
+            self.users[openid] = user
+        self.dev_openid = openid
+        return user
+
+    def dev_user_number(self) -> int | None:
+        """The number of the current developer user (None when one was chosen by openid)."""
+        numbered = new_openid(self.appid, seed=dev_user_seed(self.appid, self.dev_index))
+        return self.dev_index if self.dev_user().openid == numbered else None
+
+    def choose_dev_user(self, *, index: int | None = None, openid: str | None = None) -> User:
+        """Make the user ``openid``, or developer user ``index`` (default: the next number), current."""
+        if openid is not None:
+            self.dev_openid = openid
+            return self.users[openid]
+        self.dev_index, self.dev_openid = index or self.dev_index + 1, None
+        return self.dev_user()
+
+    def _any_code_user(self, openid: str | None = None) -> User:
+        if openid is not None and openid in self.users:
+            return self.users[openid]
+        if self.config.any_code == "new":
+            user = self.add_user(unionid=True)
+            user.phone = virtual_phone(user.openid)
+            return user
+        return self.dev_user()
+
+    def accept_unknown_code(self, value: str) -> LoginCode | None:
+        """In any-code mode, a wx.login code never issued here becomes a virtual user's; else None.
+
+        The code is remembered like an issued one, so using it twice is 40163 as on WeChat.
+        """
+        if self.config.any_code == "off":
+            return None
+        return self.issue_code(self._any_code_user().openid, value)
+
+    def accept_unknown_phone_code(self, value: str, openid: str | None) -> PhoneCode | None:
+        """In any-code mode, a getPhoneNumber code never issued here gives a virtual phone; else None.
+
+        The phone is that of ``openid`` when it is a user here (one without a phone gets a virtual
+        number), otherwise that of the user a wx.login code would have given.
+        """
+        if self.config.any_code == "off":
+            return None
+        user = self._any_code_user(openid)
+        if user.phone is None:
+            user.phone = virtual_phone(user.openid)
+        return self.issue_phone_code(user.openid, value)
+
     def _prune(self, codes: dict[str, LoginCode] | dict[str, PhoneCode], lifetime: float) -> None:
         # An expired code answers 40029 whether it is remembered or not, so forgetting expired ones
-        # keeps long benchmark runs from growing memory without changing any answer.
+        # keeps long benchmark runs from growing memory without changing any answer. (In any-code
+        # mode a forgotten code would be taken as a new one; those runs stay far below the bound.)
         if len(codes) < 4096:
             return
         horizon = self.now() - lifetime

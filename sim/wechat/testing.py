@@ -18,7 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from sim.wechat.app import STATE, create_app
-from sim.wechat.state import DEFAULT_PAGES, Limits, SimState
+from sim.wechat.state import DEFAULT_PAGES, AnyCode, Limits, SimState
 
 
 class ControlCallFailed(Exception):
@@ -69,6 +69,16 @@ class SimControl:
             "POST", "/sim/encrypted-data", {"openid": openid, "data": data, **extra}
         )
         return out
+
+    async def dev_user(self) -> dict[str, Any]:
+        """``GET /sim/dev-user``: the user unknown codes log in as in sticky any-code mode."""
+        user: dict[str, Any] = await self.call("GET", "/sim/dev-user")
+        return user
+
+    async def new_dev_user(self, **choice: Any) -> dict[str, Any]:
+        """``POST /sim/dev-user`` (``index`` or ``openid``; neither: the next developer user)."""
+        user: dict[str, Any] = await self.call("POST", "/sim/dev-user", choice)
+        return user
 
     async def fault(self, endpoint: str, **spec: Any) -> dict[str, Any]:
         """``POST /sim/faults`` (``errcode``, ``errmsg``, ``count``, ``latency_ms``, ``mode``)."""
@@ -163,6 +173,7 @@ async def running_sim(
     open_platform_bound: bool = True,
     published_pages: Iterable[str] = DEFAULT_PAGES,
     limits: Limits | None = None,
+    any_code: AnyCode = "off",
 ) -> AsyncIterator[RunningSim]:
     """The simulator on a free port of 127.0.0.1 with an HTTP session; both stopped on exit."""
     app = create_app(
@@ -171,6 +182,7 @@ async def running_sim(
         open_platform_bound=open_platform_bound,
         published_pages=published_pages,
         limits=limits,
+        any_code=any_code,
     )
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
     await runner.setup()
