@@ -168,8 +168,13 @@ def configure_logging(*, service: str, fmt: str = "auto", level: str = "INFO", s
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    for noisy in ("aiormq", "aio_pika", "pymongo", "asyncio"):
+    for noisy in ("pymongo", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # The AMQP client logs an error (with a traceback) for every failed reconnect attempt and every
+    # closed connection; the bus logs each state change once itself (bus_disconnected,
+    # bus_connect_failed, bus_reconnected), so an outage is a few lines, not a flood.
+    for chatty in ("aiormq", "aio_pika"):
+        logging.getLogger(chatty).setLevel(logging.CRITICAL)
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(service=service)
 

@@ -86,3 +86,11 @@ def test_the_appsecret_stays_redacted_however_many_tokens_come_after_it(captured
     text = captured.getvalue()
     assert "pinned-app-secret-value" not in text
     assert "86_rotating_access_token_0099" not in text
+
+
+def test_a_broker_outage_is_not_a_flood_of_client_library_tracebacks(captured: io.StringIO) -> None:
+    # What aiormq logs for every failed reconnect attempt and every closed connection.
+    logging.getLogger("aiormq.connection").error("error when creating transport: %r", ConnectionError(111))
+    logging.getLogger("aio_pika.robust_connection").warning("Unexpected connection close from remote")
+    assert "creating transport" not in captured.getvalue()
+    assert "Unexpected connection close" not in captured.getvalue()
