@@ -23,8 +23,16 @@ from typing import Any
 from aiohttp import web
 from pydantic import SecretStr
 
+from services.startup import (
+    Address,
+    StartupError,
+    check_free,
+    credentials_problem,
+    demo_credentials,
+    start_site,
+)
 from shared.bus import MemoryBroker
-from shared.config import Settings
+from shared.config import InvalidSettings, Settings
 from shared.logging import configure_logging, get_logger
 from shared.mongo import EmbeddedMongo
 from shared.runtime import EXTRA_REGISTRIES, READY_CHECKS, REGISTRY, AccessLogger
@@ -75,6 +83,12 @@ def listen_address(name: str, settings: Settings) -> tuple[str, int]:
     return settings.ops_host, settings.ops_port
 
 
+def listen_at(name: str, settings: Settings) -> Address:
+    """:func:`listen_address` with the variables that set it (for a one-line error)."""
+    kind = "GATEWAY" if name == "gateway" else "OPS"
+    return Address(*listen_address(name, settings), f"WXLOGIN_{kind}_HOST", f"WXLOGIN_{kind}_PORT")
+
+
 async def run_one(name: str, settings: Settings) -> None:
     """One service in this process, talking to RabbitMQ and MongoDB (what a container runs).
 
@@ -85,15 +99,17 @@ async def run_one(name: str, settings: Settings) -> None:
         raise SystemExit("a single service needs a broker: set WXLOGIN_AMQP_URL=amqp://…")
     if not settings.bus_key.get_secret_value():
         raise SystemExit("set WXLOGIN_BUS_KEY (the same base64 32-byte key for every service)")
+    if name != "gateway" and (problem := credentials_problem(settings)):
+        raise StartupError(problem)
+    address = listen_at(name, settings)
+    check_free(address)
     app = app_factory(name)(settings)
     # The graceful stop waits for requests itself, up to the shutdown deadline; aiohttp's own
     # timeout only cuts off what is still running after that.
     runner = web.AppRunner(app, access_log_class=AccessLogger, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
-    host, port = listen_address(name, settings)
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    log.info("service_started", port=port, pid=os.getpid())
+    await start_site(runner, address)
+    log.info("service_started", port=address.port, pid=os.getpid())
     try:
         await _wait_for_signal()
     finally:
@@ -151,7 +167,20 @@ def local_sim(settings: Settings) -> bool:
 
 async def run_all(settings: Settings) -> None:
     """Everything in one process on the embedded default."""
+    # Checked before anything starts or logs: what would stop the start is the only line printed.
+    serves_sim = "wechat_api_base" not in settings.model_fields_set or local_sim(settings)
+    if not serves_sim and (problem := credentials_problem(settings)):
+        raise StartupError(problem)
+    gateway_at = listen_at("gateway", settings)
+    sim_at = Address(
+        settings.sim_host, settings.sim_port, "WXLOGIN_SIM_HOST", "WXLOGIN_SIM_PORT", "the simulator"
+    )
+    check_free(gateway_at)
+    if serves_sim:
+        check_free(sim_at)
     settings = embedded_settings(settings)
+    if serves_sim:
+        settings = demo_credentials(settings)
     mongo: EmbeddedMongo | None = None
     runners: list[web.AppRunner] = []
     try:
@@ -173,7 +202,7 @@ async def run_all(settings: Settings) -> None:
                 handle_signals=False,
             )
             await sim.setup()
-            await web.TCPSite(sim, settings.sim_host, settings.sim_port).start()
+            await start_site(sim, sim_at)
             runners.append(sim)
         broker = MemoryBroker() if settings.embedded_bus else None
         apps = {name: app_factory(name)(settings, broker=broker) for name in SERVICES}
@@ -189,7 +218,7 @@ async def run_all(settings: Settings) -> None:
             if name != "gateway":
                 for check, fn in apps[name][READY_CHECKS].items():
                     gateway[READY_CHECKS][f"{name}.{check}"] = fn
-        await web.TCPSite(runners[-1], settings.gateway_host, settings.gateway_port).start()
+        await start_site(runners[-1], gateway_at)
         base = f"http://{settings.gateway_host}:{settings.gateway_port}"
         print(
             f"\n  wxlogin demo:        {base}/\n  WeChat simulator:    {settings.wechat_api_base}\n"
@@ -234,7 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m services``."""
     args = build_parser().parse_args(argv)
-    settings = Settings()
+    try:
+        settings = Settings.from_environment()
+    except InvalidSettings as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        sys.exit(2)
     if args.command == "ready":
         sys.exit(0 if ready(args.service, settings) else 1)
     if args.command == "launch":
@@ -255,6 +288,9 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(run_all(settings))
         else:
             asyncio.run(run_one(args.service, settings))
+    except StartupError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         pass
     sys.exit(0)

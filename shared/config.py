@@ -6,12 +6,13 @@ nothing reads the environment at import time.
 
 from __future__ import annotations
 
+import re
 from ipaddress import IPv4Network, IPv6Network, ip_network
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 # The simulator accepts these by default, so the embedded demo works with no configuration at all.
 # They are useless against the real api.weixin.qq.com.
@@ -228,3 +229,83 @@ class Settings(BaseSettings):
     def uses_dev_credentials(self) -> bool:
         """True while the public development appid/secret are configured."""
         return self.secret.get_secret_value() == DEV_SECRET
+
+    @property
+    def empty_wechat_credentials(self) -> list[str]:
+        """The variables of the WeChat AppID and AppSecret that are set but empty (``.env.example``)."""
+        empty = [("WXLOGIN_APPID", self.appid), ("WXLOGIN_SECRET", self.secret.get_secret_value())]
+        return [name for name, value in empty if not value.strip()]
+
+    @classmethod
+    def from_environment(cls) -> Settings:
+        """The settings of this process (environment, then ``.env``); :class:`InvalidSettings` when
+        any is unusable, with one line per variable naming it."""
+        try:
+            return cls()
+        except ValidationError as exc:
+            raise InvalidSettings(describe_invalid(exc)) from None
+        except SettingsError as exc:  # a value that is not even parseable (e.g. bad JSON)
+            found = re.search(r'field "(\w+)"', str(exc))
+            name = env_name(found.group(1)) if found else "a WXLOGIN_ setting"
+            raise InvalidSettings([f"{name}: cannot be parsed"]) from None
+
+
+class InvalidSettings(ValueError):
+    """Settings that cannot be used; ``problems`` has one line per variable, naming it."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a setting: ``scene_ttl_seconds`` → ``WXLOGIN_SCENE_TTL_SECONDS``."""
+    return f"WXLOGIN_{field.upper()}"
+
+
+# Short English for the constraint failures settings can have, by pydantic error type.
+_CONSTRAINTS = {
+    "greater_than_equal": "must be ≥ {ge}",
+    "less_than_equal": "must be ≤ {le}",
+    "greater_than": "must be > {gt}",
+    "less_than": "must be < {lt}",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_parsing": "must be a number",
+    "bool_parsing": "must be true or false",
+    "literal_error": "must be {expected}",
+}
+
+
+def describe_invalid(exc: ValidationError) -> list[str]:
+    """One line per invalid variable, e.g. ``WXLOGIN_SCENE_TTL_SECONDS=5: must be ≥ 10``.
+
+    Secret values are never repeated; a rule between settings names the variables it involves.
+    """
+    fields = Settings.model_fields
+    lines: dict[str, str] = {}
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else ""
+        ctx: dict[str, Any] = error.get("ctx") or {}
+        template = _CONSTRAINTS.get(error["type"])
+        if template is not None:
+            message = template.format(**{k: _number(v) for k, v in ctx.items()})
+        else:
+            message = str(error["msg"]).removeprefix("Value error, ").removeprefix(f"{field} ")
+        # Field names in a message (rules between settings) become the variables a user sets.
+        message = re.sub(
+            r"\b[a-z][a-z0-9_]+\b", lambda m: env_name(m[0]) if m[0] in fields else m[0], message
+        )
+        if field not in fields:
+            lines.setdefault(message, message)
+            continue
+        name = env_name(field)
+        secret = fields[field].annotation is SecretStr
+        shown = name if secret or not isinstance(error.get("input"), str) else f"{name}={error['input']}"
+        lines.setdefault(name, f"{shown}: {message}")
+    return list(lines.values())
+
+
+def _number(value: object) -> object:
+    """``10.0`` as ``10`` in a message."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
