@@ -30,25 +30,50 @@ class Demo:
     http: aiohttp.ClientSession
 
 
+async def start_demo(mongo: EmbeddedMongo, unique: str) -> Demo:
+    """The services and the simulator with the settings ``make demo`` would use in this environment."""
+    settings = embedded_settings(make_settings(mongo_url=mongo.url, mongo_db=f"t_{unique}"))
+    sim = await start_sim(settings)
+    settings = settings.model_copy(update={"wechat_api_base": sim.url, "amqp_url": "memory://"})
+    system = await System(settings).start(broker=MemoryBroker())
+    return Demo(settings, sim, system, aiohttp.ClientSession())
+
+
+async def stop_demo(demo: Demo) -> None:
+    await demo.http.close()
+    await demo.system.stop()
+    await demo.sim.stop()
+    await drop_database(demo.settings)
+
+
 @pytest.fixture
 async def demo(
     mongo_server: EmbeddedMongo, unique: str, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Demo]:
+    """``make demo`` as a newcomer runs it: nothing set, so the simulator is in sticky mode."""
     monkeypatch.delenv("WXLOGIN_DEMO", raising=False)
     monkeypatch.delenv("WXLOGIN_SIM_ANY_CODE", raising=False)
-    settings = embedded_settings(make_settings(mongo_url=mongo_server.url, mongo_db=f"t_{unique}"))
-    assert settings.demo and settings.sim_any_code == "sticky"
-    sim = await start_sim(settings)
-    settings = settings.model_copy(update={"wechat_api_base": sim.url, "amqp_url": "memory://"})
-    system = await System(settings).start(broker=MemoryBroker())
-    http = aiohttp.ClientSession()
+    running = await start_demo(mongo_server, unique)
+    assert running.settings.demo and running.settings.sim_any_code == "sticky"
     try:
-        yield Demo(settings, sim, system, http)
+        yield running
     finally:
-        await http.close()
-        await system.stop()
-        await sim.stop()
-        await drop_database(settings)
+        await stop_demo(running)
+
+
+@pytest.fixture
+async def strict_demo(
+    mongo_server: EmbeddedMongo, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Demo]:
+    """``make demo`` with ``WXLOGIN_SIM_ANY_CODE=off``: the simulator refuses DevTools' codes."""
+    monkeypatch.delenv("WXLOGIN_DEMO", raising=False)
+    monkeypatch.setenv("WXLOGIN_SIM_ANY_CODE", "off")
+    running = await start_demo(mongo_server, unique)
+    assert running.settings.sim_any_code == "off"
+    try:
+        yield running
+    finally:
+        await stop_demo(running)
 
 
 def devtools_code() -> str:
@@ -102,3 +127,18 @@ async def test_a_devtools_code_already_spent_does_not_identify_another_scan(demo
     status, scan = await post(demo.http, f"{gateway}/api/mp/scan", {"scene": browser.scene, "code": code})
     assert status == 200
     assert (scan["identified"], scan["identify_error"]) == (False, "code_invalid")
+
+
+async def test_with_any_code_off_a_devtools_code_reaches_the_page_as_code_invalid(strict_demo: Demo) -> None:
+    # What the mini-program page sees when the simulator refuses DevTools' codes (40029).
+    gateway = strict_demo.system.gateway
+    browser = Browser(strict_demo.http, gateway)
+    await browser.issue()
+    status, scan = await post(
+        strict_demo.http, f"{gateway}/api/mp/scan", {"scene": browser.scene, "code": devtools_code()}
+    )
+    assert status == 200
+    assert (scan["identified"], scan["identify_error"]) == (False, "code_invalid")
+    body = {"scene": browser.scene, "scan_token": scan["scan_token"], "code": devtools_code()}
+    status, refused = await post(strict_demo.http, f"{gateway}/api/mp/confirm", body)
+    assert status == 400 and refused["error"]["code"] == "code_invalid"
