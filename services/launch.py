@@ -6,6 +6,10 @@ WeChat simulator unless told where the real ones are, then each replica as its o
 (``python -m services run <service>``) with its own port and log file. It prints URLs and PIDs and,
 on SIGTERM or SIGINT, stops everything it started by PID: gateways first, token last.
 
+Unless ``WXLOGIN_BUS_PREFIX`` is given, its exchanges and queues are named ``launch-<id>.<name>`` and
+deleted when it stops, so a launch leaves nothing behind on a shared RabbitMQ (a given prefix belongs to
+whoever gave it: its names are kept).
+
 :class:`Launcher` is the same as a library for tests and benchmarks::
 
     async with Launcher({"gateway": 2, "qrcode": 2}, env={...}, workdir=tmp) as cluster:
@@ -33,10 +37,14 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
 
+import aio_pika
 import aiohttp
 
+from shared.bus.amqp import AmqpBus, split_urls
+from shared.logging import get_logger
+from shared.messages import Event
 from shared.mongo import EmbeddedMongo, free_port
-from shared.sealing import generate_key
+from shared.sealing import Sealer, generate_key
 
 SERVICES = ("token", "qrcode", "session", "gateway")
 # What each service waits for before it starts, as docker-compose.yml's depends_on says (a qrcode
@@ -66,6 +74,8 @@ def start_tiers() -> list[list[str]]:
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+log = get_logger("launch")
 
 
 class LaunchError(RuntimeError):
@@ -127,6 +137,40 @@ def _die_with_parent() -> None:
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL("libc.so.6", use_errno=True)
             libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _events(base: type[Event] = Event) -> list[type[Event]]:
+    """Every event type, each of which a service may have a durable queue for."""
+    found: list[type[Event]] = []
+    for cls in base.__subclasses__():
+        if cls.TYPE:
+            found.append(cls)
+        found.extend(_events(cls))
+    return found
+
+
+def bus_object_names(prefix: str) -> tuple[list[str], list[str]]:
+    """``(queues, exchanges)`` that services on bus ``prefix`` can declare (from the bus's own names)."""
+    queues: list[str] = []
+    exchanges: list[str] = []
+    for service in SERVICES:
+        names = AmqpBus("amqp://unused", service, Sealer(bytes(32)), prefix=prefix)
+        queues += [names.rpc_queue_name(service), names.dead_letter_name()]
+        queues += [names.event_queue_name(event) for event in _events()]
+        exchanges += [names.exchange_name(service), names.dead_letter_name()]
+    return sorted(set(queues)), sorted(set(exchanges))
+
+
+async def delete_bus_objects(url: str, prefix: str) -> None:
+    """Delete the queues and exchanges of bus ``prefix`` (deleting one that does not exist is fine)."""
+    queues, exchanges = bus_object_names(prefix)
+    connection = await aio_pika.connect(split_urls(url)[0], timeout=10)
+    async with connection:
+        channel = await connection.channel()
+        for queue in queues:
+            await channel.queue_delete(queue)
+        for exchange in exchanges:
+            await channel.exchange_delete(exchange)
 
 
 def ensure_rabbitmq(url: str, *, timeout: float = 120.0) -> bool:
@@ -191,6 +235,7 @@ class Launcher:
         self.sim: subprocess.Popen[bytes] | None = None
         self.sim_url: str | None = None
         self.started_rabbitmq = False
+        self.owns_prefix = False  # True when it named the bus objects itself (and deletes them at stop)
         self._replicas: list[Replica] = []
         self._next_index: dict[str, int] = dict.fromkeys(SERVICES, 1)
         self._sim_log: IO[bytes] | None = None
@@ -216,6 +261,11 @@ class Launcher:
         return self.env["WXLOGIN_MONGO_URL"]
 
     @property
+    def bus_prefix(self) -> str:
+        """The prefix of every exchange and queue name of this launch."""
+        return self.env.get("WXLOGIN_BUS_PREFIX", "")
+
+    @property
     def shutdown_timeout(self) -> float:
         """The replicas' graceful-stop deadline (``WXLOGIN_SHUTDOWN_TIMEOUT_SECONDS``)."""
         return float(self.env.get("WXLOGIN_SHUTDOWN_TIMEOUT_SECONDS", "10"))
@@ -229,7 +279,10 @@ class Launcher:
         if self.mongo is not None and self.mongo.process is not None:
             rows.append(("nx-27017", str(self.mongo.process.pid), self.mongo_url))
         parts = urlsplit(self.amqp_url)
-        rows.append(("rabbitmq", "-", f"{parts.scheme}://{parts.hostname}:{parts.port or 5672}{parts.path}"))
+        names = f"  (names {self.bus_prefix}*)" if self.bus_prefix else ""
+        rows.append(
+            ("rabbitmq", "-", f"{parts.scheme}://{parts.hostname}:{parts.port or 5672}{parts.path}{names}")
+        )
         width = [max(len(row[i]) for row in rows) for i in range(3)]
         lines = ["  " + "  ".join(c.ljust(width[i]) for i, c in enumerate(row)).rstrip() for row in rows]
         return "\n".join([*lines, f"  logs: {self.workdir / 'logs'}"])
@@ -267,6 +320,9 @@ class Launcher:
         if env["WXLOGIN_AMQP_URL"].startswith("memory://"):
             raise LaunchError("separate processes need a broker: WXLOGIN_AMQP_URL must be amqp://…")
         self.started_rabbitmq = await asyncio.to_thread(ensure_rabbitmq, env["WXLOGIN_AMQP_URL"])
+        if not env.get("WXLOGIN_BUS_PREFIX"):
+            env["WXLOGIN_BUS_PREFIX"] = f"launch-{os.urandom(4).hex()}."
+            self.owns_prefix = True
         env.setdefault("WXLOGIN_BUS_KEY", generate_key())
         env.setdefault("WXLOGIN_DATA_KEY", generate_key())
         env.setdefault("WXLOGIN_LOG_FORMAT", "json")
@@ -388,9 +444,16 @@ class Launcher:
         return int(process.returncode)
 
     async def stop(self) -> None:
-        """Stop every replica (gateways first, token last), then the simulator and MongoDB."""
+        """Stop every replica (gateways first, token last), delete the bus objects of a prefix it made
+        up, then stop the simulator and MongoDB."""
         for service in STOP_ORDER:
             await asyncio.gather(*(self.stop_replica(r) for r in self.replicas(service)))
+        if self.owns_prefix:
+            self.owns_prefix = False
+            try:
+                await delete_bus_objects(self.amqp_url, self.bus_prefix)
+            except (OSError, aio_pika.exceptions.AMQPError, TimeoutError) as exc:
+                log.warning("bus_objects_left", prefix=self.bus_prefix, error=str(exc))
         if self.sim is not None:
             sim, self.sim = self.sim, None
             if sim.poll() is None:

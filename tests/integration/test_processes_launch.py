@@ -1,4 +1,5 @@
-"""``python -m services launch`` as a user runs it: everything up, printed, and gone after Ctrl-C."""
+"""``python -m services launch`` as a user runs it: everything up, printed, and gone after Ctrl-C, its
+queues and exchanges on the broker included."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from services.launch import SERVICES
+from tests.integration.broker import rabbitmqctl
 
 
 def alive(pid: int) -> bool:
@@ -26,13 +29,29 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_launch_starts_every_process_and_stops_them_all_on_sigint(
-    amqp_base_url: str, tmp_path: Path, unique: str
+def broker_names(amqp_url: str, prefix: str) -> list[str]:
+    """Queues and exchanges whose names start with ``prefix`` in the URL's vhost."""
+    ctl = rabbitmqctl()
+    assert ctl is not None
+    vhost = unquote(urlsplit(amqp_url).path[1:]) or "/"
+    names: list[str] = []
+    for what in ("list_queues", "list_exchanges"):
+        listed = subprocess.run(
+            [ctl, what, "-p", vhost, "--quiet", "--no-table-headers", "name"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        names += [name for name in listed.split() if name.startswith(prefix)]
+    return names
+
+
+def test_launch_starts_every_process_and_stops_them_all_on_sigint_leaving_no_queues(
+    amqp_base_url: str, tmp_path: Path
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WXLOGIN_")}
-    env.update(
-        {"WXLOGIN_AMQP_URL": amqp_base_url, "WXLOGIN_BUS_PREFIX": f"l{unique}.", "PYTHONUNBUFFERED": "1"}
-    )
+    env.update({"WXLOGIN_AMQP_URL": amqp_base_url, "PYTHONUNBUFFERED": "1"})  # no bus prefix given
     launcher = subprocess.Popen(
         [sys.executable, "-m", "services", "launch", "--gateway", "2", "--workdir", str(tmp_path / "run")],
         cwd=tmp_path,  # no stray .env
@@ -59,10 +78,19 @@ def test_launch_starts_every_process_and_stops_them_all_on_sigint(
             pids
         )
         assert all(alive(pid) for pid in pids.values())
+        # Its own names, with a separator: launch-<id>.qrcode.rpc, never launch-<id>qrcode.rpc.
+        found = re.search(r"\(names (launch-[0-9a-f]{8}\.)\*\)", output)
+        assert found, output
+        prefix = found.group(1)
+        checkable = rabbitmqctl() is not None
+        if checkable:
+            assert f"{prefix}qrcode.rpc" in broker_names(amqp_base_url, prefix)
 
         os.kill(launcher.pid, signal.SIGINT)  # what Ctrl-C sends (to the launcher only: own sessions)
         assert launcher.wait(timeout=60) == 0
         assert not [name for name, pid in pids.items() if alive(pid)], "left behind"
+        if checkable:
+            assert broker_names(amqp_base_url, prefix) == [], "queues or exchanges left on the broker"
         logs = tmp_path / "run" / "logs"
         assert "service_stopped" in (logs / "gateway-1.log").read_text()
         assert "service_stopped" in (logs / "token-1.log").read_text()
