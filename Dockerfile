@@ -8,6 +8,10 @@ ARG PYTHON_VERSION=3.11
 
 # --- build: a virtualenv with the package and its dependencies ------------------------------------
 FROM python:${PYTHON_VERSION}-slim-bookworm AS build
+# A PyPI mirror for the install (e.g. where PyPI is slow, as in mainland China): PIP_INDEX_URL in .env,
+# passed by compose as a build arg, or `docker build --build-arg PIP_INDEX_URL=…`. Empty: PyPI (pip
+# ignores an empty value). Only this build stage sees it; the final image does not keep it.
+ARG PIP_INDEX_URL=""
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/wxlogin
 WORKDIR /src

@@ -118,8 +118,18 @@ def test_compose_uses_only_known_service_keys() -> None:
 
 def test_the_four_services_run_one_image_built_from_the_dockerfile() -> None:
     images = {services()[name]["image"] for name in APP_SERVICES}
-    builds = {services()[name]["build"] for name in APP_SERVICES}
-    assert len(images) == 1 and builds == {"."}
+    builds = [services()[name]["build"] for name in APP_SERVICES]
+    assert len(images) == 1 and all(build == builds[0] for build in builds)
+    assert builds[0]["context"] == "."
+
+
+def test_a_pip_mirror_set_in_dotenv_reaches_the_image_build_and_no_host_is_hard_coded() -> None:
+    build = services()["token"]["build"]
+    assert build["args"] == {"PIP_INDEX_URL": "${PIP_INDEX_URL:-}"}
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    build_stage = dockerfile.split(" AS build", 1)[1].split("\nFROM ", 1)[0]
+    assert 'ARG PIP_INDEX_URL=""' in build_stage
+    assert "PIP_INDEX_URL=http" not in dockerfile + COMPOSE_TEXT
 
 
 # --- scaling ---------------------------------------------------------------------------------------
