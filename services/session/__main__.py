@@ -20,7 +20,7 @@ from services.__main__ import main as services_main
 from services.session.app import data_sealer
 from services.session.keys import RotationRefused, retire_previous_key, rotate_keys
 from services.session.store import INDEXES, SigningKeyStore
-from shared.config import Settings
+from shared.config import InvalidSettings, Settings
 from shared.logging import configure_logging
 from shared.mongo import ensure_indexes, make_client, wait_ready
 
@@ -84,7 +84,11 @@ def keys_main(argv: list[str]) -> None:
         "(after a key leak; caches that lack the new key reject its tokens until they re-fetch)",
     )
     args = parser.parse_args(argv)
-    settings = Settings()
+    try:
+        settings = Settings.from_environment()
+    except InvalidSettings as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        sys.exit(2)
     configure_logging(service="session-keys", fmt=settings.log_format, level="WARNING")
     try:
         result = asyncio.run(keys_command(settings, args.action, force=args.force, now_=args.now))
