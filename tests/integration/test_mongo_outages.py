@@ -29,6 +29,7 @@ from bench.cluster import LIMITS_OFF
 from services.launch import Launcher, Replica
 from shared.mongo import EmbeddedMongo, free_port
 from sim.phone import Phone
+from tests.integration.cluster import metric
 from tests.support import ORIGIN, Browser
 
 OUTAGES = 20
@@ -151,6 +152,11 @@ async def stop_within(launcher: Launcher, replica: Replica) -> tuple[int, float]
     return code, time.monotonic() - started
 
 
+async def store_up(watch: dict[str, Readiness]) -> dict[str, float]:
+    """``wxlogin_store_up{service}`` of each watched replica (0 when absent)."""
+    return {name: await metric(r.replica, "wxlogin_store_up", service=name) for name, r in watch.items()}
+
+
 async def wait_until(watch: dict[str, Readiness], wanted: int, since: float, within: float) -> float:
     """Seconds from ``since`` until every watched service last answered ``wanted``."""
     deadline = since + within
@@ -179,16 +185,21 @@ async def test_twenty_mongo_outages_never_wedge_a_service_and_sigterm_always_sto
         answers: list[Answer] = []
         try:
             await login(http, gateway, launcher.sim_url)
-            for _ in range(OUTAGES):
+            gauges: list[dict[str, float]] = [await store_up(watch)]
+            for outage in range(OUTAGES):
                 stack.kill_mongo()
                 down_at = time.monotonic()
                 # Two requests in flight as MongoDB dies, and readiness turning 503 meanwhile.
                 requests = asyncio.gather(*(issue_during_outage(http, gateway) for _ in range(2)))
                 detect.append(await wait_until(watch, 503, down_at, DETECT_WITHIN))
                 answers.extend(await requests)
+                if outage == 0:
+                    gauges.append(await store_up(watch))
                 stack.start_mongo()
                 up_at = time.monotonic()
                 recover.append(await wait_until(watch, 200, up_at, READY_WITHIN))
+                if outage == 0:
+                    gauges.append(await store_up(watch))
 
             tokens = await login(http, gateway, launcher.sim_url)
             assert tokens["user"]["openid"]
@@ -212,6 +223,7 @@ async def test_twenty_mongo_outages_never_wedge_a_service_and_sigterm_always_sto
         + ", ".join(f"{n} {s[1]:.2f} s" for n, s in zip(watch, stops_down, strict=True))
         + " (MongoDB down)"
     )
+    assert gauges == [dict.fromkeys(WATCHED, 1.0), dict.fromkeys(WATCHED, 0.0), dict.fromkeys(WATCHED, 1.0)]
     polls = Counter(status for r in watch.values() for _, status in r.answers)
     assert set(polls) <= {200, 503}, polls  # every probe answered, none failed or hung
     for status, code, retry_after, took in answers:
