@@ -136,6 +136,7 @@ class MemoryBus(Bus):
         # In one process the sender is known for sure: the table of shared.bus.acl is enforced.
         super().__init__(service, sealer, rpc_timeout=rpc_timeout, metrics=metrics, user=f"wxlogin-{service}")
         self.broker = broker
+        self._serving: set[asyncio.Future[tuple[str, int, bytes]]] = set()
         self._started = False
         self._event_handlers: dict[int, EventHandler] = {}
 
@@ -181,8 +182,13 @@ class MemoryBus(Bus):
         if server is None:
             raise RpcUnavailable(request.TYPE)
         started = time.monotonic()
+        # The server's handler runs as its own task and is never cancelled by the caller giving up,
+        # as over RabbitMQ: cancelling a handler inside a PyMongo call can wedge the client.
+        handling = asyncio.ensure_future(server(self._delivery(request)))
+        self._serving.add(handling)
+        handling.add_done_callback(self._serving.discard)
         try:
-            type_, _version, body = await asyncio.wait_for(server(self._delivery(request)), timeout)
+            type_, _version, body = await asyncio.wait_for(asyncio.shield(handling), timeout)
         except TimeoutError:
             raise RpcTimeout(request.TYPE, timeout) from None
         log.debug("rpc_done", type=request.TYPE, ms=round((time.monotonic() - started) * 1000, 2))
