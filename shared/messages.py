@@ -222,10 +222,22 @@ class CurrentToken(Reply):
 
 
 class GetCurrentToken(Request[CurrentToken]):
-    """Ask the token service for the access_token now in use."""
+    """Ask the token service for the access_token now in use.
+
+    With ``rejected`` (the fingerprint of a token WeChat refused, with its ``errcode``), the question
+    is "what do I retry with?": the answer is the stored token if it is newer than the rejected one;
+    else the result of the force refresh this request claimed or waited for; else, when the rejected
+    token is itself less than 30 s old (WeChat allows no force refresh yet), that same token. It comes
+    within ``wait_seconds`` (the caller's remaining deadline), or the call fails with
+    ``token_unavailable``. A token service that predates these fields answers the stored token.
+    """
 
     TYPE = "token.current"
     REPLY = CurrentToken
+
+    rejected: Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")] | None = None
+    errcode: int | None = None
+    wait_seconds: Annotated[float, Field(ge=0, le=30)] | None = None
 
 
 # --- qrcode service -------------------------------------------------------------------------------

@@ -4,6 +4,10 @@
 ``token.refreshed`` broadcast, asks ``token.current`` at start-up and whenever it has no valid one,
 waits (bounded) instead of failing while the token service has none yet, and reports rejected tokens
 by fingerprint only: the broadcast is the one message that carries the token itself.
+
+A rejected token is replaced within the caller's deadline (``renew_seconds`` by default): by a newer
+one already held, else by what ``token.current {rejected}`` answers (docs/token.md §3). The token
+service never leaves it waiting for a force refresh WeChat does not allow yet.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from collections.abc import Callable
 from shared.bus import Bus
 from shared.errors import RemoteError, ServiceError
 from shared.logging import get_logger, register_secret
-from shared.messages import GetCurrentToken, TokenInvalidated, TokenRefreshed
+from shared.messages import GetCurrentToken, TokenRefreshed
 
 log = get_logger(__name__)
 
@@ -35,18 +39,25 @@ class TokenUnavailable(ServiceError):
 
 
 class TokenCache:
-    """Holds the current access_token of a consumer service."""
+    """Holds the current access_token of a consumer service.
+
+    ``wait_seconds`` bounds :meth:`get` while no token exists yet (start-up); ``renew_seconds`` bounds
+    :meth:`invalidated` when the caller gives no deadline: pass less than the RPC timeout of the
+    requests whose handlers call WeChat, so the retry still fits in it.
+    """
 
     def __init__(
         self,
         bus: Bus,
         *,
         wait_seconds: float = 10.0,
+        renew_seconds: float = 1.5,
         poll_seconds: float = 1.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._bus = bus
         self._wait = wait_seconds
+        self._renew = renew_seconds
         self._poll = poll_seconds
         self._clock = clock
         self._token: str | None = None
@@ -105,20 +116,50 @@ class TokenCache:
         assert self._token is not None
         return self._token
 
-    async def invalidated(self, token: str, errcode: int) -> str:
-        """Report ``token`` as rejected and return a different one (bounded wait)."""
-        await self._bus.publish(TokenInvalidated(fingerprint=fingerprint(token), errcode=errcode))
-        deadline = time.monotonic() + self._wait
-        while self._token == token or not self.valid:
-            await self._wait_for_change(deadline)
-            if self._token == token:
-                await self.fetch()
-            if time.monotonic() >= deadline and (self._token == token or not self.valid):
-                raise TokenUnavailable(
-                    "WeChat rejected the access token and no new one arrived", retry_after=5
-                )
-        assert self._token is not None
-        return self._token
+    async def invalidated(self, token: str, errcode: int, *, deadline: float | None = None) -> str:
+        """Report ``token`` as rejected by WeChat; the token to retry with, by ``deadline``.
+
+        ``deadline`` is a :func:`time.monotonic` instant (default: ``renew_seconds`` from now). A
+        different valid token already held (the broadcast came first) is returned at once. Otherwise
+        the token service answers ``token.current {rejected}``: a newer token, the result of a force
+        refresh, or the rejected token itself when it is less than 30 s old (the newest WeChat will
+        give; one retry with it is all the caller makes). Raises :class:`TokenUnavailable` (with
+        ``retry_after``) when none comes in time, never waiting past ``deadline``.
+        """
+        if deadline is None:
+            deadline = time.monotonic() + self._renew
+        newer = self._newer_than(token)
+        if newer is not None:
+            log.info("token_rejected_newer_held", fingerprint=fingerprint(token), errcode=errcode)
+            return newer
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TokenUnavailable(
+                "WeChat rejected the access token; no time left to renew it", retry_after=1
+            )
+        request = GetCurrentToken(
+            rejected=fingerprint(token), errcode=errcode, wait_seconds=min(remaining, 30)
+        )
+        try:
+            reply = await self._bus.call(request, timeout=remaining)
+        except RemoteError as exc:
+            newer = self._newer_than(token)  # the broadcast may have come while the call failed
+            if newer is not None:
+                return newer
+            log.warning("token_renewal_failed", fingerprint=fingerprint(token), error_code=exc.error_code)
+            raise TokenUnavailable(
+                "WeChat rejected the access token and no usable one came in time",
+                retry_after=exc.retry_after or 1,
+            ) from None
+        fresh = reply.access_token.get_secret_value()
+        self._accept(fresh, reply.expires_at.timestamp())
+        if fresh == token:
+            log.info("token_rejected_but_newest", fingerprint=fingerprint(token), errcode=errcode)
+        return fresh
+
+    def _newer_than(self, token: str) -> str | None:
+        held = self._token
+        return held if held is not None and held != token and self.valid else None
 
     async def _wait_for_change(self, deadline: float) -> None:
         remaining = deadline - time.monotonic()

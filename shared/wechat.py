@@ -5,8 +5,8 @@ Errors are grouped by what the caller must do:
 * :class:`WeChatRetryLater` (-1, timeouts, transport failures, malformed answers): retried here with
   the bounded policy of :mod:`shared.retry`, except for calls that spend a single-use credential;
 * :class:`WeChatRateLimited` (45009/45011): never retried here, carries ``retry_after`` seconds;
-* :class:`WeChatTokenInvalid` (40001/40014/42001): :func:`call_with_token` invalidates the token
-  with its provider and retries once with the next one;
+* :class:`WeChatTokenInvalid` (40001/40014/42001): :func:`call_with_token` reports the token to
+  its provider and retries once with the token it answers, within the caller's deadline;
 * :class:`WeChatBadRequest`: everything else; retrying cannot help.
 
 Every call has a timeout. Answers are parsed tolerantly (success with or without ``errcode: 0``,
@@ -209,23 +209,32 @@ class TokenProvider(Protocol):
         """The current token; waits (bounded) while none is known yet."""
         ...
 
-    async def invalidated(self, token: str, errcode: int) -> str:
-        """Report ``token`` as rejected by WeChat; returns a different token (bounded wait)."""
+    async def invalidated(self, token: str, errcode: int, *, deadline: float | None = None) -> str:
+        """Report ``token`` as rejected by WeChat; the token to retry with, by ``deadline``.
+
+        ``deadline`` is a :func:`time.monotonic` instant (None: the provider's own bound). The
+        answer may be ``token`` itself when it is the newest WeChat will give right now.
+        """
         ...
 
 
-async def call_with_token(provider: TokenProvider, call: Callable[[str], Awaitable[T]]) -> T:
-    """Run ``call(token)``; on a token error invalidate it and retry exactly once.
+async def call_with_token(
+    provider: TokenProvider, call: Callable[[str], Awaitable[T]], *, deadline: float | None = None
+) -> T:
+    """Run ``call(token)``; on a token error (40001/40014/42001) get a token and retry exactly once.
 
-    A second token error is raised to the caller: a token that fails twice in a row is a problem
-    for the token service, not something to loop on.
+    The wait for the retry's token ends by ``deadline`` (a :func:`time.monotonic` instant, e.g. the
+    caller's RPC deadline; None: the provider's bound), so a rejected token costs one retry within
+    the caller's time or a retryable error, never a timeout. A second token error is raised to the
+    caller: a token that fails twice in a row is a problem for the token service, not something to
+    loop on.
     """
     token = await provider.get()
     try:
         return await call(token)
     except WeChatTokenInvalid as exc:
         log.warning("wechat_token_rejected", endpoint=exc.endpoint, errcode=exc.errcode)
-        fresh = await provider.invalidated(token, exc.errcode)
+        fresh = await provider.invalidated(token, exc.errcode, deadline=deadline)
         return await call(fresh)
 
 

@@ -103,7 +103,8 @@ def create_app(
             secret=settings.secret,
             timeout=settings.wechat_timeout_seconds,
         )
-        tokens = TokenCache(bus, clock=clock)
+        # A rejected token is renewed within half an RPC timeout, so the retry still fits in the call.
+        tokens = TokenCache(bus, clock=clock, renew_seconds=settings.rpc_timeout_seconds / 2)
         await tokens.start()  # the broadcast, then the current token once (False while none yet)
 
         async def token_ready() -> bool:  # codes cannot be rendered without an access_token

@@ -104,7 +104,7 @@ def create_app(
         )
         # getuserphonenumber needs the access_token the token service broadcasts. Not a readiness
         # condition: logins and tokens work without it, phone binding waits for it (bounded).
-        access_tokens = TokenCache(bus, clock=clock)
+        access_tokens = TokenCache(bus, clock=clock, renew_seconds=settings.rpc_timeout_seconds / 2)
         await access_tokens.start()
         signer = Signer(
             SigningKeyStore(db),

@@ -8,7 +8,9 @@ How the replicas share the work (docs/token.md has the whole story and the numbe
   margin of its end; it saves the result with a compare-and-set on the document's version and
   broadcasts ``token.refreshed`` when the token changed;
 * any replica may receive a ``token.invalidated``; it force-refreshes only after winning the claim in
-  Mongo (the rejected token is still the stored one, 30 s since the last claim, under 20 today).
+  Mongo (the rejected token is still the stored one, 30 s since the last claim, under 20 today);
+* ``token.current {rejected}`` is the consumers' way to report a rejected token: the same claim, and
+  the answer is the token to retry with, within the caller's wait (see :meth:`TokenKeeper.renew`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,13 @@ from shared.bus import Publisher
 from shared.config import Settings
 from shared.logging import get_logger, register_secret
 from shared.messages import CurrentToken, GetCurrentToken, TokenInvalidated, TokenRefreshed
-from shared.wechat import AccessToken, WeChatBadRequest, WeChatError, WeChatRateLimited
+from shared.wechat import (
+    AccessToken,
+    WeChatBadRequest,
+    WeChatError,
+    WeChatRateLimited,
+    seconds_to_beijing_midnight,
+)
 
 log = get_logger(__name__)
 
@@ -45,6 +53,12 @@ RETRY_MAX_DELAY = 60.0  # ...up to this
 RATE_LIMIT_MAX_DELAY = 300.0  # 45011 says a minute; 45009 says midnight, but a few calls an hour cost nothing
 BAD_REQUEST_DELAY = 60.0  # 40125 wrong secret, 40164 IP not whitelisted...: an operator must act
 SAME_TOKEN_DELAY = 30.0  # WeChat handed back the same token: it renews only in the last 300 s
+
+# Renewing a rejected token (token.current {rejected}).
+RENEW_DEFAULT_WAIT = 1.5  # when the request names no wait (seconds)
+RENEW_SLACK = 0.1  # answer this long before the caller gives up, so the answer arrives in time
+RENEW_POLL = 0.25  # while another replica force-refreshes, re-read the store this often
+DAILY_CAP_RETRY_AFTER = 300.0
 
 # expires_in is rounded by WeChat and counted from when it answered; counting from before the request
 # and one second less never overestimates the token's life.
@@ -134,6 +148,12 @@ class TokenMetrics:
         self.lease_held = Gauge(
             "wxlogin_token_lease_held", "1 while this replica holds the refresh lease", registry=registry
         )
+        self.renewals = Counter(
+            "wxlogin_token_renewals",
+            "Rejected tokens reported with token.current, by answer (newer, forced, same, unavailable)",
+            ["answer"],
+            registry=registry,
+        )
 
     def wechat_error(self, _endpoint: str, errcode: int) -> None:
         """``on_error`` hook of the WeChat client: count every failed attempt, retried ones too."""
@@ -175,6 +195,11 @@ class TokenKeeper:
         self._retry_at = 0.0
         self._failures = 0
         self._wake = asyncio.Event()
+        self._changed = asyncio.Event()  # set (and replaced) whenever another token is adopted
+        # The document's version when the token held was first seen: a higher version with the same
+        # token means a force claim was made since (its refresh is under way, or failed).
+        self._since_version = 0
+        self._forcing: set[asyncio.Task[StoredToken | None]] = set()
         self._step_waiters: list[asyncio.Future[None]] = []
         metrics.remaining.set_function(self._remaining)
         metrics.age.set_function(self._age)
@@ -215,6 +240,11 @@ class TokenKeeper:
                 version=token.version,
                 expires_in=round(token.remaining(self._clock())),
             )
+            self._current = token
+            self._since_version = token.version
+            self._changed.set()
+            self._changed = asyncio.Event()
+            return
         self._current = token
 
     # -- start-up and the loop --
@@ -382,8 +412,14 @@ class TokenKeeper:
 
     # -- bus handlers --
 
-    async def current(self, _request: GetCurrentToken) -> CurrentToken:
-        """RPC ``token.current``: the stored token (read now, so every replica answers the same)."""
+    async def current(self, request: GetCurrentToken) -> CurrentToken:
+        """RPC ``token.current``: the stored token (read now, so every replica answers the same).
+
+        With ``rejected``, the token to retry with instead (:meth:`renew`).
+        """
+        if request.rejected is not None:
+            wait = RENEW_DEFAULT_WAIT if request.wait_seconds is None else request.wait_seconds
+            return self._reply(await self.renew(request.rejected, request.errcode or 0, wait=wait))
         try:
             await self.load()
         except PyMongoError as exc:  # the token held in memory is still the best answer
@@ -391,10 +427,122 @@ class TokenKeeper:
         token = self._current
         if token is None or token.expires_at <= self._clock():
             raise NoToken(retry_after=2)
+        return self._reply(token)
+
+    def _reply(self, token: StoredToken) -> CurrentToken:
         return CurrentToken(
             access_token=SecretStr(token.access_token),
             expires_at=datetime.fromtimestamp(token.expires_at, UTC),
         )
+
+    async def renew(self, rejected: str, errcode: int, *, wait: float) -> StoredToken:
+        """The token a consumer whose token (fingerprint ``rejected``) WeChat refused retries with.
+
+        Answers within ``wait`` seconds (less a little slack), in this order: the stored token if it
+        is not the rejected one; the result of the force refresh this request claims (the claim of
+        :meth:`on_invalidated`); the rejected token itself when the claim was refused and no claim
+        was made since that token was stored (the force refresh that produced it is under 30 s old,
+        or today's 20 are spent): no newer token can exist yet; a token another replica's force
+        refresh stores while this one waits. Otherwise :class:`NoToken` with ``retry_after``: a
+        retryable 503 for the consumer's caller, before its RPC times out.
+        """
+        deadline = time.monotonic() + max(0.0, wait - RENEW_SLACK)
+        try:
+            await self.load()
+            newer = self._newer_than(rejected)
+            if newer is not None:
+                self._metrics.invalidations.labels("stale").inc()
+                return self._renewed("newer", newer)
+            decision = await self._store.claim_force(
+                rejected,
+                self._clock(),
+                min_interval=FORCE_REFRESH_MIN_INTERVAL,
+                per_day=FORCE_REFRESH_PER_DAY,
+            )
+        except PyMongoError as exc:
+            log.warning("token_store_unavailable", error=type(exc).__name__)
+            newer = self._newer_than(rejected)
+            if newer is not None:
+                return self._renewed("newer", newer)
+            raise self._unavailable("the token store is unavailable", 2) from None
+        self._metrics.invalidations.labels(decision.outcome).inc()
+        if decision.claimed:
+            log.info(
+                "token_force_refresh_claimed",
+                fingerprint=rejected,
+                errcode=errcode,
+                today=decision.count_today,
+            )
+            # Shielded: the refresh (and its broadcast) completes even when this request gives up.
+            task = asyncio.ensure_future(self._force_refresh(rejected))
+            self._forcing.add(task)
+            task.add_done_callback(self._force_done)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), max(0.0, deadline - time.monotonic()))
+            newer = self._newer_than(rejected)
+            if newer is not None:
+                return self._renewed("forced", newer)
+            raise self._unavailable("the force refresh did not finish in time", 1)
+        if decision.refusal == "stale":  # stored since our read
+            await self._reload_quietly()
+            newer = self._newer_than(rejected)
+            if newer is not None:
+                return self._renewed("newer", newer)
+        await self._reload_quietly()  # a claim made by another replica since our read shows now
+        held = self._current
+        if held is not None and held.fingerprint == rejected and self._no_claim_since(held):
+            # Throttled by the very claim whose refresh produced this token (WeChat allows no newer
+            # one for 30 s), or capped for the day: the newest there is, the caller's one retry uses it.
+            log.info("token_rejected_but_newest", fingerprint=rejected, errcode=errcode, why=decision.refusal)
+            return self._renewed("same", held)
+        if decision.refusal == "daily_cap":
+            log.error("token_force_refresh_daily_cap", fingerprint=rejected, errcode=errcode)
+            retry_after = min(seconds_to_beijing_midnight(self._clock()), DAILY_CAP_RETRY_AFTER)
+            raise self._unavailable("WeChat's daily force-refresh limit is reached", retry_after)
+        # Throttled by a claim under 30 s old whose refresh has not been stored yet (it runs here or
+        # on another replica): wait for it, up to the deadline.
+        while (remaining := deadline - time.monotonic()) > 0:
+            changed = self._changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), min(RENEW_POLL, remaining))
+            if not changed.is_set():
+                await self._reload_quietly()
+            newer = self._newer_than(rejected)
+            if newer is not None:
+                return self._renewed("forced", newer)
+        raise self._unavailable("a force refresh is under way or failed; try again shortly", 2)
+
+    def _force_done(self, task: asyncio.Task[StoredToken | None]) -> None:
+        self._forcing.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # Mongo failed around the refresh; consumers report the token again and a later claim
+            # (30 s on) refreshes once more.
+            log.warning("token_force_refresh_crashed", error=type(exc).__name__, detail=str(exc)[:200])
+
+    def _no_claim_since(self, token: StoredToken) -> bool:
+        """True when no force claim was made after ``token`` was stored (its version is unchanged)."""
+        return token.expires_at > self._clock() and token.version <= self._since_version
+
+    def _newer_than(self, rejected: str) -> StoredToken | None:
+        held = self._current
+        if held is None or held.fingerprint == rejected or held.expires_at <= self._clock():
+            return None
+        return held
+
+    def _renewed(self, answer: str, token: StoredToken) -> StoredToken:
+        self._metrics.renewals.labels(answer).inc()
+        return token
+
+    def _unavailable(self, why: str, retry_after: float) -> NoToken:
+        self._metrics.renewals.labels("unavailable").inc()
+        log.warning("token_renewal_unavailable", why=why, retry_after=round(retry_after))
+        return NoToken(f"no usable access token yet: {why}", retry_after=retry_after)
+
+    async def _reload_quietly(self) -> None:
+        try:
+            await self.load()
+        except PyMongoError as exc:
+            log.warning("token_store_unavailable", error=type(exc).__name__)
 
     async def on_refreshed(self, event: TokenRefreshed) -> None:
         """Broadcast handler: another replica refreshed; serve the new token now, not at the next tick."""
@@ -429,13 +577,17 @@ class TokenKeeper:
             errcode=event.errcode,
             today=decision.count_today,
         )
+        await self._force_refresh(event.fingerprint)
+
+    async def _force_refresh(self, rejected: str) -> StoredToken | None:
+        """The one force refresh a won claim allows: call WeChat, save, broadcast (None on failure)."""
         async with self._refreshing:
             sent_at = self._clock()
             try:
                 got = await self._wechat.stable_token(force_refresh=True)
             except WeChatError as exc:
                 log.error("token_force_refresh_failed", errcode=exc.errcode, errmsg=exc.errmsg[:120])
-                return
+                return None
             finally:
                 await self._store.force_finished(self._clock())
             self._metrics.refreshes.labels("force").inc()
@@ -446,8 +598,9 @@ class TokenKeeper:
                 "token_refreshed",
                 mode="force",
                 fingerprint=saved.fingerprint,
-                previous=event.fingerprint,
+                previous=rejected,
                 expires_in=got.expires_in,
                 version=saved.version,
             )
         await self._broadcast(saved)
+        return saved

@@ -256,7 +256,7 @@ class RecordingTokens:
     async def get(self) -> str:
         return self.current
 
-    async def invalidated(self, token: str, errcode: int) -> str:
+    async def invalidated(self, token: str, errcode: int, *, deadline: float | None = None) -> str:
         self.invalidations.append((token, errcode))
         self.current = (await self.client.stable_token()).access_token
         return self.current

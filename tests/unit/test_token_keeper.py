@@ -531,3 +531,158 @@ async def test_the_metrics_show_the_tokens_age_and_remaining_life() -> None:
     world.clock.advance(1000)
     assert a.sample("wxlogin_token_age_seconds") == 1000
     assert a.sample("wxlogin_token_remaining_seconds") == 7199 - 1000
+
+
+# --- token.current {rejected}: the token a consumer retries with ----------------------------------
+
+
+class SlowWeChat(StableWeChat):
+    """stable_token answering only after ``delay`` real seconds."""
+
+    def __init__(self, clock: Clock, delay: float) -> None:
+        super().__init__(clock)
+        self.delay = delay
+
+    async def stable_token(self, *, force_refresh: bool = False) -> AccessToken:
+        if force_refresh:
+            await asyncio.sleep(self.delay)
+        return await super().stable_token(force_refresh=force_refresh)
+
+
+def rejected(token: StoredToken | None, wait: float = 1.0) -> GetCurrentToken:
+    assert token is not None
+    return GetCurrentToken(rejected=token.fingerprint, errcode=40001, wait_seconds=wait)
+
+
+def answer(reply: Any) -> str:
+    return str(reply.access_token.get_secret_value())
+
+
+async def test_a_rejected_current_token_is_force_refreshed_and_the_new_one_is_the_answer() -> None:
+    world = World()
+    a = world.replica()
+    await a.keeper.step()
+    old = a.keeper.token
+    new = answer(await a.keeper.current(rejected(old)))
+    assert old is not None and new != old.access_token
+    assert world.wechat.force_calls == 1
+    assert world.publisher.tokens[-1] == new  # the other consumers get it by the broadcast
+    assert a.sample("wxlogin_token_renewals_total", answer="forced") == 1
+    assert a.sample("wxlogin_token_invalidations_total", outcome="claimed") == 1
+
+
+async def test_a_storm_of_rejections_on_two_replicas_forces_once_and_every_caller_gets_the_new_token() -> (
+    None
+):
+    world = World()
+    a, b = world.replica("a"), world.replica("b")
+    await a.keeper.step()
+    await b.keeper.step()
+    old = a.keeper.token
+    answers = await asyncio.gather(*(r.keeper.current(rejected(old)) for r in (a, b) * 10))
+    assert world.wechat.force_calls == 1
+    assert {answer(reply) for reply in answers} == {world.publisher.tokens[-1]}
+
+
+async def test_a_rejected_token_forced_under_30_s_ago_comes_back_at_once_without_a_wechat_call() -> None:
+    world = World()
+    a = world.replica()
+    await a.keeper.step()
+    forced = answer(await a.keeper.current(rejected(a.keeper.token)))
+    world.clock.advance(5)  # WeChat allows the next force refresh 30 s after the last
+    started = asyncio.get_running_loop().time()
+    again = answer(await a.keeper.current(rejected(a.keeper.token, wait=5.0)))
+    assert again == forced  # the newest token there is: the caller's one retry uses it
+    assert asyncio.get_running_loop().time() - started < 0.2
+    assert world.wechat.force_calls == 1
+    assert a.sample("wxlogin_token_renewals_total", answer="same") == 1
+    assert a.sample("wxlogin_token_invalidations_total", outcome="throttled") == 1
+
+
+async def test_a_rejected_old_token_is_answered_with_the_stored_one_without_a_claim() -> None:
+    world = World()
+    a = world.replica()
+    await a.keeper.step()
+    old = a.keeper.token
+    world.clock.advance(7000)
+    await a.keeper.step()  # a normal refresh: the old token is not the stored one any more
+    stored = a.keeper.token
+    assert stored is not None and stored != old
+    assert answer(await a.keeper.current(rejected(old))) == stored.access_token
+    assert world.wechat.force_calls == 0
+    assert a.sample("wxlogin_token_renewals_total", answer="newer") == 1
+
+
+async def test_a_failed_force_refresh_answers_token_unavailable_at_once() -> None:
+    world = World()
+    a = world.replica()
+    await a.keeper.step()
+    world.wechat.failures = [busy(-1)]
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(NoToken) as refused:
+        await a.keeper.current(rejected(a.keeper.token, wait=5.0))
+    assert asyncio.get_running_loop().time() - started < 0.2
+    assert refused.value.error_code == "token_unavailable" and refused.value.retry_after
+
+
+async def test_an_old_rejected_token_whose_refresh_is_throttled_waits_only_until_the_callers_deadline() -> (
+    None
+):
+    world = World()
+    a = world.replica()
+    await a.keeper.step()
+    world.clock.advance(100)  # the token is no longer new
+    world.wechat.failures = [busy(-1)]
+    with pytest.raises(NoToken):
+        await a.keeper.current(rejected(a.keeper.token))  # the claim is spent on a failed refresh
+    world.clock.advance(10)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(NoToken) as refused:
+        await a.keeper.current(rejected(a.keeper.token, wait=0.4))
+    elapsed = asyncio.get_running_loop().time() - started
+    assert 0.2 < elapsed < 0.4  # answered before the caller's 0.4 s run out
+    assert refused.value.retry_after
+    assert world.wechat.force_calls == 1
+
+
+async def test_a_slow_force_refresh_answers_in_time_and_still_completes_and_broadcasts() -> None:
+    world = World()
+    world.wechat = SlowWeChat(world.clock, delay=0.5)
+    a = world.replica()
+    await a.keeper.step()
+    old = a.keeper.token
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(NoToken):
+        await a.keeper.current(rejected(old, wait=0.2))
+    assert asyncio.get_running_loop().time() - started < 0.2
+    for _ in range(50):
+        await asyncio.sleep(0.02)
+        if a.keeper.token != old:
+            break
+    assert a.keeper.token != old and world.publisher.tokens[-1] == a.keeper.token.access_token  # type: ignore[union-attr]
+
+
+async def test_at_the_daily_force_cap_the_rejected_token_comes_back_without_a_wechat_call() -> None:
+    world = World()
+    a = world.replica()
+    await a.keeper.step()
+    assert world.tokens.doc is not None and a.keeper.token is not None
+    world.tokens.doc.update(force_day=beijing_day(START), force_count=FORCE_REFRESH_PER_DAY)
+    world.clock.advance(100)
+    assert answer(await a.keeper.current(rejected(a.keeper.token))) == a.keeper.token.access_token
+    assert world.wechat.force_calls == 0
+    assert a.sample("wxlogin_token_invalidations_total", outcome="daily_cap") == 1
+
+
+async def test_a_capped_rejection_while_another_claim_is_unfinished_is_token_unavailable_for_minutes() -> (
+    None
+):
+    world = World()
+    a = world.replica()
+    await a.keeper.step()
+    assert world.tokens.doc is not None
+    world.tokens.doc.update(version=world.tokens.doc["version"] + 1)  # a claim after the token was stored
+    world.tokens.doc.update(force_day=beijing_day(START), force_count=FORCE_REFRESH_PER_DAY)
+    with pytest.raises(NoToken) as refused:
+        await a.keeper.current(rejected(a.keeper.token))
+    assert refused.value.retry_after is not None and 0 < refused.value.retry_after <= 300

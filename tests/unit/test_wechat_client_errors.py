@@ -78,7 +78,7 @@ class FakeTokens:
     async def get(self) -> str:
         return f"t{self.issued}"
 
-    async def invalidated(self, token: str, errcode: int) -> str:
+    async def invalidated(self, token: str, errcode: int, *, deadline: float | None = None) -> str:
         self.invalidations.append((token, errcode))
         self.issued += 1
         return f"t{self.issued}"
