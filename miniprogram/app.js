@@ -1,7 +1,8 @@
-// wxlogin mini-program: the scan-login confirmation page and a plain in-mini-program login example.
+// wxlogin mini-program: a home page (how to scan, my account), the scan-login confirmation page, a
+// phone-binding sample, and template agreement and privacy pages.
 App({
   globalData: {
-    // Tokens from pages/mplogin, in memory for this run of the mini-program.
+    // Tokens from /api/mp/login (the home page's 微信登录), in memory for this run of the mini-program.
     session: null
   }
 });

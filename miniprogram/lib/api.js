@@ -2,8 +2,11 @@
 'use strict';
 
 /**
- * An error of a gateway call: `code` is the gateway's error code, or 'network' when nothing came back;
- * `retryAfter` is the answer's Retry-After in seconds (null when it had none).
+ * An error of a gateway call: `code` is the gateway's error code, 'network' when nothing came back
+ * (`message` is wx.request's errMsg), 'domain_not_listed' when WeChat refused to send the request to a
+ * server outside the request domain list; for wx.login, 'login_failed' (`message`: its errMsg) or
+ * 'mock_code' (WeChat DevTools' tourist mode). `retryAfter` is the answer's Retry-After in seconds
+ * (null when it had none).
  */
 class ApiError extends Error {
   constructor(code, message, status, retryAfter) {
@@ -34,7 +37,9 @@ const MESSAGES = {
   code_in_progress: '正在登录，请稍候',
   user_blocked: '该微信账号暂时无法登录',
   rate_limited: '操作太频繁，请稍后再试',
-  missing_scene: '没有读到二维码信息，请重新扫码'
+  missing_scene: '没有读到二维码信息，请重新扫码',
+  login_failed: '微信登录失败，请稍后重试',
+  domain_not_listed: '无法连接登录服务，请稍后重试'
 };
 
 /** The text for an error (or an error code). */
@@ -100,12 +105,24 @@ function retryAfterOf(header) {
   return Number.isNaN(at) ? null : Math.max(0, (at - Date.now()) / 1000);
 }
 
-/** `wx.login()` as a promise of a fresh code (codes are single-use and live 5 minutes). */
+// WeChat DevTools' tourist mode answers wx.login with a sentence ("the code is a mock one"); a real
+// code is one printable word, which is also all the gateway accepts.
+const REAL_CODE = /^[\x21-\x7e]+$/;
+
+/**
+ * `wx.login()` as a promise of a fresh code (codes are single-use and live 5 minutes). It fails with
+ * 'login_failed' (the errMsg as message: an invalid or placeholder AppID ends here) or 'mock_code'.
+ */
 function wxLogin(wx) {
   return new Promise((resolve, reject) => {
     wx.login({
-      success: (res) => (res && res.code ? resolve(res.code) : reject(new ApiError('code_invalid'))),
-      fail: () => reject(new ApiError('network', 'wx.login failed'))
+      success: (res) => {
+        const code = res && res.code;
+        if (!code) return reject(new ApiError('login_failed', (res && res.errMsg) || 'login:fail no code'));
+        if (!REAL_CODE.test(code)) return reject(new ApiError('mock_code', code));
+        return resolve(code);
+      },
+      fail: (res) => reject(new ApiError('login_failed', (res && res.errMsg) || 'login:fail'))
     });
   });
 }
@@ -131,7 +148,12 @@ function createApi(wx, config) {
           const code = error.code || 'http_' + res.statusCode;
           reject(new ApiError(code, error.message, res.statusCode, retryAfterOf(res.header)));
         },
-        fail: (res) => reject(new ApiError('network', (res && res.errMsg) || 'request failed'))
+        fail: (res) => {
+          const errMsg = (res && res.errMsg) || 'request:fail';
+          // Not a network trouble that waiting fixes: the server is missing from the request domain list.
+          const code = /domain list/i.test(errMsg) ? 'domain_not_listed' : 'network';
+          reject(new ApiError(code, errMsg));
+        }
       });
     });
   }
@@ -144,6 +166,7 @@ function createApi(wx, config) {
     confirm: (scene, scanToken, code) => call('POST', '/api/mp/confirm', withCode({scene, scan_token: scanToken}, code)),
     cancel: (scene, scanToken) => call('POST', '/api/mp/cancel', {scene, scan_token: scanToken}),
     login: (code) => call('POST', '/api/mp/login', {code}),
+    phone: (code, token) => call('POST', '/api/mp/phone', {code}, token),
     me: (token) => call('GET', '/api/me', null, token),
     logout: (token) => call('POST', '/api/logout', null, token)
   };

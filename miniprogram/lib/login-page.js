@@ -3,6 +3,7 @@
 'use strict';
 
 const {MESSAGES, RETRY, createApi, messageFor, retryable, withRetry, wxLogin} = require('./api');
+const {environment, explain} = require('./explain');
 const {formatTime, sceneFromQuery} = require('./format');
 
 /**
@@ -12,9 +13,18 @@ const {formatTime, sceneFromQuery} = require('./format');
  * `retrying` is true while a request is waited out after a busy or missing answer (the message then
  * says 网络繁忙，正在重试…).
  */
-function createLoginPage({wx, config}) {
+/** The mini-program's home page (app.json's first page). */
+const HOME_PAGE = 'pages/index/index';
+
+function createLoginPage({wx, config, currentPages = () => []}) {
   const api = createApi(wx, config);
   const policy = Object.assign({}, RETRY, config.retry);
+  const env = environment(wx);
+  // What the user reads for an error; in develop and trial builds, what the developer must fix.
+  const say = (err) => explain(err, env, config);
+  // Errors after which the same page can simply be tapped again.
+  const tapAgain = (err) => retryable(err) ||
+    ['code_invalid', 'code_required', 'login_failed', 'mock_code'].indexOf(err.code) >= 0;
 
   /** `attempt()` with retries on transient failures (see api.withRetry), shown on `page` as busy. */
   function patiently(page, attempt, onWait) {
@@ -73,6 +83,7 @@ function createLoginPage({wx, config}) {
       this.expiresAt = null; // the scene's expiry (epoch ms), which no retry goes past
       this.confirmUnheard = false; // a confirm got no (or a busy) answer: it may have landed
       if (!this.scene) {
+        // Opened without a code (e.g. from the recent list): the home page explains how to scan.
         this.setData({status: 'failed', message: messageFor('missing_scene'), canRetry: false});
         return Promise.resolve();
       }
@@ -83,12 +94,13 @@ function createLoginPage({wx, config}) {
       this.setData({status: 'loading', message: '', canRetry: false, retrying: false});
       this.identified = false;
       let waited = false;
+      let loginError = null; // why wx.login gave no code (a placeholder AppID, tourist mode…)
       // The code goes with the scan: the gateway has WeChat exchange it (jscode2session) while the user
       // reads this page, so the 确认登录 tap need not wait on WeChat. Without a code (wx.login failed)
       // the scan works all the same, and the confirm then carries a code as it always did. Retries of
       // a busy or unanswered scan send the same code (it reaches WeChat only after a scan won).
       return wxLogin(wx)
-        .catch(() => undefined)
+        .catch((err) => { loginError = err; return undefined; })
         .then((code) => patiently(this, () => api.scan(this.scene, code), () => { waited = true; }))
         .then((info) => {
           this.scanToken = info.scan_token;
@@ -101,7 +113,8 @@ function createLoginPage({wx, config}) {
           this.setData({
             status: 'ready',
             retrying: false,
-            message: '',
+            // The confirm will need a code: in development say now why there is none.
+            message: loginError && (env.developing || loginError.code === 'mock_code') ? say(loginError) : '',
             site: info.site,
             browser: requester.browser || '',
             os: requester.os || '',
@@ -111,7 +124,7 @@ function createLoginPage({wx, config}) {
         }, (err) => {
           // The gateway scans a code once and a repeat gets a new scan token: already_scanned after a
           // scan that got no answer is most likely this phone's own scan, whose token never arrived.
-          const message = waited && err.code === 'already_scanned' ? messageFor('scan_unheard') : messageFor(err);
+          const message = waited && err.code === 'already_scanned' ? messageFor('scan_unheard') : say(err);
           this.setData({status: 'failed', retrying: false, message, canRetry: retryable(err)});
         });
     },
@@ -128,7 +141,7 @@ function createLoginPage({wx, config}) {
     onConfirm() {
       if (this.data.status !== 'ready') return Promise.resolve();
       if (!this.data.agreed) {
-        this.setData({message: '请先阅读并同意用户协议'});
+        this.setData({message: '请先阅读并同意《用户协议》和《隐私政策》'});
         return Promise.resolve();
       }
       this.setData({status: 'confirming', message: ''});
@@ -141,10 +154,10 @@ function createLoginPage({wx, config}) {
           // Only the phone holding the scan token can confirm the scene: already_confirmed after a
           // confirm of ours went unanswered is that confirm, landed.
           if (err.code === 'already_confirmed' && this.confirmUnheard) return confirmed();
-          if (retryable(err) || err.code === 'code_invalid' || err.code === 'code_required') {
-            this.setData({status: 'ready', retrying: false, message: messageFor(err)}); // tap again
+          if (tapAgain(err)) {
+            this.setData({status: 'ready', retrying: false, message: say(err)}); // tap again
           } else {
-            this.setData({status: 'failed', retrying: false, message: messageFor(err), canRetry: false});
+            this.setData({status: 'failed', retrying: false, message: say(err), canRetry: false});
           }
         });
     },
@@ -157,16 +170,22 @@ function createLoginPage({wx, config}) {
         this.scanToken = '';
         this.setData({status: 'cancelled', retrying: false, message: '已取消登录'});
       }, (err) => {
-        if (retryable(err)) this.setData({status: 'ready', retrying: false, message: messageFor(err)});
-        else this.setData({status: 'failed', retrying: false, message: messageFor(err), canRetry: false});
+        if (retryable(err)) this.setData({status: 'ready', retrying: false, message: say(err)});
+        else this.setData({status: 'failed', retrying: false, message: say(err), canRetry: false});
       });
     },
 
     onClose() {
-      // Scanned from WeChat's scanner the page is the first in the stack: leave the mini-program.
-      if (typeof wx.exitMiniProgram === 'function') wx.exitMiniProgram({});
+      // Opened from the home page's 扫一扫: back there. Scanned from WeChat's scanner the page is the
+      // first in the stack: leave the mini-program.
+      if (currentPages().length > 1) wx.navigateBack({delta: 1});
+      else if (typeof wx.exitMiniProgram === 'function') wx.exitMiniProgram({});
+    },
+
+    onHome() {
+      wx.reLaunch({url: '/' + HOME_PAGE});
     }
   };
 }
 
-module.exports = {createLoginPage};
+module.exports = {HOME_PAGE, createLoginPage};

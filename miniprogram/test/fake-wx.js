@@ -35,20 +35,27 @@ function httpJson(method, url, body, headers) {
 
 /**
  * A `wx` for one simulated WeChat user. `wx.offline = true` makes wx.request fail as it does without
- * network (`fail` with an errMsg); `wx.calls` records what the page did.
+ * network (`fail` with an errMsg), `wx.requestError` with that errMsg instead (e.g. WeChat's
+ * 'request:fail url not in domain list'); `wx.calls` records what the page did. `account` is what
+ * wx.getAccountInfoSync() says about the mini-program (`{appId, envVersion}`; none: an old runtime,
+ * which the pages treat as a release build). `wx.scans` are the next wx.scanCode results in turn (an
+ * object for success, `{fail: errMsg}` for a failure).
  */
-function createWx({simUrl}) {
+function createWx({simUrl, account = null}) {
   const wx = {
     offline: false,
+    requestError: null,
     openid: null,
-    calls: {login: 0, codes: [], requests: [], exits: 0},
+    scans: [],
+    calls: {login: 0, codes: [], requests: [], exits: 0, navigations: []},
 
     request(options) {
       const method = (options.method || 'GET').toUpperCase();
       wx.calls.requests.push({method, url: options.url});
       const done = (fn, arg) => { if (fn) fn(arg); if (options.complete) options.complete(arg); };
-      if (wx.offline) {
-        setImmediate(() => done(options.fail, {errMsg: 'request:fail net::ERR_INTERNET_DISCONNECTED'}));
+      if (wx.offline || wx.requestError) {
+        const errMsg = wx.requestError || 'request:fail net::ERR_INTERNET_DISCONNECTED';
+        setImmediate(() => done(options.fail, {errMsg}));
         return {abort() {}};
       }
       const body = method === 'GET' ? null : options.data;
@@ -72,8 +79,31 @@ function createWx({simUrl}) {
         }, () => options.fail && options.fail({errMsg: 'login:fail'}));
     },
 
-    exitMiniProgram() { wx.calls.exits += 1; }
+    exitMiniProgram() { wx.calls.exits += 1; },
+
+    scanCode(options) {
+      const next = wx.scans.shift() || {fail: 'scanCode:fail cancel'};
+      setImmediate(() => {
+        if (next.fail) options.fail && options.fail({errMsg: next.fail});
+        else options.success && options.success(Object.assign({errMsg: 'scanCode:ok'}, next));
+      });
+    },
+
+    navigateTo(options) { navigate('navigateTo', options); },
+    navigateBack(options) { navigate('navigateBack', options); },
+    reLaunch(options) { navigate('reLaunch', options); }
   };
+  if (account) {
+    wx.getAccountInfoSync = () => ({miniProgram: Object.assign({appId: '', envVersion: 'release'}, account)});
+  }
+
+  function navigate(how, options) {
+    wx.calls.navigations.push({how, url: options.url, delta: options.delta});
+    setImmediate(() => {
+      if (options.success) options.success({errMsg: how + ':ok'});
+      if (options.complete) options.complete({errMsg: how + ':ok'});
+    });
+  }
   return wx;
 }
 

@@ -45,8 +45,8 @@ const RETRY = {attempts: 4, budget: 20000, base: 20, cap: 2000};
  * answer, `{answer}` is answered in the gateway's place without sending, `{lose: true}` is sent but
  * its answer is lost on the way back (the page sees a network failure).
  */
-function phone() {
-  const wx = createWx({simUrl: SIM});
+function phone({account = null, currentPages} = {}) {
+  const wx = createWx({simUrl: SIM, account});
   const sent = [];
   const logins = [];
   const once = {};
@@ -85,7 +85,8 @@ function phone() {
     setImmediate(() => options.success({code, errMsg: 'login:ok'}));
   };
 
-  const page = mountPage(createLoginPage({wx, config: {server: GATEWAY, timeout: 5000, retry: RETRY}}));
+  const config = {server: GATEWAY, timeout: 5000, retry: RETRY};
+  const page = mountPage(createLoginPage({wx, config, currentPages}));
   const setData = page.setData;
   page.setData = function (patch) { seen.push(Object.assign({}, patch)); setData.call(this, patch); };
   const bodies = (path) => sent.filter((r) => r.path === path).map((r) => r.data);
@@ -434,4 +435,119 @@ test('a scan whose answer was lost, then refused as already scanned, asks for a 
   assert.equal(page.data.message, '扫码未能完成，请在电脑上刷新二维码后重新扫码');
   assert.equal(page.data.canRetry, false);
   assert.equal(await code.state(), 'scanned');
+});
+
+// --- WeChat DevTools against a gateway: each first-hour mistake is named (docs/miniprogram.md) -----
+
+/** WeChat DevTools with the project's placeholder AppID, or with the developer's own. */
+const PLACEHOLDER_APP = {appId: 'wx0000000000000000', envVersion: 'develop'};
+const OWN_APP = {appId: 'wx1234567890abcdef', envVersion: 'develop'};
+
+test('with the placeholder AppID wx.login fails and the page says so, before and after 确认登录', live, async () => {
+  const code = await browserCode();
+  const {wx, page, logins, scans, confirms} = phone({account: PLACEHOLDER_APP});
+  const realLogin = wx.login;
+  wx.login = (options) => { wx.calls.login += 1; setImmediate(() => options.fail({errMsg: 'login:fail appid invalid'})); };
+  await page.onLoad({scene: code.scene});
+  const expected = 'wx.login 失败（login:fail appid invalid）：AppID “wx0000000000000000” 是占位符或无效。' +
+    '请在 project.config.json 填你的小程序 AppID，或在开发者工具里使用“测试号”。';
+  assert.equal(page.data.status, 'ready'); // the scan itself works without a code
+  assert.deepEqual(scans(), [{scene: code.scene}]);
+  assert.equal(page.data.message, expected);
+
+  agree(page);
+  await page.onConfirm();
+  assert.equal(page.data.status, 'ready'); // fix the AppID and tap again
+  assert.equal(page.data.message, expected);
+  assert.equal(confirms().length, 0);
+  assert.equal(wx.calls.login, 2);
+  assert.equal(await code.state(), 'scanned');
+
+  wx.login = realLogin; // the AppID fixed
+  assert.equal(logins.length, 0);
+  await page.onConfirm();
+  assert.equal(page.data.status, 'confirmed');
+});
+
+test('tourist mode\'s mock code is named, and the scan still shows who asks', live, async () => {
+  const code = await browserCode();
+  const {wx, page, logins, scans, confirms} = phone({account: {appId: 'touristappid', envVersion: 'develop'}});
+  logins.push('the code is a mock one', 'the code is a mock one');
+  await page.onLoad({scene: code.scene});
+  const tourist = '开发者工具的“游客模式”只给出假的登录 code（the code is a mock one），网关无法用它登录。' +
+    '请用你自己的 AppID 或“测试号”导入项目，不要用游客模式。';
+  assert.equal(page.data.status, 'ready');
+  assert.deepEqual(scans(), [{scene: code.scene}]); // the mock never reaches the gateway
+  assert.equal(page.data.message, tourist);
+  agree(page);
+  await page.onConfirm();
+  assert.equal(page.data.status, 'ready');
+  assert.equal(page.data.message, tourist);
+  assert.equal(confirms().length, 0);
+  assert.equal(wx.calls.login, 2);
+});
+
+test('a gateway that refuses this mini-program\'s codes is named as an AppID or any-code mismatch', live, async () => {
+  const code = await browserCode();
+  const {page, logins, confirms} = phone({account: OWN_APP});
+  logins.push(REFUSED_CODE, REFUSED_CODE); // what a simulator with any-code off does to DevTools' codes
+  await page.onLoad({scene: code.scene});
+  assert.equal(page.identified, false);
+  agree(page);
+  await page.onConfirm();
+  assert.equal(confirms().length, 1);
+  assert.equal(page.data.status, 'ready');
+  assert.equal(page.data.message,
+    '网关不接受这个小程序的登录 code（code_invalid）：网关的 WXLOGIN_APPID 须是本小程序的 AppID（wx1234567890abcdef）；' +
+    '对着 make demo 时，微信模拟器须开启任意 code 模式（WXLOGIN_SIM_ANY_CODE 不为 off）。');
+  assert.equal(await code.state(), 'scanned');
+});
+
+test('a server outside the domain list is named at once, with the setting to tick, and not retried', live, async () => {
+  const code = await browserCode();
+  const {wx, page, scans} = phone({account: OWN_APP});
+  wx.requestError = 'request:fail url not in domain list';
+  await page.onLoad({scene: code.scene});
+  assert.equal(scans().length, 1);
+  assert.equal(page.data.status, 'failed');
+  assert.equal(page.data.message,
+    '请求被微信拦截（request:fail url not in domain list）：' + GATEWAY + ' 不在 request 合法域名中。开发者工具里：' +
+    '详情 → 本地设置 → 勾选“不校验合法域名”；正式版：在小程序后台 开发管理 → 开发设置 → 服务器域名 加入该域名。');
+  assert.equal(await code.state(), 'pending');
+});
+
+test('in DevTools an unreachable gateway shows the errMsg and what to check', live, async () => {
+  const code = await browserCode();
+  const {wx, page} = phone({account: OWN_APP});
+  wx.requestError = 'request:fail errcode:-102 cronet_error_code:-102 error_msg:net::ERR_CONNECTION_REFUSED';
+  await page.onLoad({scene: code.scene});
+  assert.equal(page.data.status, 'failed');
+  assert.equal(page.data.canRetry, true);
+  assert.equal(page.data.message,
+    '网络错误（request:fail errcode:-102 cronet_error_code:-102 error_msg:net::ERR_CONNECTION_REFUSED）：连不上 ' +
+    GATEWAY + '。请检查 config.js 的 server 是否正确、网关是否在运行；开发者工具里还要勾选 详情 → 本地设置 →“不校验合法域名”。');
+  wx.requestError = null;
+  await page.onRetry();
+  assert.equal(page.data.status, 'ready');
+});
+
+// --- the page in the mini-program: opened from the home page, or on its own ------------------------
+
+test('opened from the home page, 完成 goes back there; opened without a code it offers the home page', live, async () => {
+  const code = await browserCode();
+  const fromHome = phone({currentPages: () => [{route: 'pages/index/index'}, {route: 'pages/login/index'}]});
+  await fromHome.page.onLoad({scene: code.scene});
+  agree(fromHome.page);
+  await fromHome.page.onConfirm();
+  assert.equal(fromHome.page.data.status, 'confirmed');
+  fromHome.page.onClose();
+  assert.deepEqual(fromHome.wx.calls.navigations, [{how: 'navigateBack', url: undefined, delta: 1}]);
+  assert.equal(fromHome.wx.calls.exits, 0);
+
+  const bare = phone();
+  await bare.page.onLoad({});
+  assert.equal(bare.page.data.status, 'failed');
+  assert.equal(bare.page.data.message, '没有读到二维码信息，请重新扫码');
+  bare.page.onHome();
+  assert.deepEqual(bare.wx.calls.navigations, [{how: 'reLaunch', url: '/pages/index/index', delta: undefined}]);
 });

@@ -2,4 +2,5 @@
 const {createLoginPage} = require('../../lib/login-page');
 const config = require('../../config');
 
-Page(createLoginPage({wx, config}));
+// getCurrentPages tells 完成/关闭 whether to go back (opened from the home page) or leave.
+Page(createLoginPage({wx, config, currentPages: getCurrentPages}));

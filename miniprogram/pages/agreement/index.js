@@ -1,0 +1,2 @@
+// 用户协议 (a template to fill in): static text, nothing to do.
+Page({});
