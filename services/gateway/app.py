@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from prometheus_client import Counter
 
 from services.gateway.auth import KeySet
 from services.gateway.clientip import ClientIpResolver
@@ -25,6 +26,9 @@ from shared.runtime import BUS, READY_CHECKS, REGISTRY, SETTINGS, bus_context, n
 
 SERVICE = "gateway"
 HUB = web.AppKey("hub", Hub)
+# Error answers by route, code and exact status: wxlogin_http_requests counts status classes only, so
+# a 503 of an outage (rpc_timeout, bus_unavailable, store_unavailable...) and a 500 look alike there.
+ERROR_ANSWERS = web.AppKey("error_answers", Counter)
 MAX_BODY = 16 * 1024
 
 log = get_logger(__name__)
@@ -78,15 +82,26 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         status = status_for(exc.error_code)
         if status >= 500:
             log.warning("request_failed", path=request.path, error_code=exc.error_code, status=status)
+        _count_error(request, exc.error_code, status)
         return error_response(exc.error_code, exc.message, status, exc.retry_after)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = _HTTP_CODES.get(exc.status, "http_error")
+        _count_error(request, code, exc.status)
         return error_response(code, exc.reason, exc.status)
     except Exception:
         log.exception("request_crashed", path=request.path)
+        _count_error(request, "internal", 500)
         return error_response("internal", "internal error", 500)
+
+
+def _count_error(request: web.Request, code: str, status: int) -> None:
+    counter = request.app.get(ERROR_ANSWERS)
+    if counter is not None:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        counter.labels(route, code, str(status)).inc()
 
 
 def security_headers(settings: Settings) -> Callable[..., Awaitable[web.StreamResponse]]:
@@ -166,6 +181,12 @@ def create_app(settings: Settings, *, broker: MemoryBroker | None = None) -> web
         client_max_size=MAX_BODY,
         # cors outside errors: an error answer to an allowed origin must be readable by that page.
         middlewares=[correlation, cors(settings.allowed_origins), errors, security_headers(settings)],
+    )
+    app[ERROR_ANSWERS] = Counter(
+        "wxlogin_gateway_errors",
+        "Error answers by route, error code and status (503: a dependency is down or timed out)",
+        ["route", "code", "status"],
+        registry=app[REGISTRY],
     )
     app.cleanup_ctx.append(bus_context(SERVICE, broker))
 
