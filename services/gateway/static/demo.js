@@ -9,27 +9,90 @@
   var identified = false; // the code sent with the scan identified this phone: the confirm needs none
   var box = null;
 
+  // What the phone says, in both languages of the page, for each answer of the gateway.
+  var TEXT = {
+    busy: '网络繁忙，正在重试… · Busy, retrying…',
+    network: '网络错误，请重试 · Network error, please try again',
+    unavailable: '服务暂时不可用，请稍后重试 · Service unavailable, please try again later',
+    failed: '出错了，请重试 · Something went wrong, please try again',
+    scene_expired: '二维码已过期，请在左侧刷新 · The code expired: refresh it on the left',
+    scene_cancelled: '本次登录已取消，请在左侧刷新 · This login was cancelled: refresh the code on the left',
+    scene_not_found: '二维码无效，请在左侧刷新 · Unknown code: refresh it on the left',
+    already_scanned: '该二维码已被其他微信扫描 · Another phone already scanned this code',
+    already_confirmed: '本次登录已确认 · This login is already confirmed',
+    scan_token_invalid: '请重新扫码 · Please scan again',
+    scene_not_scanned: '请重新扫码 · Please scan again',
+    code_invalid: '微信登录失败，请重试 · WeChat login failed, please try again',
+    code_required: '微信登录失败，请重试 · WeChat login failed, please try again',
+    user_blocked: '该微信账号暂时无法登录 · This WeChat account cannot log in for now',
+    confirmed: '已确认 · Confirmed',
+    cancelled: '已取消 · Cancelled',
+    expired: '二维码已过期 · Expired'
+  };
+  // Answers after which the code on the left cannot be scanned again: the phone waits for a new one.
+  var SPENT = {scene_expired: true, scene_cancelled: true, scene_not_found: true, already_scanned: true, already_confirmed: true};
+  // Answers the phone waits out, as the mini-program does: busy (429), a service down (503), a proxy's
+  // 502/504, no answer (status 0).
+  var BUSY = {0: true, 429: true, 502: true, 503: true, 504: true};
+  var RETRY = {attempts: 6, capMs: 10000};
+
   function post(url, body, headers) {
     return fetch(url, {
       method: 'POST',
       headers: Object.assign({'Content-Type': 'application/json'}, headers || {}),
       body: JSON.stringify(body || {})
     }).then(function (resp) {
-      return resp.json().then(function (data) {
+      return resp.json().catch(function () { return {}; }).then(function (data) {
         if (!resp.ok) {
-          var err = new Error((data.error && (data.error.code + ': ' + data.error.message)) || data.error || resp.status);
-          err.code = data.error && data.error.code;
+          var err = new Error((data.error && data.error.message) || 'HTTP ' + resp.status);
+          err.code = (data.error && data.error.code) || 'http_' + resp.status;
+          err.status = resp.status;
+          err.retryAfter = Number(resp.headers.get('Retry-After'));
           throw err;
         }
         return data;
       });
+    }, function (lost) {
+      var err = new Error(String(lost && lost.message));
+      err.code = 'network';
+      err.status = 0;
+      throw err;
     });
   }
 
-  function phoneReset(text) {
+  /** `attempt()` again after each busy answer (saying so on the phone), after its Retry-After. */
+  function patiently(attempt) {
+    var tries = 0;
+    function run() {
+      return attempt().then(null, function (err) {
+        tries += 1;
+        if (!BUSY[err.status] || tries >= RETRY.attempts) throw err;
+        $('phone-result').textContent = TEXT.busy;
+        var ms = err.retryAfter > 0 ? err.retryAfter * 1000 : 500 * Math.pow(2, tries);
+        return new Promise(function (resolve) { setTimeout(resolve, Math.min(RETRY.capMs, ms)); }).then(run);
+      });
+    }
+    return run();
+  }
+
+  /** The phone's words for a failure: translated, never the gateway's raw English. */
+  function say(err) {
+    if (TEXT[err.code]) return TEXT[err.code];
+    if (err.status === 0) return TEXT.network;
+    if (BUSY[err.status] || err.status >= 500) return TEXT.unavailable;
+    return TEXT.failed;
+  }
+
+  /** Back to the Scan button; `spent`: the code on the left is over, so Scan waits for a new one. */
+  function phoneReset(text, spent) {
     $('phone-approve').hidden = true;
     $('phone-scan').hidden = false;
+    $('phone-scan').disabled = !!spent || !scene;
     $('phone-result').textContent = text || '';
+  }
+
+  function phoneFailed(err) {
+    phoneReset(say(err), SPENT[err.code] === true);
   }
 
   function ensureUser() {
@@ -45,14 +108,19 @@
   }
 
   $('phone-scan').addEventListener('click', function () {
-    if (!scene) return;
+    if (!scene || $('phone-scan').disabled) return;
     var scanned = scene;
     identified = false;
+    $('phone-scan').disabled = true; // one scan at a time
+    $('phone-result').textContent = '';
     // As the mini-program does: the code goes with the scan, so the gateway has it exchanged while the
     // user reads the phone and the confirm waits on no WeChat call. No code: the scan works all the same.
     wxLogin()
       .then(null, function () { return null; })
-      .then(function (code) { return post('/api/mp/scan', code ? {scene: scanned, code: code} : {scene: scanned}); })
+      .then(function (code) {
+        // The retries of one scan send the same code, as the mini-program's do.
+        return patiently(function () { return post('/api/mp/scan', code ? {scene: scanned, code: code} : {scene: scanned}); });
+      })
       .then(function (info) {
         scanToken = info.scan_token;
         identified = info.identified === true;
@@ -61,9 +129,10 @@
         $('phone-ip').textContent = 'IP ' + info.requester.ip;
         $('phone-time').textContent = new Date(info.requester.requested_at).toLocaleString();
         $('phone-scan').hidden = true;
+        $('phone-scan').disabled = false;
         $('phone-approve').hidden = false;
         $('phone-result').textContent = '';
-      }, function (err) { phoneReset(String(err.message)); });
+      }, phoneFailed);
   });
 
   // Without a code when the scan identified the phone; else (or when the gateway asks for one after
@@ -71,24 +140,35 @@
   function confirmLogin() {
     var body = {scene: scene, scan_token: scanToken};
     if (identified) {
-      return post('/api/mp/confirm', body).then(null, function (err) {
+      return patiently(function () { return post('/api/mp/confirm', body); }).then(null, function (err) {
         if (err.code !== 'code_required' && err.code !== 'code_invalid') throw err;
         identified = false;
         return confirmLogin();
       });
     }
-    return wxLogin().then(function (code) { body.code = code; return post('/api/mp/confirm', body); });
+    return wxLogin().then(function (code) {
+      body.code = code;
+      return patiently(function () { return post('/api/mp/confirm', body); });
+    });
+  }
+
+  function approving(busy) {
+    $('phone-confirm').disabled = busy;
+    $('phone-cancel').disabled = busy;
   }
 
   $('phone-confirm').addEventListener('click', function () {
+    approving(true);
     confirmLogin()
-      .then(function () { phoneReset('已确认 · Confirmed'); $('phone-scan').hidden = true; },
-            function (err) { phoneReset(String(err.message)); });
+      .then(function () { approving(false); phoneReset(TEXT.confirmed, true); $('phone-scan').hidden = true; },
+            function (err) { approving(false); phoneFailed(err); });
   });
 
   $('phone-cancel').addEventListener('click', function () {
-    post('/api/mp/cancel', {scene: scene, scan_token: scanToken}).then(function () { phoneReset('已取消 · Cancelled'); },
-      function (err) { phoneReset(String(err.message)); });
+    approving(true);
+    patiently(function () { return post('/api/mp/cancel', {scene: scene, scan_token: scanToken}); })
+      .then(function () { approving(false); phoneReset(TEXT.cancelled, true); },
+            function (err) { approving(false); phoneFailed(err); });
   });
 
   var session = null; // the tokens onSuccess handed over; in memory only, like the SDK's ticket
@@ -115,6 +195,7 @@
     var done = function () {
       $('account').hidden = true;
       $('login').hidden = false;
+      scene = null; // Scan waits for the new code
       phoneReset('');
       box.refresh();
     };
@@ -131,8 +212,9 @@
       lang: new URLSearchParams(location.search).get('lang') || undefined,
       onCode: function (code) { scene = code.scene; phoneReset(''); },
       onSuccess: showAccount,
-      onCancel: function () { phoneReset('已取消 · Cancelled'); },
-      onExpired: function () { phoneReset('二维码已过期 · Expired'); }
+      // The code on the left is over: Scan waits for the refreshed one (onCode).
+      onCancel: function () { phoneReset(TEXT.cancelled, true); },
+      onExpired: function () { phoneReset(TEXT.expired, true); }
     });
   });
 })();

@@ -41,6 +41,7 @@
       alt: '微信小程序码，请用微信扫码',
       expiresIn: function (s) { return s + ' 秒后过期'; },
       reconnecting: '连接中断，正在重连…',
+      busy: '请求太多，正在重试…',
       lost: '登录未能完成，请刷新二维码后重新扫码'
     },
     en: {
@@ -56,15 +57,20 @@
       alt: 'WeChat mini-program code: scan it with WeChat',
       expiresIn: function (s) { return 'Expires in ' + s + ' s'; },
       reconnecting: 'Connection lost, reconnecting…',
+      busy: 'Busy, retrying…',
       lost: 'The login could not be finished. Refresh the code and scan again'
     }
   };
 
   // Low specificity (:where) so a site's own CSS wins; adopted sheets are not blocked by a strict CSP
-  // the way an injected <style> element is.
+  // the way an injected <style> element is. The texts take the box's width without setting it (size
+  // containment, stretched), so a longer text in one state or language wraps instead of widening,
+  // and moving, the box. Only a pixel-grid code (see pixelGrid) is scaled without smoothing.
   var CSS = [
-    ':where(.wxl){display:inline-flex;flex-direction:column;align-items:center;gap:6px;text-align:center}',
-    ':where(.wxl-code){width:200px;height:200px;image-rendering:pixelated}',
+    ':where(.wxl){display:inline-flex;flex-direction:column;align-items:center;gap:6px;text-align:center;min-width:200px}',
+    ':where(.wxl-status,.wxl-net){contain:inline-size;align-self:stretch}',
+    ':where(.wxl-code){width:200px;height:200px}',
+    ':where(.wxl-code[data-render="crisp"]){image-rendering:pixelated}',
     ':where(.wxl[data-state="scanned"] .wxl-code){opacity:.35}',
     ':where(.wxl[data-state="cancelled"] .wxl-code,.wxl[data-state="expired"] .wxl-code){opacity:.12}',
     ':where(.wxl-countdown,.wxl-net){font-size:12px;color:#888;margin:0}',
@@ -157,6 +163,23 @@
 
   function busy(r) { return BUSY_STATUS[r.status] === true; }
 
+  /**
+   * Whether a code image is a pixel grid: a 1-bit PNG, which is what the WeChat simulator renders (a
+   * square QR code, one colour per module). Scaled, it must stay crisp. WeChat's real codes are round
+   * 小程序码 with thin anti-aliased strokes (JPEG, or an 8-bit PNG when transparent): nearest-neighbour
+   * scaling breaks their strokes up, so they are scaled smoothly. Read from the PNG header (IHDR bit
+   * depth) in the data: URI; anything unreadable is treated as a real code.
+   */
+  function pixelGrid(src) {
+    // Whatever the label says (WeChat labels every code image/jpeg): the bytes decide.
+    var m = /^data:image\/[\w.+-]+;base64,([A-Za-z0-9+\/]{36})/.exec(String(src || ''));
+    if (!m || typeof global.atob !== 'function') return false;
+    var head;
+    try { head = global.atob(m[1]); } catch (e) { return false; }
+    // 8-byte signature, IHDR length and type (8), width and height (8), then bit depth, colour type.
+    return head.slice(1, 4) === 'PNG' && head.slice(12, 16) === 'IHDR' && head.charCodeAt(24) === 1;
+  }
+
   function mount(target, options) {
     options = options || {};
     var rootEl = typeof target === 'string' ? document.querySelector(target) : target;
@@ -207,11 +230,15 @@
       countdown.hidden = !(key === 'pending' || key === 'scanned');
     }
 
-    function setNet(mode) {
+    /** The transport on the box; `why` 'busy' (a 429) says "busy, retrying" instead of "connection lost". */
+    function setNet(mode, why) {
       box.setAttribute('data-transport', mode);
       net.hidden = mode !== 'reconnecting';
-      net.textContent = mode === 'reconnecting' ? t.reconnecting : '';
+      net.textContent = mode === 'reconnecting' ? (why === 'busy' ? t.busy : t.reconnecting) : '';
     }
+
+    /** Why a busy answer is waited out, for setNet: rate limited, or something down. */
+    function busyWhy(r) { return r.status === 429 ? 'busy' : null; }
 
     // --- one session per code shown ---------------------------------------------------------
 
@@ -366,7 +393,7 @@
           var wait = retryDelay(r.retryAfter, attempt++);
           if ((busy(r) || r.status >= 500) && Date.now() + wait <= until) {
             if (r.status !== 429) unheard = true; // the redeem may have happened behind this answer
-            setNet('reconnecting');
+            setNet('reconnecting', busyWhy(r));
             later(session, tryComplete, wait);
           } else if (unheard && err.code === 'already_redeemed') {
             // The server answers a repeat with the same session only within its redeem window; past
@@ -415,7 +442,7 @@
         } else if (msg.type === 'error') {
           if (msg.code === 'scene_expired') expire(session);
           else if (msg.code === 'scene_cancelled') onState(session, 'cancelled');
-          else if (msg.retry_after != null || BUSY_CODES[msg.code]) subscribeLater(session, ws, msg.retry_after);
+          else if (msg.retry_after != null || BUSY_CODES[msg.code]) subscribeLater(session, ws, msg.retry_after, msg.code);
           else fail(session, refusal(msg.code));
         }
       };
@@ -430,11 +457,11 @@
     }
 
     /** The subscribe was refused for now (the gateway could not read the scene): subscribe again later. */
-    function subscribeLater(session, ws, retryAfter) {
+    function subscribeLater(session, ws, retryAfter, code) {
       session.ws = null;
       ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
       try { ws.close(1000); } catch (e) { /* closed */ }
-      setNet('reconnecting');
+      setNet('reconnecting', code === 'rate_limited' ? 'busy' : null);
       var hint = retryAfter != null ? Number(retryAfter) : null;
       later(session, function () { connect(session); }, retryDelay(isFinite(hint) ? hint : null, session.refusals++));
     }
@@ -467,7 +494,7 @@
           poll(session, 0);
         } else if (busy(r) || r.status >= 500) {
           // Until the code expires (the countdown ends the session then).
-          setNet('reconnecting');
+          setNet('reconnecting', busyWhy(r));
           later(session, function () { poll(session, attempt + 1); }, retryDelay(r.retryAfter, attempt));
         } else {
           fail(session, apiError(r));
@@ -507,7 +534,7 @@
           if (r.ok && r.data && r.data.scene) return begin(pending, r.data);
           var wait = retryDelay(r.retryAfter, attempt++);
           if (busy(r) && Date.now() + wait <= until) {
-            setNet('reconnecting');
+            setNet('reconnecting', busyWhy(r));
             later(pending, issue, wait);
           } else {
             fail(pending, apiError(r));
@@ -520,6 +547,7 @@
       end(pending);
       var session = newSession(issued);
       current = session;
+      img.setAttribute('data-render', pixelGrid(issued.image) ? 'crisp' : 'smooth');
       img.src = issued.image;
       img.hidden = false;
       box.setAttribute('data-scene', session.scene);
@@ -542,5 +570,5 @@
     };
   }
 
-  return {mount: mount, version: VERSION, _backoff: backoff};
+  return {mount: mount, version: VERSION, _backoff: backoff, _pixelGrid: pixelGrid};
 });
