@@ -33,6 +33,7 @@ from services.startup import (
 )
 from shared.bus import MemoryBroker
 from shared.config import InvalidSettings, Settings
+from shared.httpserver import AppRunner
 from shared.logging import configure_logging, get_logger
 from shared.mongo import EmbeddedMongo
 from shared.runtime import EXTRA_REGISTRIES, READY_CHECKS, REGISTRY, AccessLogger
@@ -106,7 +107,7 @@ async def run_one(name: str, settings: Settings) -> None:
     app = app_factory(name)(settings)
     # The graceful stop waits for requests itself, up to the shutdown deadline; aiohttp's own
     # timeout only cuts off what is still running after that.
-    runner = web.AppRunner(app, access_log_class=AccessLogger, handle_signals=False, shutdown_timeout=1.0)
+    runner = AppRunner(app, access_log_class=AccessLogger, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     await start_site(runner, address)
     log.info("service_started", port=address.port, pid=os.getpid())
@@ -210,7 +211,7 @@ async def run_all(settings: Settings) -> None:
         for name in ("token", "qrcode", "session"):
             gateway[EXTRA_REGISTRIES].append(apps[name][REGISTRY])
         for name in SERVICES:
-            runner = web.AppRunner(
+            runner: web.AppRunner = AppRunner(
                 apps[name], access_log_class=AccessLogger, handle_signals=False, shutdown_timeout=5
             )
             await runner.setup()

@@ -14,6 +14,7 @@ from pymongo import AsyncMongoClient
 
 from shared.bus import MemoryBroker
 from shared.config import Settings
+from shared.httpserver import AppRunner
 from shared.mongo import free_port, make_client
 from shared.runtime import AccessLogger
 from shared.sealing import generate_key
@@ -89,7 +90,7 @@ class System:
             if clock is not None and name != "gateway":
                 kwargs["clock"] = clock
             app = app_factory(name)(self.settings, **kwargs)
-            runner = web.AppRunner(app, access_log_class=AccessLogger, shutdown_timeout=2)
+            runner = AppRunner(app, access_log_class=AccessLogger, shutdown_timeout=2)
             await runner.setup()
             port = (ports or {}).get(name) or free_port()
             await web.TCPSite(runner, "127.0.0.1", port).start()

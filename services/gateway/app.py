@@ -104,6 +104,23 @@ def _count_error(request: web.Request, code: str, status: int) -> None:
         counter.labels(route, code, str(status)).inc()
 
 
+# The ops endpoints new_app() adds; the load balancer refuses them (docs/deploy.md).
+OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+@web.middleware
+async def ops_exact_spelling(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The ops endpoints answer only their exact spelling (``GET /metrics``), never ``/%6Detrics``.
+
+    aiohttp routes the percent-decoded path, so a balancer rule on the raw path could be walked
+    around; this way the balancer refuses the one spelling the gateway serves, and the gateway the
+    rest (docs/security.md, L3).
+    """
+    if request.path in OPS_PATHS and request.raw_path.partition("?")[0] != request.path:
+        raise web.HTTPNotFound()
+    return await handler(request)
+
+
 def security_headers(settings: Settings) -> Callable[..., Awaitable[web.StreamResponse]]:
     """Headers on every response; pages may not be framed and send no referrer."""
     connect = "'self'" + (f" {settings.wechat_api_base}" if settings.demo else "")
@@ -180,7 +197,13 @@ def create_app(settings: Settings, *, broker: MemoryBroker | None = None) -> web
         settings,
         client_max_size=MAX_BODY,
         # cors outside errors: an error answer to an allowed origin must be readable by that page.
-        middlewares=[correlation, cors(settings.allowed_origins), errors, security_headers(settings)],
+        middlewares=[
+            correlation,
+            cors(settings.allowed_origins),
+            errors,
+            ops_exact_spelling,
+            security_headers(settings),
+        ],
     )
     app[ERROR_ANSWERS] = Counter(
         "wxlogin_gateway_errors",

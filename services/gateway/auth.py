@@ -1,10 +1,11 @@
 """Verifying access tokens at the gateway with the session service's public keys (no RPC per request).
 
-One algorithm (EdDSA) and only OKP/Ed25519 keys are accepted, so ``alg: none`` and key confusion
-(HS256 signed with the public key) cannot verify. ``iss``, ``aud``, ``exp``, ``iat``, ``sub``, ``jti``
-and ``sid`` are required, ``nbf`` is honoured, and each segment must be canonical base64url without
-``=`` padding, so a token has exactly one spelling (recent PyJWT checks most of this too; older
-releases within our ``PyJWT>=2.8`` pin accept a re-spelt signature). Keys come from RPC
+One algorithm (EdDSA), one token type (``typ: at+jwt``, RFC 9068) and only OKP/Ed25519 keys are
+accepted, so ``alg: none``, key confusion (HS256 signed with the public key) and other kinds of JWT
+cannot verify. ``iss``, ``aud``, ``exp``, ``iat``, ``sub``, ``jti`` and ``sid`` are required, ``nbf``
+is honoured, and each segment must be canonical base64url without ``=`` padding, so a token has
+exactly one spelling (recent PyJWT checks most of this too; older releases accept a re-spelt
+signature; we require ``PyJWT>=2.10.1`` for CVE-2024-53861). Keys come from RPC
 ``session.jwks`` at start-up, periodically, when the session service announces
 ``signing_keys.changed``, and (at most every 30 s) when a token names a ``kid`` we do not know. A
 key that leaves the JWKS (retired) stops verifying at the next fetch.
@@ -31,6 +32,10 @@ from shared.messages import GetJwks
 log = get_logger(__name__)
 
 ALGORITHM = "EdDSA"
+# RFC 9068: an access token says so (``at+jwt``, or the full media type). "jwt" is what the session
+# service wrote before it did: accepted so tokens issued before an upgrade live out their minutes. Drop
+# it before these keys sign any other kind of JWT (an OIDC ID token is typ JWT).
+ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt", "jwt"})
 REQUIRED_CLAIMS = ["iss", "aud", "exp", "iat", "sub", "jti", "sid"]
 MAX_TOKEN_LENGTH = 4096
 _SEGMENT = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -126,6 +131,9 @@ class KeySet:
             raise Unauthorized("malformed token") from None
         if header.get("alg") != ALGORITHM:
             raise Unauthorized("unsupported token algorithm")
+        typ = header.get("typ")
+        if not isinstance(typ, str) or typ.lower() not in ACCESS_TOKEN_TYPES:
+            raise Unauthorized("not an access token")
         kid = header.get("kid")
         if not isinstance(kid, str):
             raise Unauthorized("token has no key id")

@@ -12,6 +12,14 @@ class BadRequest(ServiceError):
     default_message = "the request is not valid"
 
 
+class UnsupportedMediaType(ServiceError):
+    """A body where JSON is required, sent as another type (``text/plain`` is what a cross-site form or
+    a no-preflight ``fetch`` sends)."""
+
+    code = "unsupported_media_type"
+    default_message = "send the body as JSON (Content-Type: application/json)"
+
+
 class Unauthorized(ServiceError):
     """No bearer token, or one that does not verify."""
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 from datetime import UTC, datetime
@@ -14,7 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from services.gateway.auth import KeySet, bearer_token
 from services.gateway.clientip import ClientIpResolver
-from services.gateway.errors import BadRequest, OriginNotAllowed, TicketInUrl, TicketRequired
+from services.gateway.errors import (
+    BadRequest,
+    OriginNotAllowed,
+    TicketInUrl,
+    TicketRequired,
+    UnsupportedMediaType,
+)
+from services.gateway.jsonbody import JSON_MEDIA_TYPE, loads
 from services.gateway.limits import GatewayLimits
 from services.gateway.longpoll import StatusPoller, StatusQuery, status_body
 from services.gateway.ws import SocketEndpoint, request_origin_allowed, ticket_hash
@@ -86,10 +92,15 @@ class ConfirmBody(BaseModel):
 
 
 async def read_body(request: web.Request, model: type[M]) -> M:
-    """The JSON body validated as ``model`` (400 ``invalid_request`` otherwise)."""
+    """The JSON body validated as ``model`` (400 ``invalid_request``; 415 for a body of another type)."""
+    if request.body_exists and request.content_type != JSON_MEDIA_TYPE:
+        raise UnsupportedMediaType()
     try:
         raw = await request.read()
-        data = json.loads(raw or b"null")
+    except ConnectionResetError:  # the client went away mid-body: nobody hears the answer
+        raise BadRequest("the body was cut off") from None
+    try:
+        data = loads(raw or b"null")
     except ValueError:
         raise BadRequest("the body must be JSON") from None
     if not isinstance(data, dict):
@@ -341,6 +352,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
 def setup_routes(app: web.Application) -> None:
     """Every HTTP route of the gateway, in one place."""
     from services.gateway.identity import setup_identity_routes  # it builds on this module
+    from services.gateway.openapi import openapi_json  # it describes this module's routes
 
     r = app.router
     r.add_post("/api/login/qrcode", issue_qrcode)
@@ -357,4 +369,5 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/sdk/wxlogin.js", sdk)
     r.add_get("/sdk/wxlogin.mjs", sdk_module)
     r.add_static("/static/", STATIC, append_version=False)
+    r.add_get("/openapi.json", openapi_json)
     setup_identity_routes(app)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -21,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.gateway.clientip import ClientIpResolver
 from services.gateway.errors import OriginNotAllowed, status_for
+from services.gateway.jsonbody import loads
 from services.gateway.limits import GatewayLimits
 from services.gateway.store import Subscription, SubscriptionStore
 from shared.bus import Caller
@@ -153,6 +153,12 @@ class SocketEndpoint:
         sub: Subscription | None = None
         try:
             sub = await self._serve(ws)
+        except Exception:
+            # After the upgrade an HTTP error answer would be written into the socket's frames: log
+            # the bug and close the socket as a server error instead.
+            log.exception("websocket_crashed")
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await ws.close(code=WSCloseCode.INTERNAL_ERROR)
         finally:
             self._open.discard(ws)
             metrics.open.dec()
@@ -235,6 +241,6 @@ class SocketEndpoint:
 
 def _parse(data: Any) -> SubscribeFrame | None:
     try:
-        return SubscribeFrame.model_validate(json.loads(data))
+        return SubscribeFrame.model_validate(loads(data))
     except (ValueError, ValidationError, TypeError):
         return None

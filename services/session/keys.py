@@ -1,9 +1,10 @@
 """Ed25519 signing keys, the tokens they sign, and key rotation.
 
-Access tokens are JWTs (``alg`` EdDSA, ``kid`` in the header; ``iss``, ``aud``, ``sub``, ``exp``,
-``iat``, ``nbf``, ``jti``, and ``sid``, the session that logout ends). Public keys are published as a
-JWKS (current and previous); private keys live sealed in ``signing_keys``. A rotation publishes the
-new key ahead of its first use; retiring the previous key removes it from the JWKS.
+Access tokens are JWTs (``alg`` EdDSA, ``kid`` and ``typ: at+jwt`` in the header; ``iss``, ``aud``,
+``sub``, ``exp``, ``iat``, ``nbf``, ``jti``, and ``sid``, the session that logout ends). Public keys
+are published as a JWKS (current and previous); private keys live sealed in ``signing_keys``. A
+rotation publishes the new key ahead of its first use; retiring the previous key removes it from the
+JWKS.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from shared.logging import get_logger
 from shared.sealing import Sealer
 
 log = get_logger(__name__)
+
+ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 (a media type, not a secret)
 
 
 def _b64url(raw: bytes) -> str:
@@ -187,7 +190,10 @@ class Signer:
             claims["unionid"] = user.unionid
         if user.phone:
             claims["phone"] = user.phone
-        return jwt.encode(claims, key.private, algorithm="EdDSA", headers={"kid": key.kid, "typ": "JWT"})
+        # typ at+jwt (RFC 9068): an access token, which a JWT of another kind signed by the same key
+        # (an ID token, say) is not; the gateway checks it.
+        headers = {"kid": key.kid, "typ": ACCESS_TOKEN_TYPE}
+        return jwt.encode(claims, key.private, algorithm="EdDSA", headers=headers)
 
 
 # --- rotation (python -m services.session keys …) ---------------------------------------------------

@@ -66,7 +66,7 @@ async def json_body(request: web.Request, *, not_json: int = 47001) -> dict[str,
         raise Reply(44002)
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested ~1000 deep, a 500 before
         raise Reply(not_json) from None
     if not isinstance(data, dict):
         raise Reply(not_json)

@@ -49,7 +49,7 @@ async def read_body(request: web.Request) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested ~1000 deep, a 500 before
         fail(400, "invalid_json", "the body must be JSON")
     if not isinstance(data, dict):
         fail(400, "invalid_json", "the body must be a JSON object")

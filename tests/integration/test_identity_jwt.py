@@ -47,9 +47,16 @@ class Forger:
     def __init__(self, key: Ed25519PrivateKey, kid: str, claims: dict[str, Any]) -> None:
         self.key, self.kid, self.claims = key, kid, claims
 
-    def sign(self, key: Ed25519PrivateKey | None = None, kid: str | None = None, **changes: Any) -> str:
+    def sign(
+        self,
+        key: Ed25519PrivateKey | None = None,
+        kid: str | None = None,
+        typ: str | None = "at+jwt",
+        **changes: Any,
+    ) -> str:
         payload = {k: v for k, v in {**self.claims, **changes}.items() if v is not None}
-        return jwt.encode(payload, key or self.key, algorithm="EdDSA", headers={"kid": kid or self.kid})
+        headers = {"kid": kid or self.kid, "typ": typ}  # typ None: no typ at all
+        return jwt.encode(payload, key or self.key, algorithm="EdDSA", headers=headers)
 
     def hs256_with_public_key(self) -> str:
         public = self.key.public_key().public_bytes(
@@ -109,6 +116,10 @@ CASES: dict[str, Callable[[Forger], str]] = {
     "flipped bit in the signature": lambda f: f.flipped(-10),
     "flipped last character": lambda f: f.flipped(-1),
     "garbage": lambda f: "not-a-jwt",
+    # RFC 9068: only an access token (typ at+jwt) is one; other JWTs signed by the same key are not.
+    "no typ": lambda f: f.sign(typ=None),
+    "typ of another kind of JWT": lambda f: f.sign(typ="secevent+jwt"),
+    "typ JOSE": lambda f: f.sign(typ="JOSE"),
 }
 
 
@@ -122,3 +133,14 @@ async def test_every_forged_or_stale_token_is_a_json_401_on_every_protected_rout
         status, answer = await stack.request(method, path, body, token=token)
         assert status == 401, (path, answer)
         assert answer["error"]["code"] == "unauthorized"
+
+
+async def test_access_tokens_are_typed_at_jwt_and_ones_issued_before_typ_still_verify(
+    setup: tuple[IdentityStack, Forger],
+) -> None:
+    stack, forger = setup
+    tokens = await (await stack.phone().register()).login()
+    assert jwt.get_unverified_header(tokens["access_token"])["typ"] == "at+jwt"
+    for typ in ("at+jwt", "application/at+jwt", "JWT"):  # JWT: what the session service wrote before
+        status, answer = await stack.request("GET", "/api/me", token=forger.sign(typ=typ))
+        assert status == 200, (typ, answer)

@@ -1,0 +1,327 @@
+"""The gateway's public HTTP API as an OpenAPI 3.1 document, served at ``/openapi.json``.
+
+Request bodies are the pydantic models the routes validate with (their JSON Schema), so the document
+cannot drift from what is accepted; tests compare its paths with the router and fuzz the running
+gateway against it (Schemathesis). The ops endpoints (``/healthz``, ``/readyz``, ``/metrics``) are
+for the load balancer and Prometheus, not the public, and are left out.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from services.gateway.identity import CodeBody, DecryptBody, LogoutBody, RefreshBody
+from services.gateway.longpoll import StatusQuery
+from services.gateway.routes import CancelBody, CompleteBody, ConfirmBody, ScanBody
+
+OPENAPI_VERSION = "3.1.0"
+
+ERROR_CODES = {
+    400: "invalid_request, code_invalid, code_required, phone_code_invalid, decrypt_failed…",
+    401: "unauthorized, token_invalid, ticket_required, refresh_invalid, refresh_reused, session_ended",
+    403: "origin_not_allowed, ticket_invalid, scan_token_invalid, user_blocked, phone_unavailable",
+    404: "not_found, scene_not_found, user_not_found",
+    405: "method_not_allowed",
+    408: "scene_expired (long-poll)",
+    409: "already_scanned, already_confirmed, already_redeemed, scene_not_scanned…",
+    410: "scene_expired, scene_cancelled",
+    413: "payload_too_large (bodies over 16 KB)",
+    415: "unsupported_media_type (a body that is not application/json)",
+    429: "rate_limited (with Retry-After)",
+    503: "bus_unavailable, store_unavailable, rpc_timeout, wechat_unavailable… (with Retry-After)",
+}
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "Every error answer of the API.",
+    "required": ["error"],
+    "additionalProperties": False,
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "additionalProperties": False,
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        }
+    },
+}
+
+_STRING = {"type": "string"}
+_USER = {
+    "type": "object",
+    "required": ["id", "openid"],
+    "properties": {"id": _STRING, "openid": _STRING, "unionid": _STRING, "phone": _STRING},
+}
+_TOKENS = {
+    "type": "object",
+    "required": ["access_token", "token_type", "expires_in", "refresh_token", "user"],
+    "properties": {
+        "access_token": _STRING,
+        "token_type": {"const": "Bearer"},
+        "expires_in": {"type": "integer"},
+        "refresh_token": _STRING,
+        "user": {"$ref": "#/components/schemas/User"},
+    },
+}
+_STATUS = {
+    "type": "object",
+    "required": ["scene", "state"],
+    "properties": {
+        "scene": _STRING,
+        "state": {"enum": ["pending", "scanned", "confirmed", "cancelled", "expired", "unknown"]},
+        "error": {"$ref": "#/components/schemas/Error/properties/error"},
+    },
+}
+_SCANNED = {
+    "type": "object",
+    "required": ["scan_token", "identified", "site", "requester", "expires_at"],
+    "properties": {
+        "scan_token": _STRING,
+        "identified": {"type": "boolean"},
+        "identify_error": _STRING,
+        "site": _STRING,
+        "requester": {"type": "object"},
+        "expires_at": {"type": "string", "format": "date-time"},
+    },
+}
+_ISSUED = {
+    "type": "object",
+    "required": ["scene", "ticket", "image", "expires_at", "expires_in"],
+    "properties": {
+        "scene": _STRING,
+        "ticket": _STRING,
+        "image": _STRING,
+        "expires_at": {"type": "string", "format": "date-time"},
+        "expires_in": {"type": "integer"},
+    },
+}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {
+        str(s): _json({"$ref": "#/components/schemas/Error"}, ERROR_CODES[s]) for s in sorted(statuses)
+    }
+
+
+def _body(model: type[BaseModel], *, required: bool = True) -> dict[str, Any]:
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    return {"required": required, "content": {"application/json": {"schema": schema}}}
+
+
+# Every JSON route can answer these; a body route also 400 (malformed), 413 and 415.
+_ALWAYS = (405, 503)
+_BODY = (400, 405, 413, 415, 503)
+_BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+_TICKET_HEADER = {
+    "name": "X-Login-Ticket",
+    "in": "header",
+    "required": True,
+    "schema": {"type": "string", "minLength": 16, "maxLength": 128, "pattern": "^[A-Za-z0-9_-]+$"},
+}
+
+
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    schema = model.model_json_schema()
+    required = set(schema.get("required", []))
+    return [
+        {"name": name, "in": "query", "required": name in required, "schema": prop}
+        for name, prop in schema["properties"].items()
+    ]
+
+
+def _operations() -> dict[str, dict[str, Any]]:
+    ok = _json
+    return {
+        "/api/login/qrcode": {
+            "post": {
+                "summary": "A login code for this browser, and the ticket that alone can redeem it",
+                "responses": {"201": ok(_ISSUED, "issued"), **_errors(403, 429, *_ALWAYS)},
+            }
+        },
+        "/api/login/ws": {
+            "get": {
+                "summary": "WebSocket: subscribe {type, scene, ticket}; state pushes until a final state",
+                "responses": {
+                    "101": {"description": "switched to the WebSocket protocol"},
+                    **_errors(400, 403, 429, *_ALWAYS),
+                },
+            }
+        },
+        "/api/login/status": {
+            "get": {
+                "summary": "Long-poll a scene's state (the WebSocket's fallback)",
+                "parameters": [*_query_parameters(StatusQuery), _TICKET_HEADER],
+                "responses": {
+                    "200": ok(_STATUS, "confirmed: redeem with /api/login/complete"),
+                    "202": ok(_STATUS, "pending or scanned"),
+                    "404": ok(_STATUS, "unknown scene (state unknown, with error)"),
+                    "408": ok(_STATUS, "expired"),
+                    "410": ok(_STATUS, "cancelled"),
+                    **_errors(400, 401, 403, 429, *_ALWAYS),
+                },
+            }
+        },
+        "/api/login/complete": {
+            "post": {
+                "summary": "Redeem a confirmed scene (once) for tokens",
+                "requestBody": _body(CompleteBody),
+                "responses": {"200": ok(_TOKENS, "tokens"), **_errors(403, 404, 409, 410, 429, *_BODY)},
+            }
+        },
+        "/api/me": {
+            "get": {
+                "summary": "The user of the bearer token",
+                "security": _BEARER,
+                "responses": {"200": ok(_USER, "the user"), **_errors(401, *_ALWAYS)},
+            }
+        },
+        "/.well-known/jwks.json": {
+            "get": {
+                "summary": "The public keys that verify access tokens",
+                "responses": {
+                    "200": ok({"type": "object", "required": ["keys"]}, "JWKS"),
+                    **_errors(*_ALWAYS),
+                },
+            }
+        },
+        "/api/mp/scan": {
+            "post": {
+                "summary": "Mini-program: this phone scanned a code; what it is about to approve",
+                "requestBody": _body(ScanBody),
+                "responses": {"200": ok(_SCANNED, "scanned"), **_errors(403, 404, 409, 410, 429, *_BODY)},
+            }
+        },
+        "/api/mp/confirm": {
+            "post": {
+                "summary": "Mini-program: approve the login (the scanning phone only)",
+                "requestBody": _body(ConfirmBody),
+                "responses": {
+                    "200": ok({"type": "object", "required": ["state"]}, "confirmed"),
+                    **_errors(403, 404, 409, 410, 429, *_BODY),
+                },
+            }
+        },
+        "/api/mp/cancel": {
+            "post": {
+                "summary": "Mini-program: refuse the login (the scanning phone only)",
+                "requestBody": _body(CancelBody),
+                "responses": {
+                    "200": ok({"type": "object", "required": ["state"]}, "cancelled"),
+                    **_errors(403, 404, 409, 410, 429, *_BODY),
+                },
+            }
+        },
+        "/api/token/refresh": {
+            "post": {
+                "summary": "New tokens for a refresh token (which is spent)",
+                "requestBody": _body(RefreshBody),
+                "responses": {"200": ok(_TOKENS, "tokens"), **_errors(401, 403, 429, *_BODY)},
+            }
+        },
+        "/api/logout": {
+            "post": {
+                "summary": "End the session (bearer token, or {refresh_token})",
+                "security": [*_BEARER, {}],
+                "requestBody": _body(LogoutBody, required=False),
+                "responses": {"204": {"description": "ended"}, **_errors(401, 429, *_BODY)},
+            }
+        },
+        "/api/mp/login": {
+            "post": {
+                "summary": "Mini-program: tokens for a wx.login code",
+                "requestBody": _body(CodeBody),
+                "responses": {"200": ok(_TOKENS, "tokens"), **_errors(403, 429, *_BODY)},
+            }
+        },
+        "/api/mp/phone": {
+            "post": {
+                "summary": "Mini-program: bind the phone number of a getPhoneNumber code",
+                "security": _BEARER,
+                "requestBody": _body(CodeBody),
+                "responses": {
+                    "200": ok({"type": "object", "required": ["user", "access_token"]}, "bound"),
+                    **_errors(401, 403, 409, 429, *_BODY),
+                },
+            }
+        },
+        "/api/mp/decrypt": {
+            "post": {
+                "summary": "Mini-program: decrypt open data with the session's session_key",
+                "security": _BEARER,
+                "requestBody": _body(DecryptBody),
+                "responses": {
+                    "200": ok({"type": "object", "required": ["data", "user"]}, "decrypted"),
+                    **_errors(401, 403, 409, 429, *_BODY),
+                },
+            }
+        },
+        "/": {
+            "get": {
+                "summary": "The demo page (WXLOGIN_DEMO only)",
+                "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}, **_errors(404)},
+            }
+        },
+        "/demo/config.json": {
+            "get": {
+                "summary": "The demo page's settings (WXLOGIN_DEMO only)",
+                "responses": {"200": ok({"type": "object"}, "settings"), **_errors(404)},
+            }
+        },
+        "/sdk/wxlogin.js": {
+            "get": {
+                "summary": "The browser SDK (script)",
+                "responses": {"200": {"description": "JavaScript", "content": {"text/javascript": {}}}},
+            }
+        },
+        "/sdk/wxlogin.mjs": {
+            "get": {
+                "summary": "The browser SDK (ES module)",
+                "responses": {"200": {"description": "JavaScript", "content": {"text/javascript": {}}}},
+            }
+        },
+        "/static/{filename}": {
+            "get": {
+                "summary": "The demo page's files",
+                "parameters": [{"name": "filename", "in": "path", "required": True, "schema": _STRING}],
+                "responses": {"200": {"description": "a file"}, **_errors(403, 404)},
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "responses": {"200": ok({"type": "object"}, "OpenAPI 3.1")},
+            }
+        },
+    }
+
+
+@functools.cache
+def document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the gateway's public API."""
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "wxlogin gateway",
+            "version": "1",
+            "description": "WeChat mini-program scan login: the browser API, the mini-program API and "
+            "the identity API. Errors are always {\"error\": {\"code\", \"message\"}}.",
+        },
+        "paths": _operations(),
+        "components": {
+            "schemas": {"Error": ERROR_SCHEMA, "User": _USER},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+        },
+    }
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    """``GET /openapi.json``."""
+    return web.json_response(document(), headers={"Cache-Control": "public, max-age=300"})
