@@ -13,7 +13,7 @@ DEMO_STAMP := $(VENV)/.installed-embedded-$(HASH)
 VENV_ARGS := $(VENV) $(PYTHON) $(if $(filter command line environment,$(origin PYTHON)),given)
 VENV_CHECK := $(if $(shell bash scripts/venv.sh check $(VENV_ARGS)),rebuild-venv)
 
-.PHONY: install install-demo rebuild-venv test lint typecheck unit integration e2e demo bench bench-quick bench-deps rabbitmq chromium clean
+.PHONY: install install-demo rebuild-venv test lint typecheck unit integration e2e demo bench bench-quick bench-deps rabbitmq chromium clean fuzz
 
 $(STAMP): pyproject.toml $(VENV_CHECK)
 	@bash scripts/venv.sh ensure $(VENV_ARGS)
@@ -75,6 +75,12 @@ bench: bench-deps rabbitmq
 
 bench-quick: bench-deps rabbitmq
 	$(BIN)/python -m bench --quick
+
+# A longer fuzz run of the gateway than `make test` does (Schemathesis against /openapi.json, random
+# WebSocket frames): about 30,000 requests and 3,000 frames; docs/security.md.
+fuzz: install rabbitmq
+	WXLOGIN_FUZZ_EXAMPLES=$${WXLOGIN_FUZZ_EXAMPLES:-2000} WXLOGIN_FUZZ_FRAMES=$${WXLOGIN_FUZZ_FRAMES:-3000} \
+		$(BIN)/pytest -q -s -p no:cacheprovider -o log_cli=false tests/integration/test_fuzz.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -89,7 +89,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise
         code = _HTTP_CODES.get(exc.status, "http_error")
         _count_error(request, code, exc.status)
-        return error_response(code, exc.reason, exc.status)
+        response = error_response(code, exc.reason, exc.status)
+        if "Allow" in exc.headers:  # a 405 says which methods the path has (RFC 9110)
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except Exception:
         log.exception("request_crashed", path=request.path)
         _count_error(request, "internal", 500)

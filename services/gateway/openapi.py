@@ -278,7 +278,12 @@ def _operations() -> dict[str, dict[str, Any]]:
         "/sdk/wxlogin.js": {
             "get": {
                 "summary": "The browser SDK (script)",
-                "responses": {"200": {"description": "JavaScript", "content": {"text/javascript": {}}}},
+                "responses": {
+                    "200": {
+                        "description": "JavaScript (the type the platform's mimetypes names)",
+                        "content": {"text/javascript": {}, "application/javascript": {}},
+                    }
+                },
             }
         },
         "/sdk/wxlogin.mjs": {
@@ -291,7 +296,7 @@ def _operations() -> dict[str, dict[str, Any]]:
             "get": {
                 "summary": "The demo page's files",
                 "parameters": [{"name": "filename", "in": "path", "required": True, "schema": _STRING}],
-                "responses": {"200": {"description": "a file"}, **_errors(403, 404)},
+                "responses": {"200": {"description": "a file"}, **_errors(404)},
             }
         },
         "/openapi.json": {
