@@ -3,6 +3,8 @@
 Each model carries its wire ``TYPE`` and ``VERSION``; :func:`encode` and :func:`decode` are the only
 places message bodies become bytes. Fields typed :data:`Sealed` are secrets: they are encrypted with
 the bus key on the wire and held as ``SecretStr`` in memory, so they never show up in a log line.
+A sealed field is bound to its place: the associated data names the message type, its version, the
+field and (when the bus passes it) the message id, so it opens nowhere else.
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    FieldSerializationInfo,
     PlainSerializer,
     SecretStr,
     SerializationInfo,
+    SerializerFunctionWrapHandler,
     ValidationError,
     ValidationInfo,
     ValidatorFunctionWrapHandler,
     WrapValidator,
+    field_serializer,
 )
 
 from shared.sealing import Sealer
@@ -36,17 +41,29 @@ SceneState = Literal["pending", "scanned", "confirmed", "redeemed", "cancelled",
 TERMINAL_STATES: frozenset[str] = frozenset({"redeemed", "cancelled", "expired"})
 
 
+# Earlier versions sealed every field with this one purpose (``v1.`` values): still opened, so a
+# sender not yet upgraded is understood; everything sealed now is bound to its message and field.
+_LEGACY_PURPOSE = "bus"
+
+
+def field_purpose(context: dict[str, Any], field: str) -> str:
+    """The associated data of a Sealed field: ``bus|<type>|<version>|<field>|<message id>``."""
+    return f"bus|{context.get('message', '')}|{field}|{context.get('message_id', '')}"
+
+
 def _seal_field(value: SecretStr, info: SerializationInfo) -> str:
-    sealer = (info.context or {}).get("sealer")
-    if not isinstance(sealer, Sealer):
-        raise ValueError("a Sealed field can only be serialized through shared.messages.encode")
-    return sealer.seal(value.get_secret_value(), purpose="bus")
+    # Only reached outside encode (Message seals its fields itself, knowing their names).
+    raise ValueError("a Sealed field can only be serialized through shared.messages.encode")
 
 
 def _open_field(value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
-    sealer = (info.context or {}).get("sealer")
+    context = info.context or {}
+    sealer = context.get("sealer")
     if isinstance(sealer, Sealer) and isinstance(value, str):
-        value = sealer.open(value, purpose="bus")
+        if value.startswith("v1."):
+            value = sealer.open(value, purpose=_LEGACY_PURPOSE)
+        else:
+            value = sealer.open(value, purpose=field_purpose(context, info.field_name or ""))
     return handler(value)
 
 
@@ -82,6 +99,19 @@ class Message(BaseModel):
 
     TYPE: ClassVar[str] = ""
     VERSION: ClassVar[int] = 1
+
+    @field_serializer("*", mode="wrap")
+    def _seal_secrets(
+        self, value: Any, handler: SerializerFunctionWrapHandler, info: FieldSerializationInfo
+    ) -> Any:
+        # Every SecretStr of a message is a Sealed field; sealed here, where the field name is known.
+        if not isinstance(value, SecretStr) or not info.mode_is_json():
+            return handler(value)
+        context = info.context or {}
+        sealer = context.get("sealer")
+        if not isinstance(sealer, Sealer):
+            raise ValueError("a Sealed field can only be serialized through shared.messages.encode")
+        return sealer.seal(value.get_secret_value(), purpose=field_purpose(context, info.field_name))
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -124,22 +154,27 @@ def message_class(type_: str, version: int) -> type[Message]:
         raise UnknownMessage(f"unknown message type {type_!r} version {version}") from None
 
 
-def encode(message: Message, sealer: Sealer) -> bytes:
-    """The JSON body of ``message``; Sealed fields are encrypted."""
-    return message.model_dump_json(context={"sealer": sealer}).encode()
+def _context(cls: type[Message], sealer: Sealer, message_id: str) -> dict[str, Any]:
+    return {"sealer": sealer, "message": f"{cls.TYPE}|{cls.VERSION}", "message_id": message_id}
 
 
-def decode_as(cls: type[Message], body: bytes, sealer: Sealer) -> Any:
+def encode(message: Message, sealer: Sealer, *, message_id: str = "") -> bytes:
+    """The JSON body of ``message``; Sealed fields are encrypted, bound to the message type, version,
+    field name and ``message_id`` (which :func:`decode` must then be given too)."""
+    return message.model_dump_json(context=_context(type(message), sealer, message_id)).encode()
+
+
+def decode_as(cls: type[Message], body: bytes, sealer: Sealer, *, message_id: str = "") -> Any:
     """Parse ``body`` as ``cls`` (raises :class:`InvalidMessage`)."""
     try:
-        return cls.model_validate_json(body, context={"sealer": sealer})
+        return cls.model_validate_json(body, context=_context(cls, sealer, message_id))
     except (ValidationError, ValueError) as exc:
         raise InvalidMessage(f"{cls.TYPE or cls.__name__}: {_short(exc)}") from None
 
 
-def decode(type_: str, version: int, body: bytes, sealer: Sealer) -> Message:
+def decode(type_: str, version: int, body: bytes, sealer: Sealer, *, message_id: str = "") -> Message:
     """Parse a message received with AMQP ``type`` and ``headers.v``."""
-    return decode_as(message_class(type_, version), body, sealer)
+    return decode_as(message_class(type_, version), body, sealer, message_id=message_id)
 
 
 def encode_error(error: dict[str, Any]) -> bytes:

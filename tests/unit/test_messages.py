@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import SecretStr
 
 from shared import messages as m
@@ -115,13 +118,63 @@ def test_sealed_fields_never_appear_in_clear_on_the_wire(sealer: Sealer) -> None
     code = "0716AVll20uHk94SLDml27etM946AVlq"
     body = m.encode(m.ConfirmLogin(scene=SCENE, scan_hash=HASH, code=SecretStr(code)), sealer)
     assert code.encode() not in body
-    assert json.loads(body)["code"].startswith("v1.")
+    assert json.loads(body)["code"].startswith(f"v2.{sealer.kid}.")
 
 
 def test_sealed_fields_do_not_open_with_another_key(sealer: Sealer) -> None:
     body = m.encode(m.ConfirmLogin(scene=SCENE, scan_hash=HASH, code=SecretStr("secret-code")), sealer)
     with pytest.raises(m.InvalidMessage):
         m.decode("session.confirm", 1, body, Sealer.from_text(generate_key()))
+
+
+def test_a_sealed_value_moved_to_another_field_does_not_open(sealer: Sealer) -> None:
+    body = json.loads(m.encode(m.IdentifyScanner(scene=SCENE, scan_hash=HASH, code=SecretStr("c")), sealer))
+    tampered = {"user_id": "u_1", "sid": "family_1", "code": body["code"]}  # into BindPhone.code
+    with pytest.raises(m.InvalidMessage):
+        m.decode("session.bind_phone", 1, json.dumps(tampered).encode(), sealer)
+
+
+def test_a_sealed_value_moved_to_another_message_type_does_not_open(sealer: Sealer) -> None:
+    token = json.loads(m.encode(m.RefreshTokens(refresh_token=SecretStr("r")), sealer))["refresh_token"]
+    with pytest.raises(m.InvalidMessage):
+        m.decode("session.logout", 1, json.dumps({"refresh_token": token}).encode(), sealer)
+
+
+def test_a_sealed_field_is_bound_to_its_message_id_when_the_bus_passes_one(sealer: Sealer) -> None:
+    body = m.encode(m.LoginMiniProgram(code=SecretStr("c")), sealer, message_id="id-1")
+    assert m.decode("session.mp_login", 1, body, sealer, message_id="id-1") is not None
+    with pytest.raises(m.InvalidMessage):
+        m.decode("session.mp_login", 1, body, sealer, message_id="id-2")
+
+
+def test_a_field_sealed_by_an_earlier_version_still_opens(sealer: Sealer) -> None:
+    legacy = _seal_v1(sealer.keys[0], "refresh-secret", purpose="bus")
+    decoded = m.decode("session.refresh", 1, json.dumps({"refresh_token": legacy}).encode(), sealer)
+    assert isinstance(decoded, m.RefreshTokens)
+    assert decoded.refresh_token.get_secret_value() == "refresh-secret"
+
+
+def test_the_bus_key_rotates_without_downtime() -> None:
+    old, new = generate_key(), generate_key()
+    before, during, after = (
+        Sealer.from_text(old),
+        Sealer.from_text(f"{old},{new}"),
+        Sealer.from_text(f"{new},{old}"),
+    )
+    done = Sealer.from_text(new)
+    message = m.RefreshTokens(refresh_token=SecretStr("r"))
+    # 1. every service learns the new key (old still seals); 2. the new key seals; 3. the old one goes.
+    for sender, receiver in [
+        (before, during),
+        (during, before),
+        (during, after),
+        (after, during),
+        (after, done),
+    ]:
+        decoded = m.decode("session.refresh", 1, m.encode(message, sender), receiver)
+        assert isinstance(decoded, m.RefreshTokens) and decoded.refresh_token.get_secret_value() == "r"
+    with pytest.raises(m.InvalidMessage, match="not configured"):
+        m.decode("session.refresh", 1, m.encode(message, before), done)
 
 
 def test_a_sealed_field_cannot_be_serialized_without_a_sealer() -> None:
@@ -154,6 +207,13 @@ def test_rpc_requests_name_the_service_that_answers() -> None:
     assert m.ConfirmLogin.service() == "session"
     assert m.GetCurrentToken.service() == "token"
     assert m.IssueScene.REPLY is m.IssuedScene
+
+
+def _seal_v1(key: bytes, plaintext: str, *, purpose: str) -> str:
+    """A value as earlier versions sealed it: ``v1.`` and no key id."""
+    nonce = os.urandom(12)
+    blob = nonce + AESGCM(key).encrypt(nonce, plaintext.encode(), purpose.encode())
+    return "v1." + base64.urlsafe_b64encode(blob).decode().rstrip("=")
 
 
 def _plain(message: m.Message) -> dict[str, object]:
