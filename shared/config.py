@@ -136,8 +136,12 @@ class Settings(BaseSettings):
     # Empty is allowed only in the embedded demo, which then makes a throw-away key.
     data_key: SecretStr = SecretStr("")
     # A spent refresh token presented again within this many seconds gets the same successor (two
-    # tabs refreshing at once, a retried request); later, it revokes the whole family.
-    refresh_grace_seconds: float = Field(default=10.0, ge=0, le=60)
+    # tabs refreshing at once, a retried request), and only while that successor is unused; later,
+    # it revokes the whole family. Short: within it, a copied token gets the live successor too.
+    refresh_grace_seconds: float = Field(default=5.0, ge=0, le=60)
+    # The longest a login lasts however often it refreshes: afterwards refresh answers session_ended
+    # and the user logs in again.
+    session_max_seconds: int = Field(default=30 * 86400, ge=3600)
     # How often session replicas re-read the signing keys (a rotation is picked up without restart).
     signing_keys_reload_seconds: float = Field(default=30.0, gt=0)
     # `keys rotate` publishes the new key this long before it signs, so every gateway and every site

@@ -608,7 +608,10 @@ class LoggedOut(Reply):
 
 
 class EndSession(Request[LoggedOut]):
-    """Log out: revoke the family named by a verified access token's ``sid``, or a refresh token's."""
+    """Log out: revoke the family named by a verified access token's ``sid``, or a refresh token's.
+
+    With ``everywhere``, every family (every device, every login) of that token's user is revoked.
+    """
 
     TYPE = "session.logout"
     REPLY = LoggedOut
@@ -616,6 +619,7 @@ class EndSession(Request[LoggedOut]):
     user_id: UserId | None = None
     sid: SessionId | None = None
     refresh_token: Sealed | None = None
+    everywhere: bool = False  # a default: senders that predate it still validate
 
 
 class PhoneBound(Reply):

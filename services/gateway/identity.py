@@ -50,10 +50,12 @@ class RefreshBody(BaseModel):
 
 
 class LogoutBody(BaseModel):
-    """``{refresh_token?}``: logout without an access token (e.g. after it expired)."""
+    """``{refresh_token?, everywhere?}``: logout without an access token (e.g. after it expired);
+    ``everywhere`` ends every session of the user, not only this one."""
 
     model_config = ConfigDict(extra="ignore")
     refresh_token: str | None = Field(default=None, min_length=16, max_length=256, pattern=URLSAFE)
+    everywhere: bool = False
 
 
 class DecryptBody(BaseModel):
@@ -77,13 +79,14 @@ async def refresh_tokens(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
-    """``POST /api/logout`` (Bearer, or ``{refresh_token}``) → 204; the session cannot refresh again."""
+    """``POST /api/logout`` (Bearer, or ``{refresh_token}``; ``{"everywhere": true}`` for every session
+    of the user) → 204; the session cannot refresh again."""
     body = await read_body(request, LogoutBody) if request.can_read_body else LogoutBody()
     if request.headers.get("Authorization"):
         claims = await _claims(request)
-        message = EndSession(user_id=claims["sub"], sid=claims["sid"])
+        message = EndSession(user_id=claims["sub"], sid=claims["sid"], everywhere=body.everywhere)
     elif body.refresh_token:
-        message = EndSession(refresh_token=SecretStr(body.refresh_token))
+        message = EndSession(refresh_token=SecretStr(body.refresh_token), everywhere=body.everywhere)
     else:
         raise Unauthorized("send the access token (Authorization: Bearer …) or {refresh_token}")
     await request.app[BUS].call(message)

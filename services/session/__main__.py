@@ -5,6 +5,9 @@ in the configured MongoDB (``WXLOGIN_MONGO_URL``, ``WXLOGIN_MONGO_DB``, ``WXLOGI
 ``rotate`` publishes a new key at once and signs with it after ``WXLOGIN_SIGNING_KEY_LEAD_SECONDS``;
 ``retire`` removes the previous key from the JWKS. Running session replicas adopt the change within
 ``WXLOGIN_SIGNING_KEYS_RELOAD_SECONDS`` and tell the gateways, which re-fetch the JWKS; no restart.
+
+``python -m services.session refresh-tokens migrate`` re-keys, once at the upgrade, the refresh tokens
+an earlier version stored under a bare SHA-256 (they are not accepted as they are).
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import time
 from typing import Any
 
 from services.__main__ import main as services_main
-from services.session.app import data_sealer
+from services.session.app import data_sealer, successor_keys
 from services.session.keys import RotationRefused, retire_previous_key, rotate_keys
-from services.session.store import INDEXES, SigningKeyStore
+from services.session.refresh import migrate_legacy_tokens
+from services.session.store import INDEXES, RefreshTokenStore, SigningKeyStore
 from shared.config import InvalidSettings, Settings
 from shared.logging import configure_logging
 from shared.mongo import ensure_indexes, make_client, wait_ready
@@ -98,11 +102,41 @@ def keys_main(argv: list[str]) -> None:
     print(json.dumps(result, indent=2))
 
 
+async def migrate_command(settings: Settings) -> dict[str, Any]:
+    """Re-key refresh tokens stored by an earlier version (bare SHA-256) in the configured database."""
+    if not settings.mongo_url:
+        raise SystemExit("set WXLOGIN_MONGO_URL to the database the session service uses")
+    client = make_client(settings.mongo_url)
+    try:
+        await wait_ready(client, max_seconds=10)
+        store = RefreshTokenStore(client[settings.mongo_db])
+        migrated = await migrate_legacy_tokens(store, successor_keys(settings)[0])
+        return {"action": "refresh-tokens migrate", "migrated": migrated}
+    finally:
+        await client.close()
+
+
+def migrate_main(argv: list[str]) -> None:
+    """``refresh-tokens migrate``: once, when upgrading from a version that stored bare SHA-256 ids."""
+    parser = argparse.ArgumentParser(prog="python -m services.session refresh-tokens", description=__doc__)
+    parser.add_argument("action", choices=["migrate"])
+    parser.parse_args(argv)
+    try:
+        settings = Settings.from_environment()
+    except InvalidSettings as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        sys.exit(2)
+    configure_logging(service="session-migrate", fmt=settings.log_format, level="WARNING")
+    print(json.dumps(asyncio.run(migrate_command(settings)), indent=2))
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Run the service, or the ``keys`` command."""
+    """Run the service, or the ``keys`` or ``refresh-tokens`` command."""
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["keys"]:
         keys_main(args[1:])
+    elif args[:1] == ["refresh-tokens"]:
+        migrate_main(args[1:])
     else:
         services_main(["run", "session"])
 

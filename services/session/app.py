@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from pymongo.errors import PyMongoError
 
 from services.session.handlers import SessionHandlers, SessionStores
 from services.session.keys import Signer
@@ -47,7 +48,7 @@ from shared.runtime import (
     new_app,
     stop_task,
 )
-from shared.sealing import Sealer, decode_key
+from shared.sealing import Sealer, decode_keys
 from shared.tokens import TokenCache
 from shared.wechat import WeChatClient
 
@@ -66,10 +67,37 @@ def data_sealer(settings: Settings) -> Sealer:
     return Sealer.from_text(key)
 
 
-def successor_key(settings: Settings) -> bytes:
-    """The key that derives refresh-token successors, separated from the data key with HKDF."""
-    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"wxlogin refresh-token successor v1")
-    return hkdf.derive(decode_key(settings.data_key.get_secret_value()))
+def _derive(data_key: bytes, label: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label).derive(data_key)
+
+
+def successor_keys(settings: Settings) -> list[bytes]:
+    """The keys that derive refresh-token successors and their keyed ids, separated from the data
+    key with HKDF: one per ``WXLOGIN_DATA_KEY`` listed, the current one first."""
+    keys = decode_keys(settings.data_key.get_secret_value())
+    return [_derive(key, b"wxlogin refresh-token successor v1") for key in keys]
+
+
+def code_key(settings: Settings) -> bytes:
+    """The key of the wx.login code ids (HMAC), separated from the current data key with HKDF."""
+    return _derive(decode_keys(settings.data_key.get_secret_value())[0], b"wxlogin wx.login code id v1")
+
+
+async def warn_of_legacy_tokens(store: RefreshTokenStore) -> None:
+    """Say once at start-up when refresh tokens of an earlier version (bare SHA-256 ids) are stored:
+    they are never accepted as they are (anyone who can write to MongoDB could plant one), and
+    ``refresh-tokens migrate`` re-keys them so their sessions go on."""
+    try:
+        legacy = await store.count_legacy()
+    except PyMongoError as exc:  # not worth failing a start over
+        log.warning("refresh_tokens_legacy_unknown", error=type(exc).__name__)
+        return
+    if legacy:
+        log.warning(
+            "refresh_tokens_legacy_found",
+            count=legacy,
+            note="run `python -m services.session refresh-tokens migrate` once, or these sessions end",
+        )
 
 
 async def reload_keys_forever(signer: Signer, bus: Bus, interval: float) -> None:
@@ -116,16 +144,30 @@ def create_app(
         )
         await signer.load()
         app[SIGNER] = signer
+        refresh_store = RefreshTokenStore(db)
+        first_key, *older_keys = successor_keys(settings)
         families = RefreshFamilies(
-            RefreshTokenStore(db),
-            successor_key(settings),
+            refresh_store,
+            first_key,
+            older_keys=older_keys,
             ttl=float(settings.refresh_token_ttl_seconds),
             grace=settings.refresh_grace_seconds,
+            max_age=float(settings.session_max_seconds),
             clock=clock,
         )
+        await warn_of_legacy_tokens(refresh_store)
         stores = SessionStores(UserStore(db), CodeUseStore(db), MpSessionStore(db))
         handlers = SessionHandlers(
-            stores, signer, families, wechat, access_tokens, bus, bus, sealer, clock=clock
+            stores,
+            signer,
+            families,
+            wechat,
+            access_tokens,
+            bus,
+            bus,
+            sealer,
+            code_key=code_key(settings),
+            clock=clock,
         )
         app[HANDLERS] = handlers
         await bus.serve(

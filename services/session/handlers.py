@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import time
 from collections.abc import Callable
@@ -27,7 +29,7 @@ from services.session.errors import (
     WeChatUnavailable,
 )
 from services.session.keys import Signer
-from services.session.refresh import RefreshFamilies, sha256_hex
+from services.session.refresh import RefreshFamilies
 from services.session.store import (
     CODE_LIFETIME,
     CodeUse,
@@ -142,6 +144,7 @@ class SessionHandlers:
         publisher: Publisher,
         data_sealer: Sealer,
         *,
+        code_key: bytes,
         clock: Callable[[], float] = time.time,
         claim_wait: float = 5.0,
     ) -> None:
@@ -153,6 +156,7 @@ class SessionHandlers:
         self._bus = bus
         self._publisher = publisher
         self._data_sealer = data_sealer
+        self._code_key = code_key
         self._clock = clock
         self._claim_wait = claim_wait
 
@@ -199,7 +203,7 @@ class SessionHandlers:
         status = await self._bus.call(GetSceneStatus(scene=request.scene, scan_hash=request.scan_hash))
         if status.state != "scanned":
             if status.state in ("confirmed", "redeemed") and await self._confirmed_by(
-                sha256_hex(code), purpose
+                self.code_id(code), purpose
             ):
                 log.info("confirm_repeated")
                 return ConfirmResult(scene=request.scene, state="confirmed")
@@ -305,8 +309,19 @@ class SessionHandlers:
         return self._pair(user, grant.family, grant.token)
 
     async def logout(self, request: EndSession) -> LoggedOut:
-        """RPC ``session.logout``: revoke the family of a verified access token or a refresh token."""
+        """RPC ``session.logout``: revoke the family of a verified access token or a refresh token;
+        with ``everywhere``, every family of its user (a refresh token must then be live)."""
         family: str | None = None
+        if request.everywhere:
+            owner: str | None = None
+            if request.sid and request.user_id:
+                await self._families.check_live(request.sid, request.user_id)
+                owner = request.user_id
+            elif request.refresh_token is not None:
+                owner = await self._families.live_owner(request.refresh_token.get_secret_value())
+            if owner is None:
+                return LoggedOut(revoked=False)
+            return LoggedOut(revoked=await self._families.revoke_user(owner, "logout_everywhere") > 0)
         if request.sid and request.user_id:
             family = request.sid
             await self._families.check_live(family, request.user_id)
@@ -379,6 +394,11 @@ class SessionHandlers:
         return DecryptedData(data=SecretStr(json.dumps(data, ensure_ascii=False)), user=user.view())
 
     # -- helpers --
+
+    def code_id(self, code: str) -> str:
+        """The id a wx.login code's exchange is stored under: keyed (HMAC-SHA256), so someone who can
+        write to MongoDB cannot plant the outcome of a code they will send."""
+        return hmac.new(self._code_key, b"wx-code:" + code.encode(), hashlib.sha256).hexdigest()
 
     async def _new_session(self, user: User, *, once_for: str | None = None) -> TokenPair:
         grant = await self._families.start(user.id, once_for=once_for)
@@ -475,7 +495,7 @@ class SessionHandlers:
 
     async def _exchange(self, code: str, purpose: str, *, scan_hash: str | None = None) -> Identity:
         """Exchange a wx.login code with WeChat at most once; a retry for the same purpose reuses it."""
-        code_hash = sha256_hex(code)
+        code_hash = self.code_id(code)
         now = self._clock()
         earlier = await self._stores.code_uses.claim(code_hash, purpose, now, scan_hash=scan_hash)
         if earlier is not None:

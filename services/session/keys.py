@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.session.store import SigningKeyRecord, SigningKeyStore, User
 from shared.logging import get_logger
-from shared.sealing import Sealer
+from shared.sealing import Sealer, SealError
 
 log = get_logger(__name__)
 
@@ -126,15 +126,16 @@ class Signer:
         # of its lead time, before any gateway knew it).
         current = await self._store.current()
         previous = await self._store.previous() if current is not None else None
-        published = [record.public_jwk for record in await self._store.published()]
+        # Only keys whose private half opens with the data key are published (and so accepted):
+        # a public key written into MongoDB by someone without WXLOGIN_DATA_KEY never is.
+        opened = {key.kid: key for record in await self._store.published() if (key := self._verified(record))}
+        if current is not None and current.kid not in opened:
+            raise RuntimeError(f"the current signing key {current.kid} does not open with WXLOGIN_DATA_KEY")
+        published = [public_jwk(key.private) for key in opened.values()]
         if current is not None:
             adopted = self._current is None or current.kid != self._current.kid
-            opened_previous = (
-                self._open(previous)
-                if previous is not None and previous.sealed_private_key is not None
-                else None
-            )
-            self._current, self._previous = self._open(current), opened_previous
+            opened_previous = opened.get(previous.kid) if previous is not None else None
+            self._current, self._previous = opened[current.kid], opened_previous
             if adopted:
                 log.info(
                     "signing_key_adopted",
@@ -144,6 +145,19 @@ class Signer:
         changed = sorted(j["kid"] for j in published) != sorted(j["kid"] for j in self._jwks)
         self._jwks = published
         return changed
+
+    def _verified(self, record: SigningKeyRecord) -> _SigningKey | None:
+        """The key of ``record`` if its private half opens and matches its kid; else None, logged."""
+        try:
+            key = self._open(record)
+        except (SealError, ValueError, TypeError, RuntimeError) as exc:
+            reason = str(exc)[:120]
+        else:
+            if public_jwk(key.private)["kid"] == record.kid:
+                return key
+            reason = "the private key does not match the kid"
+        log.warning("signing_key_refused", security=True, kid=record.kid, reason=reason)
+        return None
 
     def _open(self, record: SigningKeyRecord) -> _SigningKey:
         if self._current is not None and self._current.kid == record.kid:

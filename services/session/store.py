@@ -4,7 +4,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +35,7 @@ INDEXES = [
     Index(CODE_USES, [("scan_hash", 1)], name="code_uses_scan"),
     Index(REFRESH_TOKENS, [("purge_at", 1)], expire_after_seconds=0, name="refresh_tokens_ttl"),
     Index(REFRESH_TOKENS, [("family", 1)], name="refresh_tokens_family"),
+    Index(REFRESH_TOKENS, [("user_id", 1)], name="refresh_tokens_user"),
     Index(
         SIGNING_KEYS,
         [("status", 1)],
@@ -334,14 +338,19 @@ class MpSessionStore:
 
 # --- refresh tokens -------------------------------------------------------------------------------
 
+# How earlier versions stored a refresh token: the bare hex SHA-256 of it as ``_id``.
+LEGACY_ID = r"^[0-9a-f]{64}$"
+
 
 @dataclass(frozen=True, slots=True)
 class RefreshRecord:
-    """A refresh token as stored (its SHA-256 only), in its family (one login, every rotation).
+    """A refresh token as stored (its keyed hash only), in its family (one login, every rotation).
 
     ``rotated_at`` marks a spent token and ``successor`` names (by hash) the token it was rotated
     into. A family is revoked when any of its records is: revocation marks every record, and a
-    record inserted concurrently is caught by the same "any revoked" check.
+    record inserted concurrently is caught by the same "any revoked" check. ``session_started_at``
+    is the family's login (its absolute lifetime counts from there); ``mac`` binds the id, family,
+    user and lifetime with the server key (:func:`services.session.refresh.record_mac`).
     """
 
     token_hash: str
@@ -352,6 +361,8 @@ class RefreshRecord:
     rotated_at: float | None = None
     successor: str | None = None
     revoked: bool = False
+    session_started_at: float = 0.0
+    mac: str = ""
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> RefreshRecord:
@@ -365,6 +376,8 @@ class RefreshRecord:
             rotated_at=float(rotated_at) if rotated_at is not None else None,
             successor=doc.get("successor"),
             revoked=bool(doc.get("revoked", False)),
+            session_started_at=float(doc.get("session_started_at", doc["created_at"])),
+            mac=str(doc.get("mac", "")),
         )
 
     def to_doc(self) -> dict[str, Any]:
@@ -377,6 +390,8 @@ class RefreshRecord:
             "rotated_at": self.rotated_at,
             "successor": self.successor,
             "revoked": self.revoked,
+            "session_started_at": self.session_started_at,
+            "mac": self.mac,
             "purge_at": _date(self.expires_at),
         }
 
@@ -423,6 +438,48 @@ class RefreshTokenStore:
             {"$set": {"revoked": True, "revoked_at": now, "revoked_reason": reason}},
         )
         return result.modified_count
+
+    async def revoke_user(self, user_id: str, reason: str, now: float) -> int:
+        """Revoke every token of every family of ``user_id`` (log out everywhere)."""
+        result = await self._tokens.update_many(
+            {"user_id": user_id, "revoked": False},
+            {"$set": {"revoked": True, "revoked_at": now, "revoked_reason": reason}},
+        )
+        return result.modified_count
+
+    async def count_legacy(self) -> int:
+        """How many tokens an earlier version stored under a bare SHA-256 (never accepted as such)."""
+        return await self._tokens.count_documents({"_id": {"$regex": LEGACY_ID}})
+
+    async def migrate_legacy(
+        self, rekey: Callable[[str], str], seal: Callable[[RefreshRecord], RefreshRecord]
+    ) -> int:
+        """Re-store every bare-SHA-256 record under ``rekey(id)`` (its successor too), sealed by
+        ``seal`` (which adds the MAC); a family's start is its oldest record. Idempotent."""
+        docs = [doc async for doc in self._tokens.find({"_id": {"$regex": LEGACY_ID}})]
+        started: dict[str, float] = {}
+        for doc in docs:
+            started[doc["family"]] = min(started.get(doc["family"], doc["created_at"]), doc["created_at"])
+        for doc in docs:
+            old = RefreshRecord.from_doc(doc)
+            successor = old.successor
+            if successor is not None and re.fullmatch(LEGACY_ID, successor):
+                successor = rekey(successor)
+            record = seal(
+                dataclasses.replace(
+                    old,
+                    token_hash=rekey(old.token_hash),
+                    successor=successor,
+                    session_started_at=float(started[old.family]),
+                )
+            )
+            new_doc = record.to_doc()
+            for extra in ("revoked_at", "revoked_reason"):
+                if extra in doc:
+                    new_doc[extra] = doc[extra]
+            await self._tokens.replace_one({"_id": record.token_hash}, new_doc, upsert=True)
+            await self._tokens.delete_one({"_id": old.token_hash})
+        return len(docs)
 
 
 # --- signing keys ---------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import os
 import pytest
 
 from services.session.errors import RefreshInvalid, RefreshReused, SessionEnded
-from services.session.refresh import RefreshFamilies, sha256_hex
+from services.session.refresh import KEYED_PREFIX, RefreshFamilies, keyed_id, record_mac, sha256_hex
 from services.session.store import RefreshRecord
 
 TTL, GRACE = 30 * 86400.0, 10.0
@@ -59,6 +59,13 @@ class DictStore:
             self.records[h] = dataclasses.replace(self.records[h], revoked=True)
         return len(hit)
 
+    async def revoke_user(self, user_id: str, reason: str, now: float) -> int:
+        await asyncio.sleep(0)
+        hit = [h for h, r in self.records.items() if r.user_id == user_id and not r.revoked]
+        for h in hit:
+            self.records[h] = dataclasses.replace(self.records[h], revoked=True)
+        return len(hit)
+
     def live(self, family: str) -> list[RefreshRecord]:
         return [r for r in self.records.values() if r.family == family and r.rotated_at is None]
 
@@ -94,14 +101,102 @@ async def test_a_refresh_spends_the_token_and_hands_out_its_successor(
     assert second.token != first.token and second.family == first.family and second.user_id == "u_1"
     third = await families.rotate(second.token)
     assert third.token not in (first.token, second.token)
-    assert [r.token_hash for r in store.live(first.family)] == [sha256_hex(third.token)]
+    assert [r.token_hash for r in store.live(first.family)] == [families.token_id(third.token)]
 
 
-async def test_only_hashes_are_stored(families: RefreshFamilies, store: DictStore) -> None:
+async def test_only_keyed_hashes_are_stored(families: RefreshFamilies, store: DictStore) -> None:
     first = await families.start("u_1")
     second = await families.rotate(first.token)
     assert first.token not in store.records and second.token not in store.records
-    assert set(store.records) == {sha256_hex(first.token), sha256_hex(second.token)}
+    assert set(store.records) == {families.token_id(first.token), families.token_id(second.token)}
+    assert sha256_hex(first.token) not in store.records
+    assert all(h.startswith(KEYED_PREFIX) for h in store.records)
+
+
+# --- security review M1: write access to the database alone ------------------------------------------
+
+
+def _planted(token_hash: str, user_id: str, now: float, mac: str = "") -> RefreshRecord:
+    return RefreshRecord(
+        token_hash, "planted_family", user_id, now, now + TTL, session_started_at=now, mac=mac
+    )
+
+
+async def test_a_token_planted_under_its_bare_sha256_is_refused(
+    families: RefreshFamilies, store: DictStore, clock: Clock
+) -> None:
+    token = "attacker-chosen-refresh-token-0000"
+    await store.insert(_planted(sha256_hex(token), "u_victim", clock.now))
+    with pytest.raises(RefreshInvalid):
+        await families.rotate(token)
+
+
+async def test_a_token_planted_without_the_server_key_is_refused(
+    families: RefreshFamilies, store: DictStore, clock: Clock
+) -> None:
+    token, guess = "attacker-chosen-refresh-token-0000", os.urandom(32)
+    planted = _planted(keyed_id(guess, sha256_hex(token)), "u_victim", clock.now)
+    await store.insert(dataclasses.replace(planted, mac=record_mac(guess, planted)))
+    with pytest.raises(RefreshInvalid):
+        await families.rotate(token)
+
+
+async def test_a_stored_token_moved_to_another_user_is_refused(
+    families: RefreshFamilies, store: DictStore
+) -> None:
+    mine = await families.start("u_attacker")
+    key = families.token_id(mine.token)
+    store.records[key] = dataclasses.replace(store.records[key], user_id="u_victim")
+    with pytest.raises(RefreshInvalid):
+        await families.rotate(mine.token)
+    assert await families.family_of(mine.token) is None
+
+
+async def test_tokens_stored_under_a_rotated_out_data_key_still_refresh(
+    store: DictStore, clock: Clock
+) -> None:
+    old, new = os.urandom(32), os.urandom(32)
+    first = await RefreshFamilies(store, old, ttl=TTL, grace=GRACE, clock=clock).start("u_1")
+    rotated = RefreshFamilies(store, new, older_keys=[old], ttl=TTL, grace=GRACE, clock=clock)
+    second = await rotated.rotate(first.token)
+    assert rotated.token_id(second.token) in store.records  # the successor under the new key
+    # once the old key is dropped, the successor still refreshes
+    assert (await RefreshFamilies(store, new, ttl=TTL, grace=GRACE, clock=clock).rotate(second.token)).user_id
+
+
+# --- security review L5: sessions end ------------------------------------------------------------------
+
+
+async def test_a_session_ends_at_its_maximum_lifetime_however_often_it_refreshes(
+    store: DictStore, clock: Clock
+) -> None:
+    families = RefreshFamilies(
+        store, os.urandom(32), ttl=7 * 86400, grace=GRACE, max_age=30 * 86400, clock=clock
+    )
+    grant = await families.start("u_1")
+    for _ in range(4):  # a refresh every 6 days keeps a sliding session alive forever
+        clock.now += 6 * 86400
+        grant = await families.rotate(grant.token)
+    assert store.records[families.token_id(grant.token)].expires_at == 1_000_000.0 + 30 * 86400
+    clock.now += 6 * 86400
+    with pytest.raises(SessionEnded):
+        await families.rotate(grant.token)
+
+
+async def test_log_out_everywhere_ends_every_session_of_the_user_only(families: RefreshFamilies) -> None:
+    phone, laptop, other = (
+        await families.start("u_1"),
+        await families.start("u_1"),
+        await families.start("u_2"),
+    )
+    assert await families.revoke_user("u_1", "logout_everywhere") == 2
+    for grant in (phone, laptop):
+        with pytest.raises(RefreshInvalid):
+            await families.rotate(grant.token)
+        with pytest.raises(SessionEnded):
+            await families.check_live(grant.family, "u_1")
+    assert (await families.rotate(other.token)).user_id == "u_2"
+    assert await families.live_owner(phone.token) is None
 
 
 async def test_reuse_after_the_grace_revokes_the_family(
@@ -136,7 +231,7 @@ async def test_concurrent_refreshes_with_one_token_both_get_the_one_successor(
     grants = await asyncio.gather(*(families.rotate(first.token) for _ in range(5)))
     assert len({g.token for g in grants}) == 1
     assert len(store.live(first.family)) == 1
-    assert store.records[sha256_hex(first.token)].rotated_at is not None
+    assert store.records[families.token_id(first.token)].rotated_at is not None
 
 
 async def test_within_the_grace_a_spent_successor_means_reuse(
