@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import random
 import secrets
@@ -230,7 +231,9 @@ class RabbitNode:
 
     # --- rabbitmqctl ---------------------------------------------------------------------------
 
-    def ctl(self, *args: str, timeout: float = CTL_TIMEOUT, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def ctl(
+        self, *args: str, timeout: float = CTL_TIMEOUT, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         """``rabbitmqctl -n <this node> …`` (always this node, never the machine's broker)."""
         ctl = binary("rabbitmqctl")
         if ctl is None:
@@ -247,7 +250,8 @@ class RabbitNode:
         except subprocess.TimeoutExpired as exc:
             raise RabbitError(f"rabbitmqctl {' '.join(args)} on {self.nodename} timed out") from exc
         if check and done.returncode != 0:
-            raise RabbitError(f"rabbitmqctl {' '.join(args)} on {self.nodename}: {done.stderr or done.stdout}")
+            said = done.stderr or done.stdout
+            raise RabbitError(f"rabbitmqctl {' '.join(args)} on {self.nodename}: {said}")
         return done
 
     def close_all_connections(self, reason: str = "chaos") -> None:
@@ -317,6 +321,4 @@ def join_cluster(node: RabbitNode, seed: RabbitNode) -> None:
 def cluster_members(node: RabbitNode) -> list[str]:
     """The running nodes of ``node``'s cluster, as ``rabbitmqctl cluster_status`` lists them."""
     done = node.ctl("cluster_status", "--formatter", "json")
-    import json
-
     return sorted(json.loads(done.stdout).get("running_nodes", []))

@@ -1,0 +1,208 @@
+"""What a chaos run means: one table row per fault (the logins started from its injection to the next
+fault's), and the issue's conditions checked over the whole run, each broken one as a sentence."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tests.chaos.driver import LoginRecord
+from tests.chaos.faults import Fault
+from tests.chaos.scenario import Run
+
+AFTER_LAST_FAULT = 5.0  # logins started this long after the last recovery must all complete
+READY_AGAIN_WITHIN = 10.0  # seconds after recovery by which every /readyz answers 200 again
+MIN_OUTAGE_FOR_503 = 2.0  # an outage this long must have answered some requests with 503
+
+
+@dataclass
+class Row:
+    """One line of the table."""
+
+    fault: str
+    down_s: float | None
+    first_login_s: float | None  # from recovery to the first login completed after it
+    attempted: int
+    completed: int
+    failed_retryable: int
+    failed_other: int
+    lost: int
+    doubled: int
+    server_errors: int
+    hangs: int
+    unavailable: int
+
+
+def _row(name: str, fault: Fault | None, logins: list[LoginRecord], all_logins: list[LoginRecord]) -> Row:
+    first = None
+    if fault is not None:
+        after = [
+            r.completed_at for r in all_logins if r.completed_at is not None and r.completed_at >= fault.back
+        ]
+        first = min(after) - fault.back if after else None
+    return Row(
+        name,
+        fault.down_s if fault is not None else None,
+        first,
+        len(logins),
+        sum(r.completed for r in logins),
+        sum(r.failed_retryable for r in logins),
+        sum(bool(r.failure) and not r.failed_retryable for r in logins),
+        sum(r.lost for r in logins),
+        sum(r.doubled for r in logins),
+        sum(r.server_errors for r in logins),
+        sum(r.hangs for r in logins),
+        sum(r.unavailable for r in logins),
+    )
+
+
+def rows(run: Run) -> list[Row]:
+    """The warm-up, then one row per fault, then the total."""
+    marks = [f.injected for f in run.faults] + [float("inf")]
+    out = [_row("(before faults)", None, [r for r in run.logins if r.started < marks[0]], run.logins)]
+    for i, fault in enumerate(run.faults):
+        window = [r for r in run.logins if marks[i] <= r.started < marks[i + 1]]
+        out.append(_row(fault.name, fault, window, run.logins))
+    out.append(_row("total", None, run.logins, run.logins))
+    return out
+
+
+def table(run: Run) -> str:
+    """The rows as a fixed-width text table."""
+    head = (
+        "fault",
+        "down s",
+        "→1st login s",
+        "attempted",
+        "completed",
+        "failed-retry",
+        "failed-other",
+        "lost",
+        "doubled",
+        "5xx≠503",
+        "hangs",
+        "503s",
+    )
+    lines = [head]
+    for r in rows(run):
+        lines.append(
+            (
+                r.fault,
+                _num(r.down_s),
+                _num(r.first_login_s),
+                str(r.attempted),
+                str(r.completed),
+                str(r.failed_retryable),
+                str(r.failed_other),
+                str(r.lost),
+                str(r.doubled),
+                str(r.server_errors),
+                str(r.hangs),
+                str(r.unavailable),
+            )
+        )
+    width = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    text = [
+        "  ".join(c.rjust(width[i]) if i else c.ljust(width[i]) for i, c in enumerate(line)) for line in lines
+    ]
+    return "\n".join([text[0], "-" * len(text[0]), *text[1:]])
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+# --- the issue's conditions ---------------------------------------------------------------------
+
+
+def lost_or_doubled(run: Run) -> list[str]:
+    """No login that was confirmed is lost or completed twice."""
+    out = [
+        f"login {r.n} ({r.scene}) was confirmed and never completed: {r.failure}; saw {r.seen}"
+        for r in run.logins
+        if r.lost
+    ]
+    out += [
+        f"login {r.n} ({r.scene}) was completed as {len(r.sessions)} different sessions"
+        for r in run.logins
+        if r.doubled
+    ]
+    return out
+
+
+def late_logins_complete(run: Run) -> list[str]:
+    """Every login started ≥ 5 s after the last fault's recovery completes."""
+    last = max((f.back for f in run.faults), default=run.started)
+    late = [r for r in run.logins if r.started >= last + AFTER_LAST_FAULT]
+    out = [
+        f"login {r.n} started {r.started - last:.1f} s after the last recovery did not complete: "
+        f"{r.failure or 'unfinished'}; saw {r.seen}"
+        for r in late
+        if not r.completed
+    ]
+    if not late:
+        out.append("no login started 5 s after the last recovery (the run settled too briefly)")
+    return out
+
+
+def no_500_no_hang(run: Run) -> list[str]:
+    """No request answered 5xx other than 503, and none went unanswered past the client's timeout."""
+    out = []
+    for r in run.logins:
+        bad = {
+            step: [a for a in seen if a == "hang" or (isinstance(a, int) and a >= 500 and a != 503)]
+            for step, seen in r.seen.items()
+        }
+        bad = {step: seen for step, seen in bad.items() if seen}
+        if bad:
+            out.append(f"login {r.n} ({r.scene}) got {bad}")
+    return out
+
+
+def outages_answer_503(run: Run) -> list[str]:
+    """Each outage long enough to be seen answered some requests with 503 while it lasted."""
+    out = []
+    for f in run.faults:
+        if not f.outage or f.down_s < MIN_OUTAGE_FOR_503:
+            continue
+        during = [
+            r for r in run.logins if r.started < f.back and (r.completed_at or float("inf")) > f.injected
+        ]
+        if not any(r.unavailable for r in during):
+            out.append(f"{f.name}: no request got 503 during {f.down_s:.1f} s down")
+    return out
+
+
+def readiness_tracks(run: Run) -> list[str]:
+    """Each outage turns /readyz 503 on the replicas that depend on the component, and 200 again after."""
+    out = []
+    for f in run.faults:
+        if not f.outage:
+            continue
+        for name in run.replica_names:
+            checks = run.ready.checks(name)
+            if f.component == "mongo" and checks and "mongo" not in checks:
+                continue  # this service does not use Mongo
+            during = run.ready.of(name, f.injected, f.back)
+            if not during:
+                continue  # not running then
+            if all(s.status == 200 for s in during):
+                out.append(f"{f.name}: {name} /readyz stayed 200 through {f.down_s:.1f} s down")
+            after = run.ready.of(name, f.back + READY_AGAIN_WITHIN, f.back + READY_AGAIN_WITHIN + 2)
+            if after and any(s.status != 200 for s in after):
+                out.append(
+                    f"{f.name}: {name} /readyz not 200 {READY_AGAIN_WITHIN:.0f} s after recovery: "
+                    f"{sorted({str(s.status) for s in after})}"
+                )
+    return out
+
+
+def violations(run: Run) -> list[str]:
+    """Every condition the run broke (empty when it passed)."""
+    return [
+        *run.errors,
+        *lost_or_doubled(run),
+        *late_logins_complete(run),
+        *no_500_no_hang(run),
+        *outages_answer_503(run),
+        *readiness_tracks(run),
+    ]

@@ -1,0 +1,109 @@
+"""One chaos run: start the stack, drive logins and poll readiness while the faults of a plan are
+injected one after another, let the system settle, and return everything that was seen."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from tests.chaos.driver import Driver, LoginRecord, ReadyWatch, make_users
+from tests.chaos.faults import Fault, Inject
+from tests.chaos.stack import Stack, stack
+
+
+@dataclass
+class Plan:
+    """What a run does: the faults in order, the pause after each, the load and the settling time."""
+
+    faults: Sequence[Inject]
+    nodes: int = 1
+    rate: float = 2.0  # logins started per second
+    warmup: float = 5.0  # seconds of logins before the first fault
+    gap: float = 6.0  # seconds between a fault's recovery and the next fault
+    settle: float = 12.0  # seconds of logins after the last recovery (the assertions use ≥ 5 s of them)
+    scene_ttl: int = 45  # WXLOGIN_SCENE_TTL_SECONDS: how long a stuck login keeps trying
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Run:
+    """What a run saw."""
+
+    faults: list[Fault]
+    logins: list[LoginRecord]
+    ready: ReadyWatch
+    node_start_s: list[float]
+    cluster_form_s: float
+    stack_start_s: float
+    wall_s: float
+    started: float
+    load_stopped: float
+    replica_names: list[str]
+    errors: list[str] = field(default_factory=list)  # a fault that could not be injected
+
+
+async def run(plan: Plan) -> Run:
+    """Carry out ``plan`` on a fresh stack (two gateways, one of everything else)."""
+    began = time.monotonic()
+    env = {"WXLOGIN_SCENE_TTL_SECONDS": str(plan.scene_ttl), **plan.env}
+    async with stack(nodes=plan.nodes, counts={"gateway": 2}, env=env) as s:
+        stack_start_s = time.monotonic() - began
+        timeout = aiohttp.ClientTimeout(total=None)
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
+            result = await _drive(plan, s, http)
+        result.stack_start_s = stack_start_s
+    result.wall_s = time.monotonic() - began
+    return result
+
+
+async def _drive(plan: Plan, s: Stack, http: aiohttp.ClientSession) -> Run:
+    openids = await make_users(http, s.sim_url, 20)
+    driver = Driver(http, s.gateways, s.sim_url, openids, lifetime=plan.scene_ttl)
+    seen: set[str] = set()
+
+    def replicas() -> list[tuple[str, str]]:
+        live = [(r.name, r.url) for r in s.replicas() if r.running]
+        seen.update(name for name, _ in live)
+        return live
+
+    ready = ReadyWatch(http, replicas)
+    stop_load, stop_ready = asyncio.Event(), asyncio.Event()
+    started = time.monotonic()
+    load = asyncio.ensure_future(driver.run(plan.rate, stop_load))
+    polling = asyncio.ensure_future(ready.run(stop_ready))
+    faults, errors = [], []
+    try:
+        await asyncio.sleep(plan.warmup)
+        for inject in plan.faults:
+            try:
+                faults.append(await inject(s))
+            except Exception as exc:  # a fault the harness could not inject is reported, not hidden
+                errors.append(f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(plan.gap)
+        await asyncio.sleep(max(0.0, plan.settle - plan.gap))
+    finally:
+        stop_load.set()
+        load_stopped = time.monotonic()
+        with contextlib.suppress(Exception):
+            await load
+        stop_ready.set()
+        await polling
+    return Run(
+        faults,
+        driver.ledger,
+        ready,
+        s.node_start_s,
+        s.cluster_form_s,
+        0.0,
+        0.0,
+        started,
+        load_stopped,
+        sorted(seen),
+        errors,
+    )
