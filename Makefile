@@ -80,7 +80,7 @@ bench-quick: bench-deps rabbitmq
 # WebSocket frames): about 30,000 requests and 3,000 frames; docs/security.md.
 fuzz: install rabbitmq
 	WXLOGIN_FUZZ_EXAMPLES=$${WXLOGIN_FUZZ_EXAMPLES:-2000} WXLOGIN_FUZZ_FRAMES=$${WXLOGIN_FUZZ_FRAMES:-3000} \
-		$(BIN)/pytest -q -s -p no:cacheprovider -o log_cli=false tests/integration/test_fuzz.py
+		$(BIN)/pytest -q -s -p no:cacheprovider -o timeout=1800 tests/integration/test_fuzz.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
