@@ -1,7 +1,10 @@
 # syntax=docker/dockerfile:1
 # wxlogin: one image for every service; the command picks which one runs:
-#   python -m services run <token|qrcode|session|gateway>   one service (what docker-compose.yml runs)
-#   python -m services run all                              everything in one process (the default)
+#   python -m services run <token|qrcode|session|gateway>   one service (what docker-compose.yml runs;
+#                                                           the default is the gateway), production mode
+#   python -m services run all                              the demo: everything in one process
+# Production mode refuses the demo's values (development AppID, http:// WeChat, * origins, the demo
+# site name) with one line each; WXLOGIN_DEMO=true turns it off.
 # No secret is baked in: appid/secret, WXLOGIN_BUS_KEY, WXLOGIN_DATA_KEY and broker passwords come from
 # the environment at run time (.env through compose).
 ARG PYTHON_VERSION=3.11
@@ -48,7 +51,9 @@ USER 10001:10001
 # 8080: the gateway's API; 8081: /healthz, /readyz and /metrics of token, qrcode and session.
 EXPOSE 8080 8081
 STOPSIGNAL SIGTERM
-# For `run all` (the gateway's /readyz covers every service there); compose sets one per service.
+# For the gateway (and `run all`, whose gateway /readyz covers every service); compose sets one per
+# service.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-m", "services", "ready", "gateway"]
-CMD ["python", "-m", "services", "run", "all"]
+# Never the demo by default: a service in production mode (the demo: `python -m services run all`).
+CMD ["python", "-m", "services", "run", "gateway"]

@@ -1,6 +1,8 @@
 """``python -m services run <token|qrcode|session|gateway|all>``, ``launch`` and ``ready``.
 
-One service per process is what a container runs. ``all`` is the embedded default (``make demo``):
+One service per process is what a container runs, in production mode unless ``WXLOGIN_DEMO`` is on:
+the demo's values (development AppID, http:// WeChat, ``*`` origins, the demo site name) stop it.
+``all`` is the embedded default (``make demo``):
 the in-memory bus, an nx-27017 MongoDB wire server as a child process, the WeChat simulator and all
 four services in this one process. ``launch`` runs every replica as its own process on this machine
 (:mod:`services.launch`); ``ready <service>`` exits 0 when that service's ``/readyz`` answers 200 (the
@@ -29,6 +31,7 @@ from services.startup import (
     check_free,
     credentials_problem,
     demo_credentials,
+    production_problems,
     start_site,
 )
 from shared.bus import MemoryBroker
@@ -102,6 +105,8 @@ async def run_one(name: str, settings: Settings) -> None:
         raise SystemExit("set WXLOGIN_BUS_KEY (the same base64 32-byte key for every service)")
     if name != "gateway" and (problem := credentials_problem(settings)):
         raise StartupError(problem)
+    if problems := production_problems(name, settings):
+        raise StartupError("\n".join(problems))
     address = listen_at(name, settings)
     check_free(address)
     app = app_factory(name)(settings)
@@ -146,6 +151,8 @@ def embedded_settings(settings: Settings) -> Settings:
         update["data_key"] = SecretStr(generate_key())
     if "WXLOGIN_DEMO" not in os.environ:
         update["demo"] = True
+    if not settings.site_name.strip():  # a copied .env.example leaves it empty
+        update["site_name"] = Settings.model_fields["site_name"].default
     if update.get("demo", settings.demo) and "sim_any_code" not in settings.model_fields_set:
         update["sim_any_code"] = "sticky"  # WeChat DevTools' real wx.login codes work against the demo
     if "wechat_api_base" not in settings.model_fields_set:  # follow WXLOGIN_SIM_HOST/PORT

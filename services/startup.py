@@ -1,5 +1,6 @@
 """What stops ``python -m services`` before it serves, said in one line naming the setting to change:
-a port already in use (or a host that cannot be listened on), and WeChat credentials left empty.
+a port already in use (or a host that cannot be listened on), WeChat credentials left empty, and in
+production mode (``run <service>`` without ``WXLOGIN_DEMO``) the demo's values.
 ``services.__main__`` prints a :class:`StartupError` without a traceback and exits non-zero."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import errno
 import socket
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from pydantic import SecretStr
@@ -92,6 +94,48 @@ def credentials_problem(settings: Settings) -> str | None:
         f"{' and '.join(names[n] for n in empty)} (mp.weixin.qq.com → 开发管理 → 开发设置) in .env or the "
         "environment"
     )
+
+
+# Services that talk to WeChat (the gateway does not); which show the site name (on the phone).
+_WECHAT_SERVICES = frozenset({"token", "qrcode", "session"})
+_SITE_SERVICES = frozenset({"qrcode", "gateway"})
+DEMO_SITE_NAME = "wxlogin demo"
+
+
+def _loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def production_problems(service: str, settings: Settings) -> list[str]:
+    """What production mode (``run <service>`` unless ``WXLOGIN_DEMO`` is on) refuses: one line each,
+    naming the variable to change. A WeChat base on this machine is a simulator (development): its
+    development AppID and plain http are then allowed."""
+    if settings.demo:
+        return []
+    problems: list[str] = []
+    if service in _WECHAT_SERVICES and not _loopback(settings.wechat_api_base):
+        if settings.appid == DEV_APPID or settings.uses_dev_credentials:
+            problems.append(
+                "WXLOGIN_APPID/WXLOGIN_SECRET are the simulator's development values: set your "
+                "mini-program's AppID and AppSecret (or WXLOGIN_DEMO=true for a demo)"
+            )
+        if urlsplit(settings.wechat_api_base).scheme != "https":
+            problems.append(
+                f"WXLOGIN_WECHAT_API_BASE={settings.wechat_api_base}: must be https:// in production "
+                "(https://api.weixin.qq.com), or WXLOGIN_DEMO=true for a simulator elsewhere"
+            )
+    if service == "gateway" and "*" in settings.allowed_origins:
+        problems.append(
+            "WXLOGIN_ALLOWED_ORIGINS contains *: list your site's origins (https://www.example.com) "
+            "in production"
+        )
+    if service in _SITE_SERVICES and settings.site_name.strip().lower() in ("", DEMO_SITE_NAME):
+        problems.append(
+            "WXLOGIN_SITE_NAME is the demo's: set your site's name, shown on the phone before the user "
+            "confirms"
+        )
+    return problems
 
 
 def demo_credentials(settings: Settings) -> Settings:

@@ -7,6 +7,7 @@ healthcheck everywhere, nothing that pins a container name or host port, and no 
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -171,15 +172,66 @@ def test_load_balancer_passes_websockets_checks_readyz_and_sets_forwarded_for() 
     assert bind and any(str(p).endswith(f":{bind.group(1)}") for p in services()["lb"]["ports"])
 
 
+CERT_IN_CONTAINER = "/usr/local/etc/haproxy/certs/site.pem"
+
+
+def test_the_load_balancer_serves_tls_and_plain_http_only_redirects() -> None:
+    # Security review L7: TLS on in the shipped configuration.
+    tls = re.search(r"^\s*bind :(\d+) ssl crt (\S+)", HAPROXY, re.M)
+    assert tls and tls.group(2) == CERT_IN_CONTAINER
+    public = HAPROXY.split("\nfrontend public", 1)[1].split("\nfrontend ", 1)[0]
+    assert f"bind :{tls.group(1)} ssl" in public
+    assert "Strict-Transport-Security" in public
+    plain = HAPROXY.split("\nfrontend http_redirect", 1)[1].split("\nfrontend ", 1)[0]
+    assert re.search(r"^\s*http-request redirect scheme https code 301\s*$", plain, re.M)
+    assert "default_backend" not in plain and "use_backend" not in plain
+    ports = services()["lb"]["ports"]
+    assert "${HTTPS_PORT:-443}:" + tls.group(1) in ports
+    assert any(v.endswith(f":{os.path.dirname(CERT_IN_CONTAINER)}:ro") for v in services()["lb"]["volumes"])
+
+
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed here")
-def test_haproxy_accepts_the_configuration() -> None:
+def test_haproxy_accepts_the_configuration(tmp_path: Path) -> None:
+    # The certificate is mounted at run time: check with a throw-away self-signed one in its place.
+    pem = tmp_path / "site.pem"
+    pem.write_bytes(self_signed_pem())
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(HAPROXY.replace(CERT_IN_CONTAINER, str(pem)))
     done = subprocess.run(
-        ["haproxy", "-c", "-f", str(ROOT / "deploy" / "haproxy" / "haproxy.cfg")],
+        ["haproxy", "-c", "-f", str(config)],
         capture_output=True,
         text=True,
         timeout=30,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def self_signed_pem() -> bytes:
+    """A certificate for localhost and its key, as one PEM (what HAProxy's ``crt`` takes)."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(serialization.Encoding.PEM) + key_pem
 
 
 # --- dependencies and restarts ---------------------------------------------------------------------
@@ -337,7 +389,9 @@ def test_dockerfile_is_multi_stage_slim_and_runs_as_a_user() -> None:
 
 def test_dockerfile_selects_the_service_by_command_and_bakes_in_no_secret() -> None:
     cmd = re.search(r"^CMD\s+(\[.*\])\s*$", DOCKERFILE, re.M)
-    assert cmd and yaml.safe_load(cmd.group(1)) == ["python", "-m", "services", "run", "all"]
+    # Security review L7: the image runs one service in production mode, never the demo by default.
+    assert cmd and yaml.safe_load(cmd.group(1)) == ["python", "-m", "services", "run", "gateway"]
+    assert (build_parser().parse_args(yaml.safe_load(cmd.group(1))[3:])).service != "all"
     assert not re.search(r"^(ENV|ARG)\s+.*(SECRET|_KEY|PASSWORD|TOKEN)", DOCKERFILE, re.M | re.I)
     assert "ENTRYPOINT" not in DOCKERFILE  # the compose command is the whole command line
     ignored = (ROOT / ".dockerignore").read_text().split()
