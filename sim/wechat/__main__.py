@@ -6,17 +6,23 @@ The control API (``/sim/...``) is documented in ``docs/simulator.md``.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from aiohttp import web
 
-from shared.config import Settings
+from services.startup import Address, StartupError, check_free
+from shared.config import InvalidSettings, Settings
 from sim.wechat.app import create_app
 from sim.wechat.state import ANY_CODE_MODES, DEFAULT_PAGES
 
 
 def main() -> None:
     """Parse the command line and serve until interrupted."""
-    settings = Settings()
+    try:
+        settings = Settings.from_environment()
+    except InvalidSettings as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        sys.exit(2)
     parser = argparse.ArgumentParser(prog="python -m sim.wechat", description=__doc__)
     parser.add_argument("--host", default=settings.sim_host)
     parser.add_argument("--port", type=int, default=settings.sim_port)
@@ -41,6 +47,11 @@ def main() -> None:
         "(default: WXLOGIN_SIM_ANY_CODE, off), sticky = the developer user, new = a new user each",
     )
     args = parser.parse_args()
+    try:
+        check_free(Address(args.host, args.port, "WXLOGIN_SIM_HOST (--host)", "WXLOGIN_SIM_PORT (--port)"))
+    except StartupError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(1)
     app = create_app(
         appid=args.appid,
         secret=args.secret,

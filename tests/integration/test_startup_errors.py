@@ -15,11 +15,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def run(
+    tmp_path: Path, *args: str, module: str = "services", **env: str
+) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("WXLOGIN_")}
     clean["PYTHONPATH"] = str(ROOT)
     return subprocess.run(
-        [sys.executable, "-m", "services", *args],
+        [sys.executable, "-m", module, *args],
         cwd=tmp_path,  # only the .env a test writes
         env={**clean, **env},
         capture_output=True,
@@ -82,3 +84,12 @@ def test_a_copied_env_example_against_real_wechat_names_what_to_fill_in(tmp_path
     (tmp_path / ".env").write_text((ROOT / ".env.example").read_text(encoding="utf-8"), encoding="utf-8")
     done = run(tmp_path, "run", "all", WXLOGIN_WECHAT_API_BASE="https://api.weixin.qq.com")
     assert one_line(done).startswith("WXLOGIN_APPID and WXLOGIN_SECRET are empty: fill in")
+
+
+def test_the_simulator_alone_says_a_bad_setting_or_a_busy_port_in_one_line(
+    tmp_path: Path, busy_port: int
+) -> None:
+    bad = run(tmp_path, module="sim.wechat", WXLOGIN_SCENE_TTL_SECONDS="5")
+    assert one_line(bad) == "WXLOGIN_SCENE_TTL_SECONDS=5: must be ≥ 10"
+    busy = run(tmp_path, "--port", str(busy_port), module="sim.wechat")
+    assert one_line(busy).startswith(f"port {busy_port} is already in use (WXLOGIN_SIM_PORT")
