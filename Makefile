@@ -13,7 +13,7 @@ DEMO_STAMP := $(VENV)/.installed-embedded-$(HASH)
 VENV_ARGS := $(VENV) $(PYTHON) $(if $(filter command line environment,$(origin PYTHON)),given)
 VENV_CHECK := $(if $(shell bash scripts/venv.sh check $(VENV_ARGS)),rebuild-venv)
 
-.PHONY: install install-demo rebuild-venv test lint typecheck unit integration e2e demo bench bench-quick bench-deps rabbitmq chromium clean fuzz
+.PHONY: install install-demo rebuild-venv test lint typecheck unit integration e2e demo bench bench-quick bench-deps rabbitmq chromium clean fuzz chaos
 
 $(STAMP): pyproject.toml $(VENV_CHECK)
 	@bash scripts/venv.sh ensure $(VENV_ARGS)
@@ -81,6 +81,11 @@ bench-quick: bench-deps rabbitmq
 fuzz: install rabbitmq
 	WXLOGIN_FUZZ_EXAMPLES=$${WXLOGIN_FUZZ_EXAMPLES:-2000} WXLOGIN_FUZZ_FRAMES=$${WXLOGIN_FUZZ_FRAMES:-3000} \
 		$(BIN)/pytest -q -s -p no:cacheprovider -o timeout=1800 tests/integration/test_fuzz.py
+
+# Chaos (not part of `make test`, whose tests/chaos runs the short plans): private RabbitMQ nodes, every
+# fault, the broker down 60 s, a 3-node cluster losing a node; prints a table; see docs/chaos.md.
+chaos: install
+	$(BIN)/python -m tests.chaos
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

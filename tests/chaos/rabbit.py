@@ -149,6 +149,8 @@ class RabbitNode:
             "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.base / "advanced.config"),
             "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
             "ERL_EPMD_ADDRESS": "127.0.0.1",
+            # A VM that cannot start (say its directory is gone) dumps here, not in the caller's cwd.
+            "ERL_CRASH_DUMP": str(self.base / "erl_crash.dump"),
         }
 
     # --- the process ---------------------------------------------------------------------------
@@ -242,6 +244,7 @@ class RabbitNode:
             done = subprocess.run(
                 [ctl, "-n", self.nodename, *args],
                 env=self.env(),
+                cwd=self.base,
                 capture_output=True,
                 text=True,
                 timeout=timeout,
@@ -249,6 +252,8 @@ class RabbitNode:
             )
         except subprocess.TimeoutExpired as exc:
             raise RabbitError(f"rabbitmqctl {' '.join(args)} on {self.nodename} timed out") from exc
+        except FileNotFoundError as exc:  # the node's directory is gone: it was removed
+            raise RabbitError(f"{self.nodename} has no directory any more") from exc
         if check and done.returncode != 0:
             said = done.stderr or done.stdout
             raise RabbitError(f"rabbitmqctl {' '.join(args)} on {self.nodename}: {said}")

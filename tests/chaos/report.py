@@ -21,6 +21,7 @@ class Row:
     fault: str
     down_s: float | None
     first_login_s: float | None  # from recovery to the first login completed after it
+    ready_s: float | None  # from recovery until every watched /readyz answered 200 again
     attempted: int
     completed: int
     failed_retryable: int
@@ -32,17 +33,26 @@ class Row:
     unavailable: int
 
 
-def _row(name: str, fault: Fault | None, logins: list[LoginRecord], all_logins: list[LoginRecord]) -> Row:
-    first = None
-    if fault is not None:
-        after = [
-            r.completed_at for r in all_logins if r.completed_at is not None and r.completed_at >= fault.back
-        ]
-        first = min(after) - fault.back if after else None
+def _first_login_s(run: Run, fault: Fault) -> float | None:
+    after = [
+        r.completed_at for r in run.logins if r.completed_at is not None and r.completed_at >= fault.back
+    ]
+    return min(after) - fault.back if after else None
+
+
+def _ready_s(run: Run, fault: Fault) -> float | None:
+    if not fault.outage:
+        return None
+    again = [ready_again_s(run, fault, name) for name in _watched(run, fault)]
+    return None if not again or None in again else max(a for a in again if a is not None)
+
+
+def _row(run: Run, name: str, fault: Fault | None, logins: list[LoginRecord]) -> Row:
     return Row(
         name,
         fault.down_s if fault is not None else None,
-        first,
+        _first_login_s(run, fault) if fault is not None else None,
+        _ready_s(run, fault) if fault is not None else None,
         len(logins),
         sum(r.completed for r in logins),
         sum(r.failed_retryable for r in logins),
@@ -58,11 +68,11 @@ def _row(name: str, fault: Fault | None, logins: list[LoginRecord], all_logins: 
 def rows(run: Run) -> list[Row]:
     """The warm-up, then one row per fault, then the total."""
     marks = [f.injected for f in run.faults] + [float("inf")]
-    out = [_row("(before faults)", None, [r for r in run.logins if r.started < marks[0]], run.logins)]
+    out = [_row(run, "(before faults)", None, [r for r in run.logins if r.started < marks[0]])]
     for i, fault in enumerate(run.faults):
         window = [r for r in run.logins if marks[i] <= r.started < marks[i + 1]]
-        out.append(_row(fault.name, fault, window, run.logins))
-    out.append(_row("total", None, run.logins, run.logins))
+        out.append(_row(run, fault.name, fault, window))
+    out.append(_row(run, "total", None, run.logins))
     return out
 
 
@@ -72,6 +82,7 @@ def table(run: Run) -> str:
         "fault",
         "down s",
         "→1st login s",
+        "→ready s",
         "attempted",
         "completed",
         "failed-retry",
@@ -89,6 +100,7 @@ def table(run: Run) -> str:
                 r.fault,
                 _num(r.down_s),
                 _num(r.first_login_s),
+                _num(r.ready_s),
                 str(r.attempted),
                 str(r.completed),
                 str(r.failed_retryable),
@@ -172,27 +184,46 @@ def outages_answer_503(run: Run) -> list[str]:
     return out
 
 
+def _next_injection(run: Run, fault: Fault) -> float:
+    later = [f.injected for f in run.faults if f.injected > fault.injected]
+    return min(later, default=run.load_stopped + 60.0)
+
+
+def _watched(run: Run, fault: Fault) -> list[str]:
+    """The replicas whose /readyz must follow ``fault``: all for the bus, Mongo's users for Mongo."""
+    names = []
+    for name in run.replica_names:
+        checks = run.ready.checks(name)
+        if fault.component == "mongo" and checks and "mongo" not in checks:
+            continue  # this service does not use Mongo
+        if run.ready.of(name, fault.injected, fault.back):
+            names.append(name)  # it ran during the outage
+    return names
+
+
+def ready_again_s(run: Run, fault: Fault, name: str) -> float | None:
+    """Seconds from ``fault``'s recovery to ``name``'s first /readyz 200 (None: not before the next fault)."""
+    after = run.ready.of(name, fault.back, _next_injection(run, fault))
+    first = next((s.at for s in after if s.status == 200), None)
+    return None if first is None else max(0.0, first - fault.back)
+
+
 def readiness_tracks(run: Run) -> list[str]:
-    """Each outage turns /readyz 503 on the replicas that depend on the component, and 200 again after."""
+    """Each outage turns /readyz 503 on the replicas that depend on the component while it lasts, and
+    200 again within :data:`READY_AGAIN_WITHIN` s of recovery (and before the next fault)."""
     out = []
-    for f in run.faults:
-        if not f.outage:
-            continue
-        for name in run.replica_names:
-            checks = run.ready.checks(name)
-            if f.component == "mongo" and checks and "mongo" not in checks:
-                continue  # this service does not use Mongo
-            during = run.ready.of(name, f.injected, f.back)
-            if not during:
-                continue  # not running then
-            if all(s.status == 200 for s in during):
+    for f in (f for f in run.faults if f.outage):
+        for name in _watched(run, f):
+            if all(s.status == 200 for s in run.ready.of(name, f.injected, f.back)):
                 out.append(f"{f.name}: {name} /readyz stayed 200 through {f.down_s:.1f} s down")
-            after = run.ready.of(name, f.back + READY_AGAIN_WITHIN, f.back + READY_AGAIN_WITHIN + 2)
-            if after and any(s.status != 200 for s in after):
-                out.append(
-                    f"{f.name}: {name} /readyz not 200 {READY_AGAIN_WITHIN:.0f} s after recovery: "
-                    f"{sorted({str(s.status) for s in after})}"
-                )
+            again = ready_again_s(run, f, name)
+            if again is None or again > READY_AGAIN_WITHIN:
+                shown = "never" if again is None else f"{again:.1f} s"
+                out.append(f"{f.name}: {name} /readyz 200 again after recovery: {shown}")
+                continue
+            last = run.ready.of(name, f.back, _next_injection(run, f))[-1]
+            if last.status != 200:
+                out.append(f"{f.name}: {name} /readyz back to {last.status} before the next fault")
     return out
 
 
@@ -206,3 +237,10 @@ def violations(run: Run) -> list[str]:
         *outages_answer_503(run),
         *readiness_tracks(run),
     ]
+
+
+def none_of(violations: list[str]) -> None:
+    """Fail with the first violations, one a line, when there are any."""
+    shown = "\n".join(violations[:15])
+    more = f"\n… and {len(violations) - 15} more" if len(violations) > 15 else ""
+    assert not violations, f"{len(violations)} violation(s):\n{shown}{more}"
