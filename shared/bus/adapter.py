@@ -138,7 +138,8 @@ class Adapter:
     async def handle_event(self, delivery: Delivery, handler: EventHandler) -> Outcome:
         """Run ``handler`` on the decoded event; the :class:`Outcome` says what to do with the message."""
         try:
-            event = decode(delivery.type, delivery.version, delivery.body, self.sealer)
+            bound_to = delivery.message_id or ""
+            event = decode(delivery.type, delivery.version, delivery.body, self.sealer, message_id=bound_to)
         except (UnknownMessage, InvalidMessage) as exc:
             log.warning("message_rejected", type=delivery.type, v=delivery.version, reason=str(exc)[:200])
             return Outcome.REJECT
@@ -182,11 +183,12 @@ class Adapter:
             if delivery.version != cls.VERSION:
                 raise InvalidRequest(f"{delivery.type} version {delivery.version} is not served")
             try:
-                request = decode_as(cls, delivery.body, self.sealer)
+                request = decode_as(cls, delivery.body, self.sealer, message_id=delivery.message_id or "")
             except InvalidMessage as exc:
                 raise InvalidRequest(str(exc)) from None
             reply = await handler(request)
-            return reply.TYPE, reply.VERSION, encode(reply, self.sealer)
+            # A reply's sealed fields are bound to the request it answers (its correlation_id).
+            return reply.TYPE, reply.VERSION, encode(reply, self.sealer, message_id=delivery.message_id or "")
         except ServiceError as exc:
             return "error", 1, encode_error(exc.to_wire())
         except PyMongoError as exc:
@@ -200,13 +202,13 @@ class Adapter:
             _correlation.reset(token)
             structlog.contextvars.reset_contextvars(**bound)
 
-    def reply_from(self, request: Request[R], type_: str, body: bytes) -> R:
+    def reply_from(self, request: Request[R], type_: str, body: bytes, *, message_id: str = "") -> R:
         """Decode a reply to ``request``, raising :class:`RemoteError` for an error reply."""
         if type_ == "error":
             err = decode_error(body)
             raise RemoteError(err["code"], str(err.get("message", "")), retry_after=err.get("retry_after"))
         try:
-            return decode_as(request.REPLY, body, self.sealer)
+            return decode_as(request.REPLY, body, self.sealer, message_id=message_id)
         except InvalidMessage as exc:
             log.error("rpc_reply_invalid", type=request.TYPE, reason=str(exc)[:200])
             raise RemoteError("internal", "malformed reply") from None

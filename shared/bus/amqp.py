@@ -394,7 +394,7 @@ class AmqpBus(Bus):
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             expiration=max(ttl, 0.001) if ttl is not None else None,
         )
-        message.body = encode(event, self._adapter.sealer)
+        message.body = encode(event, self._adapter.sealer, message_id=message.message_id or "")
         try:
             await link.exchange.publish(
                 message, routing_key=event.TYPE, mandatory=True, timeout=PUBLISH_CONFIRM_SECONDS
@@ -420,8 +420,8 @@ class AmqpBus(Bus):
         link = self._usable_link(request.TYPE)
         deadline = time.monotonic() + timeout
         message = self._properties(request, reply_to=DIRECT_REPLY_TO, expiration=timeout)
-        message.body = encode(request, self._adapter.sealer)
         assert message.message_id is not None
+        message.body = encode(request, self._adapter.sealer, message_id=message.message_id)
         future: asyncio.Future[tuple[str, bytes]] = asyncio.get_running_loop().create_future()
         self._pending[message.message_id] = future
         try:
@@ -446,7 +446,7 @@ class AmqpBus(Bus):
                 raise RpcTimeout(request.TYPE, timeout) from None
         finally:
             self._pending.pop(message.message_id, None)
-        return self._adapter.reply_from(request, type_, body)
+        return self._adapter.reply_from(request, type_, body, message_id=message.message_id)
 
     # --- what this service consumes (recorded in the plan, replayed on every new link) --------------
 

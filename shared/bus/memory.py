@@ -157,11 +157,12 @@ class MemoryBus(Bus):
         return self._started
 
     def _delivery(self, message: Message) -> Delivery:
+        message_id = uuid.uuid4().hex
         return Delivery(
             type=message.TYPE,
             version=message.VERSION,
-            body=encode(message, self._adapter.sealer),
-            message_id=uuid.uuid4().hex,
+            body=encode(message, self._adapter.sealer, message_id=message_id),
+            message_id=message_id,
             correlation_id=current_correlation_id(),
             app_id=self.service,
             user_id=self.user,
@@ -184,7 +185,8 @@ class MemoryBus(Bus):
         started = time.monotonic()
         # The server's handler runs as its own task and is never cancelled by the caller giving up,
         # as over RabbitMQ: cancelling a handler inside a PyMongo call can wedge the client.
-        handling = asyncio.ensure_future(server(self._delivery(request)))
+        delivery = self._delivery(request)
+        handling = asyncio.ensure_future(server(delivery))
         self._serving.add(handling)
         handling.add_done_callback(self._serving.discard)
         try:
@@ -192,7 +194,7 @@ class MemoryBus(Bus):
         except TimeoutError:
             raise RpcTimeout(request.TYPE, timeout) from None
         log.debug("rpc_done", type=request.TYPE, ms=round((time.monotonic() - started) * 1000, 2))
-        return self._adapter.reply_from(request, type_, body)
+        return self._adapter.reply_from(request, type_, body, message_id=delivery.message_id or "")
 
     async def subscribe(self, event: type[E], handler: Callable[[E], Awaitable[None]]) -> None:
         queue = self.broker.queue(f"{self.service}.{event.TYPE}")

@@ -17,9 +17,11 @@ from shared.messages import (
     ConfirmLogin,
     ConfirmResult,
     GetSceneStatus,
+    InvalidMessage,
     SceneExpired,
     SceneScanned,
     SceneStatus,
+    decode_as,
 )
 from shared.sealing import Sealer, generate_key
 from tests.support import eventually
@@ -166,7 +168,13 @@ async def test_messages_carry_type_version_ids_timestamp_and_sealed_secrets(
         assert message.message_id and message.correlation_id and message.timestamp
         assert message.content_type == "application/json"
         assert code.encode() not in message.body
-        assert json.loads(message.body)["code"].startswith("v1.")
+        assert json.loads(message.body)["code"].startswith("v2.")  # sealed, with the key's id
+        assert message.user_id == "guest"  # the sender's broker user, validated by RabbitMQ
+        # The sealed code opens only in this message: replayed under another message id, it does not.
+        sealer = client._adapter.sealer
+        assert decode_as(ConfirmLogin, message.body, sealer, message_id=message.message_id).code
+        with pytest.raises(InvalidMessage):
+            decode_as(ConfirmLogin, message.body, sealer, message_id="another-message")
         # Answer by hand to prove replies are matched by the request's message_id.
         reply = ConfirmResult(scene=SCENE, state="confirmed")
         await channel.default_exchange.publish(
