@@ -1,6 +1,6 @@
 """The scene state machine: issue, status, scan, cancel, confirm, redeem, and the expiry sweeper.
 
-``pending → scanned → confirmed → redeemed``; ``pending|scanned → cancelled``; ``pending|scanned →
+``pending → scanned → confirmed → redeemed``; ``scanned → cancelled``; ``pending|scanned →
 expired``. Every transition is one conditional update that also requires ``expires_at > now`` (Mongo's
 TTL monitor lags, so a stored scene may be past its life); a refused one is explained by reading the
 scene (unknown, expired, cancelled or a conflict), never guessed; one whose connection dropped is
