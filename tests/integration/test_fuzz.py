@@ -105,7 +105,12 @@ async def test_schemathesis_finds_no_500_no_traceback_and_no_answer_off_the_sche
         "--report", "har", "--report-har-path", str(har),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
-    output, _ = await proc.communicate()
+    try:
+        output, _ = await proc.communicate()
+    finally:
+        if proc.returncode is None:  # the test timed out or was cancelled: stop what it started
+            proc.kill()
+            await proc.wait()
     text = output.decode(errors="replace")
     entries = json.loads(har.read_text())["log"]["entries"]
     statuses = Counter(entry["response"]["status"] for entry in entries)
