@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import tempfile
+from pathlib import Path
 
 from tests.chaos import plans, rabbit, report
 from tests.chaos.scenario import Plan, Run, run
@@ -20,6 +22,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tests.chaos", description=__doc__)
     parser.add_argument("--short", action="store_true", help="the short plans the test suite runs")
     parser.add_argument("--only", choices=("single", "cluster"), help="run one of the two stacks")
+    parser.add_argument("--logs", type=Path, help="copy every log here (default: a new /tmp dir)")
     return parser.parse_args(argv)
 
 
@@ -38,11 +41,19 @@ def describe(name: str, result: Run) -> str:
     """The table of one run and how long its parts took."""
     starts = ", ".join(f"{s:.1f}" for s in result.node_start_s)
     formed = f"; cluster formed in {result.cluster_form_s:.1f} s" if len(result.node_start_s) > 1 else ""
+    notes = [f"{f.name}: {_detail(f.detail)}" for f in result.faults if f.detail]
     return (
         f"\n== {name} ==\n{report.table(result)}\n"
         f"node start: {starts} s{formed}; stack ready {result.stack_start_s:.1f} s after launch; "
-        f"run {result.wall_s:.0f} s"
+        f"run {result.wall_s:.0f} s" + "".join(f"\n{note}" for note in notes)
     )
+
+
+def _detail(detail: dict[str, object]) -> str:
+    types = detail.get("queue_types")
+    kinds = sorted(types.values()) if isinstance(types, dict) else []
+    counted = ", ".join(f"{kinds.count(k)} {k}" for k in sorted(set(kinds)))
+    return f"{detail.get('connections')} client connections on the node, its queues: {counted}"
 
 
 async def main(argv: list[str] | None = None) -> int:
@@ -52,9 +63,13 @@ async def main(argv: list[str] | None = None) -> int:
         print("rabbitmq-server is not installed: chaos runs start private RabbitMQ nodes", file=sys.stderr)
         return 2
     failed = False
+    logs = args.logs or Path(tempfile.mkdtemp(prefix="wxlogin-chaos-logs-"))
     for name, plan in chosen(args):
+        plan.keep_logs = logs / name.replace(" ", "-")
         result = await run(plan)
         print(describe(name, result), flush=True)
+        print(report.outcomes(result))
+        print(f"  logs: {plan.keep_logs}")
         broken = report.violations(result)
         hard = [line for check in HARD for line in check(result)]
         for line in broken[:40]:

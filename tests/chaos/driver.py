@@ -42,6 +42,7 @@ class LoginRecord:
     started: float
     scene: str = ""
     seen: dict[str, list[int | str]] = field(default_factory=dict)
+    codes: list[str] = field(default_factory=list)  # the error codes of refusals, in order
     confirmed: bool = False
     completed_at: float | None = None
     sessions: set[str] = field(default_factory=set)  # refresh tokens the completes returned
@@ -52,6 +53,14 @@ class LoginRecord:
     def saw(self, step: str, what: int | str) -> None:
         """Note one answer (an HTTP status, ``hang`` or ``network``) of ``step``."""
         self.seen.setdefault(step, []).append(what)
+
+    def summary(self) -> str:
+        """What each step saw, counted: ``issue 201, confirm 503x12 200``."""
+        parts = []
+        for step, seen in self.seen.items():
+            counted = [f"{a}x{seen.count(a)}" if seen.count(a) > 1 else str(a) for a in dict.fromkeys(seen)]
+            parts.append(f"{step} {' '.join(counted)}")
+        return ", ".join(parts)
 
     def answers(self) -> Iterable[int | str]:
         """Every answer of every step."""
@@ -341,6 +350,8 @@ class Driver:
             rec.gateway += 1
             return NETWORK_RETRY
         rec.saw(step, answer.status)
+        if answer.status >= 400:
+            rec.codes.append(f"{step} {answer.status} {answer.code or '-'}")
         if answer.status in RETRY_STATUSES:
             return answer.retry_after if answer.retry_after is not None else 1.0
         return answer

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tests.chaos.stack import Stack
 
@@ -21,6 +21,7 @@ class Fault:
     back: float
     outage: bool = False
     component: str = ""  # "bus", "mongo" or "" (nothing the services depend on went away)
+    detail: dict[str, object] = field(default_factory=dict)  # what the fault found, e.g. on a node
 
     @property
     def down_s(self) -> float:
@@ -61,9 +62,15 @@ def cluster_node_stopped(label: str, index: int = 0) -> Inject:
     stopped: the other two hold the quorum."""
 
     async def inject(stack: Stack) -> Fault:
+        node = stack.nodes[index]
+        # What the stop takes away: the services' connections there, and the queue types it holds.
+        detail = {
+            "connections": await asyncio.to_thread(node.connections),
+            "queue_types": await asyncio.to_thread(node.queue_types),
+        }
         at = time.monotonic()
-        await asyncio.to_thread(stack.nodes[index].stop)
-        return Fault(label, at, time.monotonic(), component="bus")
+        await asyncio.to_thread(node.stop)
+        return Fault(label, at, time.monotonic(), component="bus", detail=detail)
 
     return inject
 

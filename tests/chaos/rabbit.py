@@ -277,6 +277,12 @@ class RabbitNode:
         done = self.ctl("list_connections", "-q", "name", check=False)
         return len([line for line in done.stdout.splitlines() if line.strip()]) if done.returncode == 0 else 0
 
+    def queue_types(self) -> dict[str, str]:
+        """Queue name → type (``quorum``, ``classic``) in the default vhost."""
+        done = self.ctl("list_queues", "-q", "name", "type", check=False)
+        rows = (line.split("\t") for line in done.stdout.splitlines())
+        return {row[0]: row[1] for row in rows if len(row) == 2}
+
 
 # Every node started and not yet stopped: stopped by PID at exit if a test forgot (or crashed).
 _STARTED: set[RabbitNode] = set()

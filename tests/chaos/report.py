@@ -3,6 +3,7 @@ fault's), and the issue's conditions checked over the whole run, each broken one
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from tests.chaos.driver import LoginRecord
@@ -119,6 +120,15 @@ def table(run: Run) -> str:
     return "\n".join([text[0], "-" * len(text[0]), *text[1:]])
 
 
+def outcomes(run: Run) -> str:
+    """Why logins failed and what the refusals said, counted (most frequent first)."""
+    failures = Counter(r.failure for r in run.logins if r.failure)
+    refusals = Counter(code for r in run.logins for code in r.codes)
+    lines = [f"  failed: {n} x {why}" for why, n in failures.most_common(8)]
+    lines += [f"  refused: {n} x {code}" for code, n in refusals.most_common(8)]
+    return "\n".join(lines)
+
+
 def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
@@ -129,7 +139,7 @@ def _num(value: float | None) -> str:
 def lost_or_doubled(run: Run) -> list[str]:
     """No login that was confirmed is lost or completed twice."""
     out = [
-        f"login {r.n} ({r.scene}) was confirmed and never completed: {r.failure}; saw {r.seen}"
+        f"login {r.n} ({r.scene}) was confirmed and never completed: {r.failure}; saw {r.summary()}"
         for r in run.logins
         if r.lost
     ]
@@ -147,7 +157,7 @@ def late_logins_complete(run: Run) -> list[str]:
     late = [r for r in run.logins if r.started >= last + AFTER_LAST_FAULT]
     out = [
         f"login {r.n} started {r.started - last:.1f} s after the last recovery did not complete: "
-        f"{r.failure or 'unfinished'}; saw {r.seen}"
+        f"{r.failure or 'unfinished'}; saw {r.summary()}"
         for r in late
         if not r.completed
     ]

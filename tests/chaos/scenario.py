@@ -8,6 +8,7 @@ import contextlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 
@@ -28,6 +29,7 @@ class Plan:
     settle: float = 12.0  # seconds of logins after the last recovery (the assertions use ≥ 5 s of them)
     scene_ttl: int = 45  # WXLOGIN_SCENE_TTL_SECONDS: how long a stuck login keeps trying
     env: Mapping[str, str] = field(default_factory=dict)
+    keep_logs: Path | None = None  # copy the services' and nodes' logs here at the end
 
 
 @dataclass
@@ -51,7 +53,7 @@ async def run(plan: Plan) -> Run:
     """Carry out ``plan`` on a fresh stack (two gateways, one of everything else)."""
     began = time.monotonic()
     env = {"WXLOGIN_SCENE_TTL_SECONDS": str(plan.scene_ttl), **plan.env}
-    async with stack(nodes=plan.nodes, counts={"gateway": 2}, env=env) as s:
+    async with stack(nodes=plan.nodes, counts={"gateway": 2}, env=env, keep_logs=plan.keep_logs) as s:
         stack_start_s = time.monotonic() - began
         timeout = aiohttp.ClientTimeout(total=None)
         connector = aiohttp.TCPConnector(limit=0)

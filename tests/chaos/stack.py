@@ -129,6 +129,14 @@ def start_nodes(home: RabbitHome, count: int) -> tuple[list[RabbitNode], list[fl
         raise
 
 
+def copy_logs(workdir: Path, dest: Path) -> None:
+    """The services' logs and each node's RabbitMQ log, copied to ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for log in [*workdir.glob("launch/logs/*.log"), *workdir.glob("*/chaos-*/log/*.log")]:
+        with contextlib.suppress(OSError):
+            shutil.copy2(log, dest / log.name)
+
+
 def amqp_url(nodes: list[RabbitNode]) -> str:
     """``WXLOGIN_AMQP_URL``: one node's URL, or the comma-separated URLs of a cluster's nodes."""
     return ",".join(node.url for node in nodes)
@@ -140,8 +148,12 @@ async def stack(
     nodes: int = 1,
     counts: Mapping[str, int] | None = None,
     env: Mapping[str, str] | None = None,
+    keep_logs: Path | None = None,
 ) -> AsyncIterator[Stack]:
-    """Start the broker node(s), Mongo and every service; stop all of it (by PID) afterwards."""
+    """Start the broker node(s), Mongo and every service; stop all of it (by PID) afterwards.
+
+    ``keep_logs``: where the services' and the nodes' logs are copied before the temp dir goes.
+    """
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
     workdir = Path(tempfile.mkdtemp(prefix="wxlogin-chaos-", dir=shm))
     home = RabbitHome(workdir)
@@ -168,5 +180,7 @@ async def stack(
         await asyncio.to_thread(mongo.stop)
         for node in started:
             await asyncio.to_thread(node.stop)
+        if keep_logs is not None:
+            copy_logs(workdir, keep_logs)
         if os.environ.get("WXLOGIN_CHAOS_KEEP") != "1":
             shutil.rmtree(workdir, ignore_errors=True)

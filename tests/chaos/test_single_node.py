@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(600)
 def chaos_run() -> Run:
     """One run of the plan, shared by the assertions below (about two minutes)."""
     result = asyncio.run(run(plans.single_node(long=False)))
-    print(f"\n{report.table(result)}")
+    print(f"\n{report.table(result)}\n{report.outcomes(result)}")
     return result
 
 
