@@ -11,7 +11,7 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 # The simulator accepts these by default, so the embedded demo works with no configuration at all.
@@ -109,6 +109,26 @@ class Settings(BaseSettings):
     limit_ws_per_ip_burst: int = Field(default=20, ge=1)
     limit_poll_per_ip_per_minute: int = Field(default=120, ge=0)  # long-poll status and complete
     limit_poll_per_ip_burst: int = Field(default=30, ge=1)
+    # Every per-IP limit also counts each wider prefix of the address (security M2: one attacker owns a
+    # whole /56, not one /64). The first length of each list is the address's own key; each further
+    # one allows limit_prefix_factor times the one before it (with the defaults: a /24 or /56 four
+    # times an address, a /48 sixteen times a /64).
+    limit_ipv4_prefixes: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [32, 24])
+    limit_ipv6_prefixes: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [64, 56, 48])
+    limit_prefix_factor: int = Field(default=4, ge=1, le=1000)
+    # No widest prefix (the last of the lists above: a /24, a /48) may take more than this share of
+    # the global issue limit, counted in Mongo by every qrcode replica like the global limit itself.
+    limit_issue_prefix_share_percent: int = Field(default=10, ge=1, le=100)
+    # POST /api/mp/login per client IP (each a jscode2session call; WeChat allows 100 per user per
+    # minute, error 45011, and the user is unknown until the code is exchanged).
+    limit_login_per_ip_per_minute: int = Field(default=60, ge=0)
+    limit_login_per_ip_burst: int = Field(default=20, ge=1)
+    # Refresh, logout, phone binding and decrypt per client IP (database writes, crypto, WeChat calls).
+    limit_session_per_ip_per_minute: int = Field(default=120, ge=0)
+    limit_session_per_ip_burst: int = Field(default=30, ge=1)
+    # Phone binding, decrypt and bearer logout per user (the token's sub), below WeChat's per-user quota.
+    limit_user_per_minute: int = Field(default=30, ge=0)
+    limit_user_burst: int = Field(default=10, ge=1)
     # Proxies whose X-Forwarded-For is believed (CIDRs, comma-separated); empty: the socket peer.
     trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(default_factory=list)
     # The longest a GET /api/login/status long-poll is held open.
@@ -124,6 +144,19 @@ class Settings(BaseSettings):
             except ValueError as exc:
                 raise ValueError(f"trusted_proxies must be IP addresses or CIDRs: {exc}") from None
         return items
+
+    @field_validator("limit_ipv4_prefixes", "limit_ipv6_prefixes", mode="before")
+    @classmethod
+    def _prefixes_from_csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("limit_ipv4_prefixes", "limit_ipv6_prefixes")
+    @classmethod
+    def _prefixes_narrow_to_wide(cls, value: list[int], info: ValidationInfo) -> list[int]:
+        bits = 32 if info.field_name == "limit_ipv4_prefixes" else 128
+        if not value or any(not 1 <= n <= bits for n in value) or value != sorted(set(value), reverse=True):
+            raise ValueError(f"{info.field_name} must be prefix lengths from 1 to {bits}, narrowest first")
+        return value
 
     # --- end of scene lifecycle ---
 

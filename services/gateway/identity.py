@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from services.gateway.auth import bearer_token
 from services.gateway.errors import Unauthorized
-from services.gateway.routes import KEYS, WxCode, read_body, tokens_json
+from services.gateway.routes import KEYS, LIMITS, WxCode, client_ip, read_body, tokens_json
 from shared.messages import (
     BindPhone,
     DecryptData,
@@ -73,6 +73,7 @@ async def _claims(request: web.Request) -> dict[str, Any]:
 
 async def refresh_tokens(request: web.Request) -> web.Response:
     """``POST /api/token/refresh {refresh_token}`` → new tokens; the presented one is spent."""
+    request.app[LIMITS].check("session", client_ip(request))
     body = await read_body(request, RefreshBody)
     pair = await request.app[BUS].call(RefreshTokens(refresh_token=SecretStr(body.refresh_token)))
     return web.json_response(tokens_json(pair))
@@ -81,9 +82,11 @@ async def refresh_tokens(request: web.Request) -> web.Response:
 async def logout(request: web.Request) -> web.Response:
     """``POST /api/logout`` (Bearer, or ``{refresh_token}``; ``{"everywhere": true}`` for every session
     of the user) → 204; the session cannot refresh again."""
+    request.app[LIMITS].check("session", client_ip(request))
     body = await read_body(request, LogoutBody) if request.can_read_body else LogoutBody()
     if request.headers.get("Authorization"):
         claims = await _claims(request)
+        request.app[LIMITS].check_user("user", claims["sub"])
         message = EndSession(user_id=claims["sub"], sid=claims["sid"], everywhere=body.everywhere)
     elif body.refresh_token:
         message = EndSession(refresh_token=SecretStr(body.refresh_token), everywhere=body.everywhere)
@@ -95,6 +98,7 @@ async def logout(request: web.Request) -> web.Response:
 
 async def mp_login(request: web.Request) -> web.Response:
     """``POST /api/mp/login {code}`` → tokens for the mini-program itself."""
+    request.app[LIMITS].check("login", client_ip(request))
     body = await read_body(request, CodeBody)
     pair = await request.app[BUS].call(LoginMiniProgram(code=SecretStr(body.code)))
     return web.json_response(tokens_json(pair))
@@ -102,7 +106,9 @@ async def mp_login(request: web.Request) -> web.Response:
 
 async def mp_phone(request: web.Request) -> web.Response:
     """``POST /api/mp/phone {code}`` (Bearer) → the user and an access token with the phone claim."""
+    request.app[LIMITS].check("session", client_ip(request))
     claims = await _claims(request)
+    request.app[LIMITS].check_user("user", claims["sub"])
     body = await read_body(request, CodeBody)
     bound = await request.app[BUS].call(
         BindPhone(user_id=claims["sub"], sid=claims["sid"], code=SecretStr(body.code))
@@ -119,7 +125,9 @@ async def mp_phone(request: web.Request) -> web.Response:
 
 async def mp_decrypt(request: web.Request) -> web.Response:
     """``POST /api/mp/decrypt {encrypted_data, iv}`` (Bearer) → ``{data, user}``."""
+    request.app[LIMITS].check("session", client_ip(request))
     claims = await _claims(request)
+    request.app[LIMITS].check_user("user", claims["sub"])
     body = await read_body(request, DecryptBody)
     decrypted = await request.app[BUS].call(
         DecryptData(

@@ -253,6 +253,8 @@ async def mp_scan(request: web.Request) -> web.Response:
     ip = client_ip(request)
     request.app[LIMITS].check("mp", ip)
     body = await read_body(request, ScanBody)
+    if body.code is not None:  # a jscode2session call: the same limit as /api/mp/login
+        request.app[LIMITS].check("login", ip)
     scan_token = secrets.token_urlsafe(32)
     scan_hash = ticket_hash(scan_token)
     info = await request.app[BUS].call(ScanScene(scene=body.scene, scan_hash=scan_hash, ip=ip))
@@ -287,8 +289,11 @@ async def mp_scan(request: web.Request) -> web.Response:
 
 async def mp_confirm(request: web.Request) -> web.Response:
     """``POST /api/mp/confirm {scene, scan_token, code?}`` → ``{state: "confirmed"}``."""
-    request.app[LIMITS].check("mp", client_ip(request))
+    ip = client_ip(request)
+    request.app[LIMITS].check("mp", ip)
     body = await read_body(request, ConfirmBody)
+    if body.code is not None:  # a jscode2session call: the same limit as /api/mp/login
+        request.app[LIMITS].check("login", ip)
     code = SecretStr(body.code) if body.code is not None else None
     result = await request.app[BUS].call(
         ConfirmLogin(scene=body.scene, scan_hash=ticket_hash(body.scan_token), code=code)

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from services.qrcode.handlers import SceneHandlers, SceneSettings
-from services.qrcode.limits import SharedRateLimit
+from services.qrcode.limits import PrefixShareLimit, SharedRateLimit
 from services.qrcode.metrics import SceneMetrics
 from services.qrcode.pool import CodePool, CodeRenderer, PoolSettings, RenderSettings
 from services.qrcode.store import INDEXES, PoolStore, RateWindowStore, SceneStore
@@ -130,6 +130,13 @@ def create_app(
             bus,
             scene_settings(settings),
             issue_limit=SharedRateLimit(rates, "issue", settings.limit_issue_global_per_minute),
+            prefix_limit=PrefixShareLimit(
+                rates,
+                settings.limit_issue_global_per_minute,
+                settings.limit_issue_prefix_share_percent,
+                settings.limit_ipv4_prefixes,
+                settings.limit_ipv6_prefixes,
+            ),
             metrics=metrics,
             clock=clock,
         )

@@ -177,6 +177,14 @@ class IssueLimit(Protocol):
         ...
 
 
+class PrefixLimit(Protocol):
+    """The share of the global issue limit one address prefix may take, shared by every replica."""
+
+    async def take(self, now: float, ip: str) -> Decision:
+        """Count one issue of ``ip`` at ``now`` if its prefix's share allows it."""
+        ...
+
+
 class SceneHandlers:
     """RPC handlers of the qrcode service, and its expiry sweeper."""
 
@@ -188,6 +196,7 @@ class SceneHandlers:
         settings: SceneSettings,
         *,
         issue_limit: IssueLimit | None = None,
+        prefix_limit: PrefixLimit | None = None,
         metrics: SceneMetrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -196,6 +205,7 @@ class SceneHandlers:
         self._publisher = publisher
         self._settings = settings
         self._issue_limit = issue_limit
+        self._prefix_limit = prefix_limit
         self._metrics = metrics or SceneMetrics()
         self._clock = clock
 
@@ -203,7 +213,7 @@ class SceneHandlers:
         """RPC ``qrcode.issue``: a new pending scene bound to the ticket's hash, with its code."""
         # The global limit and the pool claim are independent round trips, so they run together; a
         # refused issue gives its code back, and a code is rendered only once the limit allowed it.
-        decision, pooled = await asyncio.gather(self._issue_allowance(), self._codes.claim())
+        decision, pooled = await asyncio.gather(self._issue_allowance(request.ip), self._codes.claim())
         if decision is not None and not decision.allowed:
             if pooled is not None:
                 await self._codes.give_back(pooled)
@@ -229,7 +239,12 @@ class SceneHandlers:
         log.info("scene_issued", source=code.source)
         return IssuedScene(scene=scene.id, image=data_uri(code.image), expires_at=_at(scene.expires_at))
 
-    async def _issue_allowance(self) -> Decision | None:
+    async def _issue_allowance(self, ip: str) -> Decision | None:
+        # The prefix's share first: a prefix over its share must not spend the global budget.
+        if self._prefix_limit is not None:
+            share = await self._prefix_limit.take(self._clock(), ip)
+            if not share.allowed:
+                return share
         return None if self._issue_limit is None else await self._issue_limit.take(self._clock())
 
     async def status(self, request: GetSceneStatus) -> SceneStatus:

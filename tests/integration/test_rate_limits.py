@@ -203,3 +203,195 @@ async def test_the_phone_is_shown_the_site_and_the_browser_that_asked(
         assert (refused.value.status, refused.value.code) == (409, "already_scanned")
     finally:
         await stop_stack(stack)
+
+
+# --- security review M2: one holder of many addresses is one client ----------------------------------
+
+
+async def _issue_from(stack: Any, client: str) -> aiohttp.ClientResponse:
+    headers = {"X-Forwarded-For": client}
+    async with stack.http.post(f"{stack.gateway}/api/login/qrcode", headers=headers) as resp:
+        await resp.read()
+        return resp
+
+
+def _addresses_in_one_56(count: int) -> list[str]:
+    """``count`` addresses, each in its own /64, all inside 2001:db8:0:ab00::/56."""
+    return [f"2001:db8:0:ab{i:02x}::1" for i in range(count)]
+
+
+async def test_sixty_64s_of_one_56_cannot_spend_the_global_issue_budget_of_everyone_else(
+    mongo_server: EmbeddedMongo, amqp_base_url: str, unique: str
+) -> None:
+    # The gateways' buckets are out of the way: this is the share every qrcode replica counts in Mongo.
+    clock = FakeClock(start=math.ceil(time.time() / 10) * 10 + 10)  # stays in one 10 s window
+    stack = await start_stack_with(
+        "memory",
+        mongo_server,
+        amqp_base_url,
+        unique,
+        clock=clock,
+        code_pool_size=0,
+        trusted_proxies="127.0.0.1",
+        **{
+            **RELAXED_LIMITS,
+            "limit_issue_global_per_minute": 60,  # 10 per window for everyone together
+            "limit_issue_prefix_share_percent": 20,  # 2 per window for one /48 or /24
+        },
+    )
+    try:
+        attack = [await _issue_from(stack, ip) for ip in _addresses_in_one_56(60)]
+        assert [r.status for r in attack].count(201) == 2
+        refused = [r for r in attack if r.status == 429]
+        assert len(refused) == 58 and all(1 <= int(r.headers["Retry-After"]) <= 10 for r in refused)
+
+        ipv4 = [await _issue_from(stack, f"198.51.100.{i}") for i in range(1, 61)]
+        assert [r.status for r in ipv4].count(201) == 2
+
+        # Everyone else still gets codes: the /56 and the /24 together took 4 of the window's 10.
+        assert (await _issue_from(stack, "203.0.113.7")).status == 201
+        assert (await _issue_from(stack, "2001:db8:99::1")).status == 201
+    finally:
+        await stop_stack(stack)
+
+
+async def test_a_gateway_counts_the_56_and_the_24_of_a_client_not_only_its_address(
+    mongo_server: EmbeddedMongo, amqp_base_url: str, unique: str
+) -> None:
+    stack = await start_stack_with(
+        "memory",
+        mongo_server,
+        amqp_base_url,
+        unique,
+        code_pool_size=0,
+        trusted_proxies="127.0.0.1",
+        **{
+            **RELAXED_LIMITS,
+            "limit_issue_per_ip_per_minute": 6,
+            "limit_issue_per_ip_burst": 1,
+            "limit_prefix_factor": 4,  # a /24 or /56: burst 4; a /48: 16
+        },
+    )
+    try:
+        attack = [await _issue_from(stack, ip) for ip in _addresses_in_one_56(60)]
+        assert [r.status for r in attack] == [201] * 4 + [429] * 56
+        assert all(int(r.headers["Retry-After"]) >= 1 for r in attack[4:])
+        ipv4 = [await _issue_from(stack, f"198.51.100.{i}") for i in range(1, 61)]
+        assert [r.status for r in ipv4] == [201] * 4 + [429] * 56
+        assert (await _issue_from(stack, "203.0.113.7")).status == 201
+        assert (await _issue_from(stack, "2001:db8:99::1")).status == 201
+        text = await fetch_metrics(stack.http, stack.gateway)
+        assert metric_value(text, "wxlogin_gateway_rate_limited_total", limit="issue") == 112
+    finally:
+        await stop_stack(stack)
+
+
+# --- security review M3: every route that costs a WeChat call, crypto or a write has a limit ---------
+
+
+async def _post(
+    stack: Any, path: str, body: Any, client: str, token: str | None = None
+) -> aiohttp.ClientResponse:
+    headers = {"X-Forwarded-For": client}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    async with stack.http.post(f"{stack.gateway}{path}", json=body, headers=headers) as resp:
+        await resp.read()
+        return resp
+
+
+async def _code_exchanges(stack: Any) -> int:
+    async with stack.http.get(f"{stack.sim.url}/sim/counters") as resp:
+        return int((await resp.json()).get("sns/jscode2session", 0))
+
+
+async def test_mp_login_beyond_its_limit_is_429_with_retry_after_and_reaches_no_wechat(
+    mongo_server: EmbeddedMongo, amqp_base_url: str, unique: str
+) -> None:
+    stack = await start_stack_with(
+        "memory",
+        mongo_server,
+        amqp_base_url,
+        unique,
+        code_pool_size=0,
+        trusted_proxies="127.0.0.1",
+        **{**RELAXED_LIMITS, "limit_login_per_ip_per_minute": 6, "limit_login_per_ip_burst": 3},
+    )
+    try:
+        phone = Phone(stack.http, stack.gateway, stack.sim.url)
+        codes = [await phone.wx_login() for _ in range(10)]
+        logins = [await _post(stack, "/api/mp/login", {"code": c}, "203.0.113.20") for c in codes[:3]]
+        assert [r.status for r in logins] == [200, 200, 200]
+        exchanged = await _code_exchanges(stack)
+        assert exchanged >= 3
+
+        over = [await _post(stack, "/api/mp/login", {"code": c}, "203.0.113.20") for c in codes[3:8]]
+        assert [r.status for r in over] == [429] * 5
+        assert all(int(r.headers["Retry-After"]) == 10 for r in over)  # one more every 10 s at 6/min
+        assert await _code_exchanges(stack) == exchanged  # no code reached WeChat
+
+        # Its /24 neighbours share a wider bucket (4 x 3), not this address's; elsewhere is untouched.
+        assert (await _post(stack, "/api/mp/login", {"code": codes[8]}, "203.0.113.21")).status == 200
+        assert (await _post(stack, "/api/mp/login", {"code": codes[9]}, "2001:db8:5::1")).status == 200
+    finally:
+        await stop_stack(stack)
+
+
+async def test_refresh_logout_phone_and_decrypt_each_have_a_per_client_limit(
+    mongo_server: EmbeddedMongo, amqp_base_url: str, unique: str
+) -> None:
+    stack = await start_stack_with(
+        "memory",
+        mongo_server,
+        amqp_base_url,
+        unique,
+        code_pool_size=0,
+        trusted_proxies="127.0.0.1",
+        **{**RELAXED_LIMITS, "limit_session_per_ip_per_minute": 6, "limit_session_per_ip_burst": 2},
+    )
+    try:
+        calls = {
+            "/api/token/refresh": {"refresh_token": "r" * 43},
+            "/api/logout": {"refresh_token": "r" * 43},
+            "/api/mp/phone": {"code": "phone-code"},
+            "/api/mp/decrypt": {"encrypted_data": "AAAA", "iv": "AAAA"},
+        }
+        for n, (path, body) in enumerate(calls.items()):
+            client = f"203.0.{n}.1"  # each route from its own /24, so each meets its limit alone
+            statuses = [(await _post(stack, path, body, client)).status for _ in range(3)]
+            assert statuses[:2] != [429, 429] and statuses[2] == 429, (path, statuses)
+    finally:
+        await stop_stack(stack)
+
+
+async def test_phone_decrypt_and_logout_have_a_per_user_limit_whatever_the_address(
+    mongo_server: EmbeddedMongo, amqp_base_url: str, unique: str
+) -> None:
+    stack = await start_stack_with(
+        "memory",
+        mongo_server,
+        amqp_base_url,
+        unique,
+        code_pool_size=0,
+        trusted_proxies="127.0.0.1",
+        **{**RELAXED_LIMITS, "limit_user_per_minute": 6, "limit_user_burst": 2},
+    )
+    try:
+        phone = Phone(stack.http, stack.gateway, stack.sim.url)
+        login = await _post(stack, "/api/mp/login", {"code": await phone.wx_login()}, "203.0.113.30")
+        assert login.status == 200
+        async with stack.http.post(
+            f"{stack.gateway}/api/mp/login", json={"code": await phone.wx_login()}
+        ) as resp:
+            token = (await resp.json())["access_token"]
+        garbage = {"encrypted_data": "AAAA", "iv": "AAAA"}
+        statuses = [
+            (await _post(stack, "/api/mp/decrypt", garbage, f"198.51.{i}.1", token)).status for i in range(3)
+        ]
+        assert statuses[:2] != [429, 429] and statuses[2] == 429, statuses
+        bind = await _post(stack, "/api/mp/phone", {"code": "phone-code"}, "192.0.2.1", token)
+        assert bind.status == 429 and int(bind.headers["Retry-After"]) >= 1
+        logout = await _post(stack, "/api/logout", {}, "192.0.2.2", token)
+        assert logout.status == 429
+    finally:
+        await stop_stack(stack)
