@@ -27,10 +27,19 @@ from shared.runtime import (
     mongo_context,
     new_app,
 )
+from shared.sealing import Sealer
 from shared.wechat import WeChatClient
 
 SERVICE = "token"
 KEEPER = web.AppKey("keeper", TokenKeeper)
+
+
+def data_sealer(settings: Settings) -> Sealer:
+    """The sealer of the stored access_token (``WXLOGIN_DATA_KEY``, as the session service's secrets)."""
+    key = settings.data_key.get_secret_value()
+    if not key:
+        raise RuntimeError("WXLOGIN_DATA_KEY is not set (base64 of 32 random bytes)")
+    return Sealer.from_text(key)
 
 
 def create_app(
@@ -53,7 +62,7 @@ def create_app(
             clock=clock,
         )
         keeper = TokenKeeper(
-            TokenStore(db, settings.appid),
+            TokenStore(db, settings.appid, sealer=data_sealer(settings)),
             LeaseStore(db, settings.appid),
             wechat,
             bus,

@@ -3,10 +3,14 @@
 Two documents per appid, addressed by ``_id`` (times are epoch floats, never BSON dates: see
 :mod:`shared.mongo`):
 
-* ``access_token:<appid>``: the token, its fingerprint, expiry, a ``version`` bumped by every write,
-  and the force-refresh bookkeeping (``force_last``, ``force_day``, ``force_count``) kept beside the
-  token so that "is this still the current token, and may we force now?" is one conditional update;
+* ``access_token:<appid>``: the token sealed with ``WXLOGIN_DATA_KEY`` (``sealed_token``), its
+  fingerprint, expiry, a ``version`` bumped by every write, and the force-refresh bookkeeping
+  (``force_last``, ``force_day``, ``force_count``) kept beside the token so that "is this still the
+  current token, and may we force now?" is one conditional update;
 * ``lease:<appid>``: which replica may refresh (``owner``) and until when (``until``).
+
+Documents written before the token was sealed hold it in clear (``access_token``): they are still read,
+and the next write replaces the clear field by the sealed one, so an upgrade forces no refresh.
 
 Every condition mixing fields with ``$or`` is written as one ``$and`` list: nx-27017 drops the other
 top-level fields of a filter that also has a top-level ``$or``.
@@ -20,15 +24,28 @@ from typing import Any, Literal
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
+from shared.logging import get_logger
 from shared.mongo import Index
 from shared.runtime import Database
+from shared.sealing import Sealer, SealError
 from shared.tokens import fingerprint
 from shared.wechat import BEIJING_OFFSET
+
+log = get_logger(__name__)
 
 TOKENS = "tokens"
 INDEXES: list[Index] = []  # documents are addressed by _id only
 
 ForceRefusal = Literal["stale", "throttled", "daily_cap"]
+
+
+def token_purpose(appid: str) -> str:
+    """Sealing purpose that ties a stored access_token to its appid's document."""
+    return f"access-token:{appid}"
+
+
+class TokenUnreadable(RuntimeError):
+    """The stored access_token does not open with any configured data key."""
 
 
 def beijing_day(now: float) -> int:
@@ -60,19 +77,18 @@ class StoredToken:
         return self.expires_at - now
 
     @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> StoredToken:
-        """The token of a stored document (documents of the first version carry no ``version``)."""
-        return cls(
-            str(doc["access_token"]),
-            float(doc["expires_at"]),
-            float(doc["fetched_at"]),
-            int(doc.get("version", 0)),
-        )
+    def from_doc(cls, doc: dict[str, Any], sealer: Sealer, purpose: str) -> StoredToken:
+        """The token of a stored document: sealed, or in clear as versions before sealing wrote it
+        (documents of the first version carry no ``version`` either)."""
+        sealed = doc.get("sealed_token")
+        text = sealer.open(sealed, purpose=purpose) if sealed is not None else str(doc["access_token"])
+        return cls(text, float(doc["expires_at"]), float(doc["fetched_at"]), int(doc.get("version", 0)))
 
-    def to_doc(self) -> dict[str, Any]:
-        """The token fields of the document (``version`` is maintained by the store)."""
+    def to_doc(self, sealer: Sealer, purpose: str) -> dict[str, Any]:
+        """The token fields of the document (``version`` is maintained by the store); the token itself
+        only sealed."""
         return {
-            "access_token": self.access_token,
+            "sealed_token": sealer.seal(self.access_token, purpose=purpose),
             "fingerprint": self.fingerprint,
             "expires_at": self.expires_at,
             "fetched_at": self.fetched_at,
@@ -97,16 +113,36 @@ class ForceDecision:
 
 
 class TokenStore:
-    """Reads and writes the current token of ``appid``, and claims force refreshes for it."""
+    """Reads and writes the current token of ``appid``, and claims force refreshes for it.
 
-    def __init__(self, db: Database, appid: str) -> None:
+    The token is sealed with ``sealer`` (the data key) under a purpose naming the appid.
+    """
+
+    def __init__(self, db: Database, appid: str, *, sealer: Sealer) -> None:
         self._tokens = db[TOKENS]
         self._id = f"access_token:{appid}"
+        self._sealer = sealer
+        self._purpose = token_purpose(appid)
 
     async def load(self) -> StoredToken | None:
-        """The stored token, if any."""
+        """The stored token, if any (raises :class:`TokenUnreadable` when it does not open)."""
         doc = await self._tokens.find_one({"_id": self._id})
-        return StoredToken.from_doc(doc) if doc else None
+        if doc is None:
+            return None
+        try:
+            return StoredToken.from_doc(doc, self._sealer, self._purpose)
+        except SealError as exc:
+            log.error("access_token_unreadable", reason=str(exc))
+            raise TokenUnreadable(
+                "the stored access_token does not open with WXLOGIN_DATA_KEY: give every token replica "
+                "the same key (during a rotation, the new one first and the old one after a comma)"
+            ) from None
+
+    def _fields(self, token: StoredToken) -> dict[str, Any]:
+        return token.to_doc(self._sealer, self._purpose)
+
+    # Every write replaces a clear token an earlier version stored by the sealed one.
+    _UNSEAL = {"$unset": {"access_token": ""}}
 
     async def save(self, token: StoredToken, *, expected_version: int | None) -> StoredToken | None:
         """Write ``token`` if the stored version is still ``expected_version`` (None: no document yet).
@@ -117,7 +153,7 @@ class TokenStore:
         if expected_version is None:
             doc = {
                 "_id": self._id,
-                **token.to_doc(),
+                **self._fields(token),
                 "version": 1,
                 "force_last": 0.0,
                 "force_day": 0,
@@ -128,14 +164,15 @@ class TokenStore:
             except DuplicateKeyError:
                 return None
             return replace(token, version=1)
-        fields = token.to_doc()
+        fields = self._fields(token)
         version: dict[str, Any] = {"version": expected_version}
         if expected_version == 0:
             # A document of the first version of this service: no version, no force bookkeeping yet.
             version = {"$or": [{"version": 0}, {"version": {"$exists": False}}]}
             fields.update(force_last=0.0, force_day=0, force_count=0)
         result = await self._tokens.update_one(
-            {"$and": [{"_id": self._id}, version]}, {"$set": fields, "$inc": {"version": 1}}
+            {"$and": [{"_id": self._id}, version]},
+            {"$set": fields, "$inc": {"version": 1}, **self._UNSEAL},
         )
         return replace(token, version=expected_version + 1) if result.matched_count else None
 
@@ -147,7 +184,7 @@ class TokenStore:
         """
         doc = await self._tokens.find_one_and_update(
             {"_id": self._id},
-            {"$set": token.to_doc(), "$inc": {"version": 1}},
+            {"$set": self._fields(token), "$inc": {"version": 1}, **self._UNSEAL},
             return_document=ReturnDocument.AFTER,
         )
         if doc is None:  # nothing stored: a claim needs a stored token, so only if it was deleted since

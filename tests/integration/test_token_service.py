@@ -335,6 +335,7 @@ def replica_process(settings: Settings, log_path: Path) -> subprocess.Popen[byte
             "WXLOGIN_AMQP_URL": settings.amqp_url,
             "WXLOGIN_BUS_PREFIX": settings.bus_prefix,
             "WXLOGIN_BUS_KEY": settings.bus_key.get_secret_value(),
+            "WXLOGIN_DATA_KEY": settings.data_key.get_secret_value(),  # seals the stored token
             "WXLOGIN_MONGO_URL": settings.mongo_url,
             "WXLOGIN_MONGO_DB": settings.mongo_db,
             "WXLOGIN_OPS_HOST": "127.0.0.1",

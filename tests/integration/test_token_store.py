@@ -9,12 +9,21 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
-from services.token.store import TOKENS, LeaseStore, StoredToken, TokenStore, beijing_day
+from services.token.store import (
+    TOKENS,
+    LeaseStore,
+    StoredToken,
+    TokenStore,
+    TokenUnreadable,
+    beijing_day,
+)
 from shared.mongo import EmbeddedMongo, make_client
+from shared.sealing import Sealer, generate_key
 
 APPID = "wx0123456789abcdef"
 NOW = 1_800_000_000.0
 DAY = 86400.0
+SEALER = Sealer.from_text(generate_key())
 
 Client = AsyncMongoClient[dict[str, Any]]
 
@@ -89,8 +98,8 @@ async def test_the_lease_and_the_token_are_per_appid(clients: list[Client], dbna
     db = clients[0][dbname]
     assert await LeaseStore(db, APPID).acquire("a", NOW, 30)
     assert await LeaseStore(db, "wxother").acquire("b", NOW, 30)
-    await TokenStore(db, APPID).save(token("one"), expected_version=None)
-    assert await TokenStore(db, "wxother").load() is None
+    await TokenStore(db, APPID, sealer=SEALER).save(token("one"), expected_version=None)
+    assert await TokenStore(db, "wxother", sealer=SEALER).load() is None
 
 
 # --- saving the token ------------------------------------------------------------------------------
@@ -99,7 +108,7 @@ async def test_the_lease_and_the_token_are_per_appid(clients: list[Client], dbna
 async def test_a_save_from_an_older_version_never_overwrites_a_newer_token(
     clients: list[Client], dbname: str
 ) -> None:
-    store = TokenStore(clients[0][dbname], APPID)
+    store = TokenStore(clients[0][dbname], APPID, sealer=SEALER)
     first = await store.save(token("one"), expected_version=None)
     assert first is not None and first.version == 1
     assert await store.save(token("again"), expected_version=None) is None
@@ -112,7 +121,7 @@ async def test_a_save_from_an_older_version_never_overwrites_a_newer_token(
 async def test_concurrent_saves_from_the_same_version_let_exactly_one_through(
     clients: list[Client], dbname: str
 ) -> None:
-    stores = [TokenStore(clients[i % 3][dbname], APPID) for i in range(3)]
+    stores = [TokenStore(clients[i % 3][dbname], APPID, sealer=SEALER) for i in range(3)]
     await stores[0].save(token("one"), expected_version=None)
     results = await asyncio.gather(
         *(s.save(token(f"r{i}"), expected_version=1) for i, s in enumerate(stores))
@@ -133,7 +142,7 @@ async def test_a_token_saved_by_the_first_version_of_the_service_is_upgraded_and
             "fetched_at": NOW,
         }
     )
-    store = TokenStore(db, APPID)
+    store = TokenStore(db, APPID, sealer=SEALER)
     loaded = await store.load()
     assert loaded is not None and loaded.version == 0
     saved = await store.save(token("new"), expected_version=0)
@@ -143,7 +152,7 @@ async def test_a_token_saved_by_the_first_version_of_the_service_is_upgraded_and
 
 
 async def test_a_forced_token_is_saved_over_whatever_is_stored(clients: list[Client], dbname: str) -> None:
-    store = TokenStore(clients[0][dbname], APPID)
+    store = TokenStore(clients[0][dbname], APPID, sealer=SEALER)
     await store.save(token("one"), expected_version=None)
     await store.save(token("two"), expected_version=1)
     forced = await store.save_forced(token("forced"))
@@ -157,7 +166,7 @@ async def test_a_forced_token_is_saved_over_whatever_is_stored(clients: list[Cli
 async def test_a_force_refresh_is_refused_for_a_token_that_is_no_longer_stored(
     clients: list[Client], dbname: str
 ) -> None:
-    store = TokenStore(clients[0][dbname], APPID)
+    store = TokenStore(clients[0][dbname], APPID, sealer=SEALER)
     old = await store.save(token("one"), expected_version=None)
     assert old is not None
     await store.save(token("two"), expected_version=1)
@@ -169,7 +178,7 @@ async def test_a_force_refresh_is_refused_for_a_token_that_is_no_longer_stored(
 async def test_claims_are_30_s_apart_counted_from_the_later_of_claim_and_answer(
     clients: list[Client], dbname: str
 ) -> None:
-    store = TokenStore(clients[0][dbname], APPID)
+    store = TokenStore(clients[0][dbname], APPID, sealer=SEALER)
     saved = await store.save(token("one"), expected_version=None)
     assert saved is not None
     fp = saved.fingerprint
@@ -184,7 +193,7 @@ async def test_claims_are_30_s_apart_counted_from_the_later_of_claim_and_answer(
 async def test_claims_stop_at_the_daily_cap_and_start_again_on_the_next_beijing_day(
     clients: list[Client], dbname: str
 ) -> None:
-    store = TokenStore(clients[0][dbname], APPID)
+    store = TokenStore(clients[0][dbname], APPID, sealer=SEALER)
     saved = await store.save(token("one"), expected_version=None)
     assert saved is not None
     midnight = (beijing_day(NOW) + 1) * DAY - 8 * 3600  # a Beijing midnight, as epoch seconds
@@ -202,7 +211,7 @@ async def test_claims_stop_at_the_daily_cap_and_start_again_on_the_next_beijing_
 async def test_of_a_hundred_concurrent_claims_from_three_replicas_exactly_one_wins(
     clients: list[Client], dbname: str
 ) -> None:
-    stores = [TokenStore(client[dbname], APPID) for client in clients]
+    stores = [TokenStore(client[dbname], APPID, sealer=SEALER) for client in clients]
     saved = await stores[0].save(token("one"), expected_version=None)
     assert saved is not None
     decisions = await asyncio.gather(
@@ -215,8 +224,57 @@ async def test_of_a_hundred_concurrent_claims_from_three_replicas_exactly_one_wi
 async def test_a_claim_bumps_the_version_so_a_refresh_that_started_before_it_cannot_save(
     clients: list[Client], dbname: str
 ) -> None:
-    store = TokenStore(clients[0][dbname], APPID)
+    store = TokenStore(clients[0][dbname], APPID, sealer=SEALER)
     saved = await store.save(token("one"), expected_version=None)
     assert saved is not None
     assert (await store.claim_force(saved.fingerprint, NOW, min_interval=30, per_day=20)).claimed
     assert await store.save(token("normal"), expected_version=saved.version) is None
+
+
+# --- the token at rest (security review L8) ---------------------------------------------------------
+
+
+async def test_the_stored_document_holds_the_token_only_sealed(clients: list[Client], dbname: str) -> None:
+    db = clients[0][dbname]
+    store = TokenStore(db, APPID, sealer=SEALER)
+    saved = await store.save(token("one"), expected_version=None)
+    assert saved is not None
+    forced = await store.save_forced(token("forced"))
+    doc = await db[TOKENS].find_one({"_id": f"access_token:{APPID}"})
+    assert doc is not None and "access_token" not in doc
+    assert forced.access_token not in repr(doc) and saved.access_token not in repr(doc)
+    assert SEALER.open(doc["sealed_token"], purpose=f"access-token:{APPID}") == forced.access_token
+    assert await store.load() == forced
+    # Sealed for this appid: the document copied under another appid's id does not open there.
+    await db[TOKENS].insert_one({**doc, "_id": "access_token:wxother"})
+    with pytest.raises(TokenUnreadable):
+        await TokenStore(db, "wxother", sealer=SEALER).load()
+    with pytest.raises(TokenUnreadable):
+        await TokenStore(db, APPID, sealer=Sealer.from_text(generate_key())).load()
+
+
+async def test_a_token_stored_in_clear_by_the_previous_version_is_used_and_sealed_at_the_next_write(
+    clients: list[Client], dbname: str
+) -> None:
+    db = clients[0][dbname]
+    old = token("clear")
+    await db[TOKENS].insert_one(
+        {
+            "_id": f"access_token:{APPID}",
+            "access_token": old.access_token,
+            "fingerprint": old.fingerprint,
+            "expires_at": old.expires_at,
+            "fetched_at": NOW,
+            "version": 4,
+            "force_last": 0.0,
+            "force_day": 0,
+            "force_count": 0,
+        }
+    )
+    store = TokenStore(db, APPID, sealer=SEALER)
+    assert await store.load() == StoredToken(old.access_token, old.expires_at, NOW, 4)
+    saved = await store.save(token("next"), expected_version=4)
+    assert saved is not None and saved.version == 5
+    doc = await db[TOKENS].find_one({"_id": f"access_token:{APPID}"})
+    assert doc is not None and "access_token" not in doc and old.access_token not in repr(doc)
+    assert await store.load() == saved

@@ -24,11 +24,14 @@ from services.token.handlers import (
 )
 from services.token.store import ForceDecision, StoredToken, beijing_day
 from shared.messages import Event, GetCurrentToken, TokenInvalidated, TokenRefreshed
+from shared.sealing import Sealer, generate_key
 from shared.tokens import fingerprint
 from shared.wechat import AccessToken, WeChatError, classify
 
 START = 1_800_000_000.0  # a fixed epoch second (2027-01-15), far from any Beijing midnight edge cases
 DAY = 86400.0
+SEALER = Sealer.from_text(generate_key())
+PURPOSE = "access-token:test"
 
 
 class Clock:
@@ -86,7 +89,7 @@ class MemoryTokens:
         self.lose_next_save = False
 
     async def load(self) -> StoredToken | None:
-        return StoredToken.from_doc(self.doc) if self.doc else None
+        return StoredToken.from_doc(self.doc, SEALER, PURPOSE) if self.doc else None
 
     async def save(self, token: StoredToken, *, expected_version: int | None) -> StoredToken | None:
         if self.lose_next_save:  # another replica wrote first
@@ -95,16 +98,17 @@ class MemoryTokens:
         if expected_version is None:
             if self.doc is not None:
                 return None
-            self.doc = {**token.to_doc(), "version": 1, "force_last": 0.0, "force_day": 0, "force_count": 0}
+            bookkeeping = {"version": 1, "force_last": 0.0, "force_day": 0, "force_count": 0}
+            self.doc = {**token.to_doc(SEALER, PURPOSE), **bookkeeping}
             return replace(token, version=1)
         if self.doc is None or self.doc["version"] != expected_version:
             return None
-        self.doc.update(token.to_doc(), version=expected_version + 1)
+        self.doc.update(token.to_doc(SEALER, PURPOSE), version=expected_version + 1)
         return replace(token, version=expected_version + 1)
 
     async def save_forced(self, token: StoredToken) -> StoredToken:
         assert self.doc is not None
-        self.doc.update(token.to_doc(), version=self.doc["version"] + 1)
+        self.doc.update(token.to_doc(SEALER, PURPOSE), version=self.doc["version"] + 1)
         return replace(token, version=self.doc["version"])
 
     async def claim_force(
@@ -211,7 +215,8 @@ async def test_the_first_owner_fetches_in_normal_mode_and_broadcasts_with_the_to
     token = a.keeper.token
     assert token is not None and a.keeper.valid
     assert token.expires_at == START + 7200 - 1  # counted from before the call, one second less
-    assert world.tokens.doc is not None and world.tokens.doc["access_token"] == token.access_token
+    assert world.tokens.doc is not None
+    assert SEALER.open(world.tokens.doc["sealed_token"], purpose=PURPOSE) == token.access_token
     [(event, ttl)] = world.publisher.published
     assert isinstance(event, TokenRefreshed)
     assert event.access_token.get_secret_value() == token.access_token
