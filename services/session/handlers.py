@@ -87,16 +87,26 @@ _NOT_CONFIRMABLE = {
     "cancelled": ("scene_cancelled", "the login was cancelled"),
     "expired": ("scene_expired", "the login code has expired"),
 }
-_CODE_ERRORS = {40029: CodeInvalid, 40163: CodeInvalid, 41008: CodeInvalid, 40226: UserBlocked}
+_CODE_USED = 40163  # code been used
+_CODE_ERRORS = {40029: CodeInvalid, _CODE_USED: CodeInvalid, 41008: CodeInvalid, 40226: UserBlocked}
 # getuserphonenumber: 40029 bad/used/expired code, 40003 the code is not this openid's.
 _PHONE_CODE_ERRORS = frozenset({40029, 40003, 41008})
 _API_UNAUTHORIZED = 48001  # the mini-program may not call this API (personal or unverified)
 MP_LOGIN = "mp_login"
+# A wx.login code sent to /api/mp/login again within this many seconds is a retry whose answer was
+# lost: it gets the same session. Later, it is a replayed code: refused, and the session it started is
+# revoked (RFC 6749 §4.1.2). Short, since within it a copied code gets the session too.
+MP_LOGIN_RETRY_SECONDS = 10.0
 
 
 def session_key_purpose(openid: str) -> str:
     """Sealing purpose that ties a stored session_key to its user."""
     return f"session-key:{openid}"
+
+
+def mp_login_seed(code_hash: str) -> str:
+    """What the session of a mini-program login is derived from: the code's keyed hash."""
+    return f"{MP_LOGIN}:{code_hash}"
 
 
 def confirm_purpose(scene: str) -> str:
@@ -147,6 +157,7 @@ class SessionHandlers:
         code_key: bytes,
         clock: Callable[[], float] = time.time,
         claim_wait: float = 5.0,
+        mp_login_retry: float = MP_LOGIN_RETRY_SECONDS,
     ) -> None:
         self._stores = stores
         self._signer = signer
@@ -159,6 +170,7 @@ class SessionHandlers:
         self._code_key = code_key
         self._clock = clock
         self._claim_wait = claim_wait
+        self._mp_login_retry = mp_login_retry
 
     # -- logins --
 
@@ -290,13 +302,16 @@ class SessionHandlers:
     async def mp_login(self, request: LoginMiniProgram) -> TokenPair:
         """RPC ``session.mp_login``: plain in-mini-program login with a wx.login code.
 
-        A retry with the same code (lost response) reuses the stored exchange and gets a new
-        session; the login is counted once.
+        A retry with the same code within :data:`MP_LOGIN_RETRY_SECONDS` (a lost response) reuses the
+        stored exchange and gets the same session (same refresh token and ``sid``: both are derived
+        from the code's keyed hash); the login is counted once. Later the code is refused and that
+        session revoked (see :meth:`_exchange`).
         """
-        identity = await self._exchange(request.code.get_secret_value(), MP_LOGIN)
+        code = request.code.get_secret_value()
+        identity = await self._exchange(code, MP_LOGIN)
         user = await self._record_login(identity)
         log.info("mp_login", user_id=user.id)
-        return await self._new_session(user)
+        return await self._new_session(user, once_for=mp_login_seed(identity.code_hash))
 
     # -- tokens --
 
@@ -494,19 +509,29 @@ class SessionHandlers:
         return info
 
     async def _exchange(self, code: str, purpose: str, *, scan_hash: str | None = None) -> Identity:
-        """Exchange a wx.login code with WeChat at most once; a retry for the same purpose reuses it."""
+        """Exchange a wx.login code with WeChat at most once; a retry for the same purpose reuses it
+        (a mini-program login only within :data:`MP_LOGIN_RETRY_SECONDS`).
+
+        Any other reuse of a code is refused, and when the code had logged in on the mini-program,
+        the session it started is revoked: a code seen twice may have been copied.
+        """
         code_hash = self.code_id(code)
         now = self._clock()
         earlier = await self._stores.code_uses.claim(code_hash, purpose, now, scan_hash=scan_hash)
         if earlier is not None:
-            if earlier.purpose != purpose or now - earlier.created_at > CODE_LIFETIME:
-                log.info("code_reuse_refused")
+            window = self._mp_login_retry if purpose == MP_LOGIN else CODE_LIFETIME
+            if earlier.purpose != purpose or now - earlier.created_at > window:
+                log.info("code_reuse_refused", first_use=earlier.purpose.partition(":")[0])
+                if earlier.purpose == MP_LOGIN:
+                    await self._revoke_code_session(code_hash)
                 raise CodeAlreadyUsed()
             return await self._await_claim(code_hash, earlier)
         try:
             result = await self._wechat.code2session(code)
         except WeChatBadRequest as exc:
             await self._stores.code_uses.fail(code_hash, exc.errcode)
+            if exc.errcode == _CODE_USED:  # spent before our record of it was purged
+                await self._revoke_code_session(code_hash)
             raise self._code_error(exc.errcode) from None
         except WeChatError as exc:
             # WeChat may not have seen the code: let a retry exchange it again.
@@ -515,6 +540,12 @@ class SessionHandlers:
         sealed = self._data_sealer.seal(result.session_key, purpose=session_key_purpose(result.openid))
         await self._stores.code_uses.succeed(code_hash, result.openid, result.unionid, sealed)
         return Identity(code_hash, result.openid, result.unionid, sealed)
+
+    async def _revoke_code_session(self, code_hash: str) -> None:
+        """Revoke the session a mini-program login with this code started, if any."""
+        family = self._families.family_for(mp_login_seed(code_hash))
+        if await self._families.revoke(family, "code_reuse"):
+            log.warning("code_reuse_session_revoked", security=True, family=family)
 
     async def _await_claim(self, code_hash: str, use: CodeUse) -> Identity:
         deadline = time.monotonic() + self._claim_wait

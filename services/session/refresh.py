@@ -142,18 +142,22 @@ class RefreshFamilies:
     async def start(self, user_id: str, *, once_for: str | None = None) -> Grant:
         """A new family (one login) with its first token.
 
-        With ``once_for`` (a scan login: its scene and ticket hash), the family and its first token
-        are derived from it with the server key, so a retried completion of the same login gets the
-        same session back instead of a second one.
+        With ``once_for`` (a scan login: its scene and ticket hash; a mini-program login: its code's
+        keyed hash), the family and its first token are derived from it with the server key, so a
+        retried completion of the same login gets the same session back instead of a second one.
         """
         now = self._clock()
         if once_for is None:
             token, family = secrets.token_urlsafe(32), secrets.token_urlsafe(12)
         else:
-            token, family = self._derive("refresh-first:", once_for), self._derive("family:", once_for)[:16]
+            token, family = self._derive("refresh-first:", once_for), self.family_for(once_for)
         # False for a retry: the record is already there
         await self._store.insert(self._record(token, family, user_id, now=now, started=now))
         return Grant(token, family, user_id)
+
+    def family_for(self, once_for: str) -> str:
+        """The family :meth:`start` derives from ``once_for`` (to revoke what a login started)."""
+        return self._derive("family:", once_for)[:16]
 
     def _derive(self, label: str, value: str) -> str:
         mac = hmac.new(self._key, label.encode() + value.encode(), hashlib.sha256).digest()

@@ -125,9 +125,11 @@ async def identity_stack(
     unique: str,
     *,
     broker_factory: Callable[[], MemoryBroker] = MemoryBroker,
+    clock: Callable[[], float] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[IdentityStack]:
-    """Start everything; stop it all (and drop the database) on exit."""
+    """Start everything; stop it all (and drop the database) on exit. ``clock`` is every service's
+    but the gateway's (a test's fake clock)."""
     values: dict[str, Any] = {"appid": OFFICIAL_APPID, **FAST, **overrides}
     base = make_settings(mongo_url=mongo.url, mongo_db=f"t_{unique}", **values)
     sim = await start_sim(base)
@@ -143,7 +145,7 @@ async def identity_stack(
     mongo_client: AsyncMongoClient[dict[str, Any]] = make_client(settings.mongo_url)
     system = System(settings)
     try:
-        await system.start(broker=broker)
+        await system.start(broker=broker, clock=clock)
         yield IdentityStack(system, sim, settings, http, mongo_client, broker)
     finally:
         await http.close()

@@ -15,12 +15,13 @@ from typing import Any
 import jwt
 import pytest
 
-from services.session.handlers import session_key_purpose
+from services.session.handlers import MP_LOGIN_RETRY_SECONDS, session_key_purpose
 from shared.messages import LoginConfirmed, UserCreated
 from shared.mongo import EmbeddedMongo
 from shared.sealing import Sealer
 from sim.phone import Phone
 from tests.integration.identity_stack import OFFICIAL_APPID, IdentityStack, identity_stack
+from tests.scenes import FakeClock
 from tests.support import Browser
 
 VECTOR = json.loads((Path(__file__).parents[1] / "data" / "encrypteddata_official_vector.json").read_text())
@@ -119,9 +120,59 @@ async def test_a_retried_mp_login_reuses_the_exchange_and_counts_one_login(mem: 
     first, second = await asyncio.gather(mp.login(code), mp.login(code))
 
     assert first["user"]["id"] == second["user"]["id"]
-    assert first["refresh_token"] != second["refresh_token"]
     assert (await mem.counters())["sns/jscode2session"] == 1
     assert (await user_doc(mem, first["user"]["id"]))["login_count"] == 1
+
+
+async def test_a_mp_login_retried_within_the_window_gets_the_same_session(mem: IdentityStack) -> None:
+    """Security review L1: a lost answer retried is the same login, not a second session."""
+    mp = await mem.phone().register()
+    code = await mp.phone.wx_login()
+    first = await mp.login(code)
+    await asyncio.sleep(1)
+    again, twin = await asyncio.gather(mp.login(code), mp.login(code))
+
+    assert first["refresh_token"] == again["refresh_token"] == twin["refresh_token"]
+    sids = {(await claims_of(mem, t["access_token"]))["sid"] for t in (first, again, twin)}
+    assert len(sids) == 1
+    assert await mem.db.refresh_tokens.count_documents({}) == 1
+    assert (await mem.counters())["sns/jscode2session"] == 1
+    assert (await user_doc(mem, first["user"]["id"]))["login_count"] == 1
+    status, _ = await mp.refresh(first["refresh_token"])
+    assert status == 200
+
+
+@pytest.fixture
+async def clocked(
+    mongo_server: EmbeddedMongo, amqp_base_url: str, unique: str
+) -> AsyncIterator[tuple[IdentityStack, FakeClock]]:
+    """The system over the in-memory bus, its services on a clock the test moves forward."""
+    clock = FakeClock(follow_real_time=True)
+    async with identity_stack("memory", mongo_server, amqp_base_url, unique, clock=clock) as running:
+        yield running, clock
+
+
+async def test_a_mp_login_code_replayed_after_the_window_is_refused_and_revokes_its_session(
+    clocked: tuple[IdentityStack, FakeClock],
+) -> None:
+    """Security review L1 (RFC 6749 §4.1.2): a code seen again later may have been copied."""
+    stack, clock = clocked
+    mp = await stack.phone().register()
+    code = await mp.phone.wx_login()
+    first = await mp.login(code)
+    clock.advance(MP_LOGIN_RETRY_SECONDS + 1)
+
+    for _ in range(2):  # refused every time, whatever the reuse revoked
+        status, body = await stack.request("POST", "/api/mp/login", {"code": code})
+        assert (status, body["error"]["code"]) == (400, "code_invalid")
+    status, body = await mp.refresh(first["refresh_token"])
+    assert (status, body["error"]["code"]) == (401, "refresh_invalid")
+    assert (await stack.counters())["sns/jscode2session"] == 1
+    revoked = await stack.db.refresh_tokens.find_one({})
+    assert revoked["revoked"] and revoked["revoked_reason"] == "code_reuse"
+    # The user is not locked out: a fresh code logs in.
+    fresh = await mp.login()
+    assert (await mp.refresh(fresh["refresh_token"]))[0] == 200
 
 
 async def test_a_code_spent_on_mp_login_cannot_confirm_a_scan(mem: IdentityStack) -> None:
