@@ -175,6 +175,20 @@ async def test_a_mp_login_code_replayed_after_the_window_is_refused_and_revokes_
     assert (await mp.refresh(fresh["refresh_token"]))[0] == 200
 
 
+async def test_a_mp_login_code_wechat_calls_used_revokes_the_session_it_started(mem: IdentityStack) -> None:
+    """Once our record of the code is gone (5 minutes), WeChat's 40163 is the replay: revoke too."""
+    mp = await mem.phone().register()
+    code = await mp.phone.wx_login()
+    first = await mp.login(code)
+    await mem.db.code_uses.delete_many({})  # what the TTL monitor does after 5 minutes
+
+    status, body = await mem.request("POST", "/api/mp/login", {"code": code})
+    assert (status, body["error"]["code"]) == (400, "code_invalid")
+    assert (await mem.counters())["sns/jscode2session"] == 2
+    status, body = await mp.refresh(first["refresh_token"])
+    assert (status, body["error"]["code"]) == (401, "refresh_invalid")
+
+
 async def test_a_code_spent_on_mp_login_cannot_confirm_a_scan(mem: IdentityStack) -> None:
     mp = await mem.phone().register()
     code = await mp.phone.wx_login()
