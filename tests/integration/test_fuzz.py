@@ -32,7 +32,11 @@ FRAMES = int(os.environ.get("WXLOGIN_FUZZ_FRAMES", "300"))
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 OPS_PATHS = {"/healthz", "/readyz", "/metrics"}
 # Per-IP limits off, so the cases reach the handlers instead of a 429.
-NO_LIMITS = {f"limit_{kind}_per_ip_per_minute": 0 for kind in ("issue", "mp", "ws", "poll")}
+NO_LIMITS = {
+    **{f"limit_{kind}_per_ip_per_minute": 0 for kind in ("issue", "mp", "ws", "poll", "login", "session")},
+    "limit_user_per_minute": 0,
+    "limit_issue_prefix_share_percent": 100,
+}
 
 
 @pytest.fixture

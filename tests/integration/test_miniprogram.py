@@ -46,6 +46,9 @@ async def clocked_stack(
         code_pool_size=4,
         limit_issue_per_ip_burst=30,
         limit_mp_per_ip_burst=120,
+        limit_login_per_ip_burst=120,
+        limit_session_per_ip_burst=120,
+        limit_user_burst=120,
     )
     try:
         yield stack
