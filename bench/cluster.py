@@ -31,6 +31,11 @@ LIMITS_OFF = {
     "WXLOGIN_LIMIT_MP_PER_IP_PER_MINUTE": "0",
     "WXLOGIN_LIMIT_WS_PER_IP_PER_MINUTE": "0",
     "WXLOGIN_LIMIT_POLL_PER_IP_PER_MINUTE": "0",
+    "WXLOGIN_LIMIT_LOGIN_PER_IP_PER_MINUTE": "0",
+    "WXLOGIN_LIMIT_SESSION_PER_IP_PER_MINUTE": "0",
+    "WXLOGIN_LIMIT_USER_PER_MINUTE": "0",
+    # One IP is one /24: without this it could take only a tenth of the global issue limit.
+    "WXLOGIN_LIMIT_ISSUE_PREFIX_SHARE_PERCENT": "100",
     # The most the settings allow: the global issue limit protects WeChat's 5000 codes/min.
     "WXLOGIN_LIMIT_ISSUE_GLOBAL_PER_MINUTE": "4285",
     "WXLOGIN_CODE_RENDERS_PER_MINUTE": "4285",
