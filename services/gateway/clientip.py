@@ -9,7 +9,7 @@ first address that is not one of ours is the client. Without trusted proxies the
 from __future__ import annotations
 
 from collections.abc import Sequence
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 
 from aiohttp import web
 
@@ -36,16 +36,6 @@ def parse_hop(text: str) -> Address | None:
     if isinstance(addr, IPv6Address) and addr.ipv4_mapped is not None:
         return addr.ipv4_mapped  # ::ffff:1.2.3.4 is 1.2.3.4 (dual-stack sockets)
     return addr
-
-
-def limit_key(ip: str) -> str:
-    """The key rate limits count under: the address, or its /64 for IPv6 (one subscriber's block)."""
-    addr = parse_hop(ip)
-    if addr is None:
-        return ip[:64] or "unknown"
-    if isinstance(addr, IPv6Address):
-        return str(ip_network(f"{addr}/64", strict=False))
-    return str(addr)
 
 
 class ClientIpResolver:

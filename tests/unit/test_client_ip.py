@@ -7,7 +7,8 @@ from ipaddress import ip_network
 
 import pytest
 
-from services.gateway.clientip import ClientIpResolver, limit_key, parse_hop
+from services.gateway.clientip import ClientIpResolver, parse_hop
+from shared.prefixes import prefix_keys
 
 PROXIES = ClientIpResolver([ip_network("10.0.0.0/8"), ip_network("127.0.0.1/32"), ip_network("fd00::/8")])
 
@@ -48,8 +49,10 @@ def test_garbage_is_not_an_address(text: str) -> None:
     assert parse_hop(text) is None
 
 
-def test_ipv6_clients_are_limited_per_64_and_ipv4_per_address() -> None:
-    assert limit_key("2001:db8:1:2::1") == limit_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
-    assert limit_key("2001:db8:1:3::1") != limit_key("2001:db8:1:2::1")
-    assert limit_key("203.0.113.5") == "203.0.113.5"
-    assert limit_key("") == "unknown"
+def test_ipv6_clients_are_limited_per_64_and_ipv4_per_address_first() -> None:
+    v4, v6 = [32, 24], [64, 56, 48]
+    assert prefix_keys("2001:db8:1:2::1", v4, v6)[0] == "2001:db8:1:2::/64"
+    assert prefix_keys("2001:db8:1:2:ffff::9", v4, v6)[0] == "2001:db8:1:2::/64"
+    assert prefix_keys("2001:db8:1:3::1", v4, v6)[0] != "2001:db8:1:2::/64"
+    assert prefix_keys("203.0.113.5", v4, v6)[0] == "203.0.113.5/32"
+    assert prefix_keys("", v4, v6) == ["unknown"]
