@@ -281,7 +281,7 @@ class RabbitNode:
         """Queue name → type (``quorum``, ``classic``) in the default vhost."""
         done = self.ctl("list_queues", "-q", "name", "type", check=False)
         rows = (line.split("\t") for line in done.stdout.splitlines())
-        return {row[0]: row[1] for row in rows if len(row) == 2}
+        return {row[0]: row[1] for row in rows if len(row) == 2 and row != ["name", "type"]}
 
 
 # Every node started and not yet stopped: stopped by PID at exit if a test forgot (or crashed).
