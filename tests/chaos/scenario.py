@@ -79,7 +79,8 @@ async def _drive(plan: Plan, s: Stack, http: aiohttp.ClientSession) -> Run:
     started = time.monotonic()
     load = asyncio.ensure_future(driver.run(plan.rate, stop_load))
     polling = asyncio.ensure_future(ready.run(stop_ready))
-    faults, errors = [], []
+    faults: list[Fault] = []
+    errors: list[str] = []
     try:
         await asyncio.sleep(plan.warmup)
         for inject in plan.faults:
@@ -97,15 +98,15 @@ async def _drive(plan: Plan, s: Stack, http: aiohttp.ClientSession) -> Run:
         stop_ready.set()
         await polling
     return Run(
-        faults,
-        driver.ledger,
-        ready,
-        s.node_start_s,
-        s.cluster_form_s,
-        0.0,
-        0.0,
-        started,
-        load_stopped,
-        sorted(seen),
-        errors,
+        faults=faults,
+        logins=driver.ledger,
+        ready=ready,
+        node_start_s=s.node_start_s,
+        cluster_form_s=s.cluster_form_s,
+        stack_start_s=0.0,  # filled in by run()
+        wall_s=0.0,
+        started=started,
+        load_stopped=load_stopped,
+        replica_names=sorted(seen),
+        errors=errors,
     )
