@@ -30,6 +30,7 @@ LIMITS_OFF = {
     "WXLOGIN_LIMIT_LOGIN_PER_IP_PER_MINUTE": "0",
     "WXLOGIN_LIMIT_SESSION_PER_IP_PER_MINUTE": "0",
     "WXLOGIN_LIMIT_USER_PER_MINUTE": "0",  # twenty phones take turns: a retry storm would hit it
+    "WXLOGIN_LIMIT_ISSUE_PREFIX_SHARE_PERCENT": "100",  # 127.0.0.1's /24 may use the whole budget
 }
 
 
