@@ -35,7 +35,7 @@ from services.startup import (
     start_site,
 )
 from shared.bus import MemoryBroker
-from shared.config import InvalidSettings, Settings
+from shared.config import Settings
 from shared.httpserver import AppRunner
 from shared.logging import configure_logging, get_logger
 from shared.mongo import EmbeddedMongo
@@ -271,11 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m services``."""
     args = build_parser().parse_args(argv)
-    try:
-        settings = Settings.from_environment()
-    except InvalidSettings as exc:
-        print("\n".join(exc.problems), file=sys.stderr)
-        sys.exit(2)
+    settings = Settings.for_command_line()
     if args.command == "ready":
         sys.exit(0 if ready(args.service, settings) else 1)
     if args.command == "launch":

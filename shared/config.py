@@ -7,6 +7,7 @@ nothing reads the environment at import time.
 from __future__ import annotations
 
 import re
+import sys
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -285,6 +286,16 @@ class Settings(BaseSettings):
             found = re.search(r'field "(\w+)"', str(exc))
             name = env_name(found.group(1)) if found else "a WXLOGIN_ setting"
             raise InvalidSettings([f"{name}: cannot be parsed"]) from None
+
+    @classmethod
+    def for_command_line(cls) -> Settings:
+        """:meth:`from_environment` for a command's entry point: an unusable setting prints its one
+        line per variable on stderr and exits 2, with no traceback."""
+        try:
+            return cls.from_environment()
+        except InvalidSettings as exc:
+            print("\n".join(exc.problems), file=sys.stderr)
+            raise SystemExit(2) from None
 
 
 class InvalidSettings(ValueError):

@@ -24,7 +24,7 @@ from services.session.app import data_sealer, successor_keys
 from services.session.keys import RotationRefused, retire_previous_key, rotate_keys
 from services.session.refresh import migrate_legacy_tokens
 from services.session.store import INDEXES, RefreshTokenStore, SigningKeyStore
-from shared.config import InvalidSettings, Settings
+from shared.config import Settings
 from shared.logging import configure_logging
 from shared.mongo import ensure_indexes, make_client, wait_ready
 
@@ -88,11 +88,7 @@ def keys_main(argv: list[str]) -> None:
         "(after a key leak; caches that lack the new key reject its tokens until they re-fetch)",
     )
     args = parser.parse_args(argv)
-    try:
-        settings = Settings.from_environment()
-    except InvalidSettings as exc:
-        print("\n".join(exc.problems), file=sys.stderr)
-        sys.exit(2)
+    settings = Settings.for_command_line()
     configure_logging(service="session-keys", fmt=settings.log_format, level="WARNING")
     try:
         result = asyncio.run(keys_command(settings, args.action, force=args.force, now_=args.now))
@@ -121,11 +117,7 @@ def migrate_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m services.session refresh-tokens", description=__doc__)
     parser.add_argument("action", choices=["migrate"])
     parser.parse_args(argv)
-    try:
-        settings = Settings.from_environment()
-    except InvalidSettings as exc:
-        print("\n".join(exc.problems), file=sys.stderr)
-        sys.exit(2)
+    settings = Settings.for_command_line()
     configure_logging(service="session-migrate", fmt=settings.log_format, level="WARNING")
     print(json.dumps(asyncio.run(migrate_command(settings)), indent=2))
 

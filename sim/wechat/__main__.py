@@ -11,18 +11,14 @@ import sys
 from aiohttp import web
 
 from services.startup import Address, StartupError, check_free
-from shared.config import InvalidSettings, Settings
+from shared.config import Settings
 from sim.wechat.app import create_app
 from sim.wechat.state import ANY_CODE_MODES, DEFAULT_PAGES
 
 
 def main() -> None:
     """Parse the command line and serve until interrupted."""
-    try:
-        settings = Settings.from_environment()
-    except InvalidSettings as exc:
-        print("\n".join(exc.problems), file=sys.stderr)
-        sys.exit(2)
+    settings = Settings.for_command_line()
     parser = argparse.ArgumentParser(prog="python -m sim.wechat", description=__doc__)
     parser.add_argument("--host", default=settings.sim_host)
     parser.add_argument("--port", type=int, default=settings.sim_port)
