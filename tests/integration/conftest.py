@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import aiohttp
@@ -11,6 +11,7 @@ import pytest
 from shared.bus import MemoryBroker
 from shared.config import Settings
 from shared.mongo import EmbeddedMongo
+from tests.logcheck import ErrorLog, error_log
 from tests.support import Sim, System, drop_database, make_settings, start_sim
 
 
@@ -71,3 +72,10 @@ async def amqp_stack(mongo_server: EmbeddedMongo, amqp_base_url: str, unique: st
         await running.system.stop()
         await running.sim.stop()
         await drop_database(running.settings)
+
+
+@pytest.fixture
+def errors() -> Iterator[ErrorLog]:
+    """Error-level log lines (and tracebacks) written during the test."""
+    with error_log() as log:
+        yield log

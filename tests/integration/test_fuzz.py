@@ -23,7 +23,7 @@ from aiohttp import web
 from services.gateway.openapi import document
 from shared.mongo import EmbeddedMongo
 from tests.integration.conftest import Stack
-from tests.logcheck import ErrorLog, error_log
+from tests.logcheck import ErrorLog
 from tests.scenes import start_stack_with, stop_stack
 from tests.support import ORIGIN, make_settings
 
@@ -49,12 +49,6 @@ async def stack(mongo_server: EmbeddedMongo, amqp_base_url: str, unique: str) ->
         yield running
     finally:
         await stop_stack(running)
-
-
-@pytest.fixture
-def errors() -> Any:
-    with error_log() as log:
-        yield log
 
 
 def registered_routes(app: web.Application) -> set[tuple[str, str]]:

@@ -18,7 +18,7 @@ import pytest
 from shared.mongo import EmbeddedMongo, free_port
 from sim.wechat.testing import running_sim
 from tests.integration.conftest import Stack
-from tests.logcheck import ErrorLog, error_log
+from tests.logcheck import ErrorLog
 from tests.scenes import start_stack_with, stop_stack
 from tests.support import ORIGIN, eventually
 
@@ -43,12 +43,6 @@ async def stack(mongo_server: EmbeddedMongo, amqp_base_url: str, unique: str) ->
         yield running
     finally:
         await stop_stack(running)
-
-
-@pytest.fixture
-def errors() -> Any:
-    with error_log() as log:
-        yield log
 
 
 def assert_api_error(status: int, body: Any, expected_status: int, code: str) -> None:
