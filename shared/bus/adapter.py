@@ -19,11 +19,9 @@ from pymongo.errors import PyMongoError
 
 from shared.bus.acl import CallerNotAllowed, Gate
 from shared.errors import (
-    BusUnavailable,
     InternalError,
     InvalidRequest,
     RemoteError,
-    RpcTimeout,
     ServiceError,
     StoreUnavailable,
 )
@@ -83,9 +81,10 @@ def reset_correlation_id(token: contextvars.Token[str | None]) -> None:
 
 def is_transient(exc: BaseException) -> bool:
     """True for failures that go away by themselves: the store or the bus or a callee is down."""
-    if isinstance(exc, PyMongoError | RpcTimeout | BusUnavailable | StoreUnavailable):
-        return True
-    return isinstance(exc, ServiceError) and exc.error_code in UNAVAILABLE_CODES
+    # BusUnavailable, StoreUnavailable and RpcTimeout are ServiceErrors with codes of that set.
+    return isinstance(exc, PyMongoError) or (
+        isinstance(exc, ServiceError) and exc.error_code in UNAVAILABLE_CODES
+    )
 
 
 class Outcome(Enum):
