@@ -1,4 +1,4 @@
-"""``python -m services run <token|qrcode|session|gateway|all>``, ``launch`` and ``ready``.
+"""``python -m services run <token|qrcode|session|gateway|all>``, ``launch``, ``ready`` and ``clients``.
 
 One service per process is what a container runs, in production mode unless ``WXLOGIN_DEMO`` is on:
 the demo's values (development AppID, http:// WeChat, ``*`` origins, the demo site name) stop it.
@@ -265,7 +265,37 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(launch)
     probe = sub.add_parser("ready", help="exit 0 when the service's /readyz answers 200 (healthcheck)")
     probe.add_argument("service", choices=SERVICES)
+    clients = sub.add_parser("clients", help="the registered clients (WXLOGIN_CLIENTS_FILE): list, check")
+    clients.add_argument("action", choices=["list", "check", "new-secret"])
     return parser
+
+
+def clients_command(action: str, settings: Settings) -> int:
+    """``python -m services clients list|check|new-secret``: exit 0, or 1 with one line per problem."""
+    from shared.clients import ClientRegistry, ClientsFileError, describe, new_secret, webhook_secret_problems
+
+    if action == "new-secret":
+        secret, hashed = new_secret()
+        print(f"client_secret:      {secret}\nclient_secret_hash: {hashed}")
+        print("Give the secret to the site; put only the hash in the clients file.", file=sys.stderr)
+        return 0
+    try:
+        registry = ClientRegistry.from_settings(settings)
+    except ClientsFileError as exc:
+        for problem in exc.problems:
+            print(f"{exc.path}: {problem}", file=sys.stderr)
+        return 1
+    if action == "list":
+        for client in registry.all():
+            print(describe(client))
+        return 0
+    problems = webhook_secret_problems(registry.all())
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if not problems:
+        source = settings.clients_file or "no WXLOGIN_CLIENTS_FILE: the default client only"
+        print(f"{len(registry.all())} clients ok ({source})")
+    return 1 if problems else 0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -274,6 +304,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings.for_command_line()
     if args.command == "ready":
         sys.exit(0 if ready(args.service, settings) else 1)
+    if args.command == "clients":
+        sys.exit(clients_command(args.action, settings))
     if args.command == "launch":
         from services.launch import LaunchError, run_launch
 

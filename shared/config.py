@@ -163,7 +163,13 @@ class Settings(BaseSettings):
 
     # --- identity -------------------------------------------------------------------------------
     jwt_issuer: str = "wxlogin"
+    # The default client's id (and so its tokens' audience): logins that name no client are its.
     jwt_audience: str = "wxlogin-site"
+    # The registered clients (sites), YAML or TOML; re-read on change and on SIGHUP (docs/oidc.md).
+    clients_file: str = ""
+    # The OpenID Connect issuer: the public base URL of the gateway, e.g. https://login.example.com
+    # (no trailing slash). Empty: http://127.0.0.1:<WXLOGIN_GATEWAY_PORT>, for development only.
+    issuer_url: str = ""
     access_token_ttl_seconds: int = Field(default=900, ge=60, le=86400)
     refresh_token_ttl_seconds: int = Field(default=30 * 86400, ge=3600)
     # base64 of 32 random bytes; encrypts session keys and signing keys at rest.
@@ -245,6 +251,23 @@ class Settings(BaseSettings):
             if origin != "*" and not _is_origin(origin):
                 raise ValueError(f"origin must be scheme://host[:port] with nothing after it: {origin!r}")
         return value
+
+    @field_validator("issuer_url")
+    @classmethod
+    def _issuer_is_base_url(cls, value: str) -> str:
+        if not value:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError("must be an http(s) base URL such as https://login.example.com")
+        if value.endswith("/"):
+            raise ValueError("must not end with a slash")
+        return value
+
+    @property
+    def issuer(self) -> str:
+        """The OpenID Connect issuer (``WXLOGIN_ISSUER_URL``, or the local gateway in development)."""
+        return self.issuer_url or f"http://127.0.0.1:{self.gateway_port}"
 
     @field_validator("amqp_url")
     @classmethod

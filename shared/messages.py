@@ -37,6 +37,8 @@ from shared.sealing import Sealer
 SceneId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{32}$")]
 # hex SHA-256 of the browser's ticket; the ticket itself never leaves the gateway.
 TicketHash = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+# A registered client (site), shared.clients; absent on a message: the default client.
+ClientIdField = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{2,63}$")]
 SceneState = Literal["pending", "scanned", "confirmed", "redeemed", "cancelled", "expired"]
 TERMINAL_STATES: frozenset[str] = frozenset({"redeemed", "cancelled", "expired"})
 
@@ -347,6 +349,8 @@ class IssueScene(Request[IssuedScene]):
     ticket_hash: TicketHash
     ip: Annotated[str, Field(max_length=64)]
     user_agent: Annotated[str, Field(max_length=512)] = ""
+    # The site that asked (the gateway checked the Origin against it); the scene is bound to it.
+    client_id: ClientIdField | None = None
 
 
 class SceneStatus(Reply):
@@ -359,6 +363,8 @@ class SceneStatus(Reply):
     expires_at: AwareDatetime
     # Who confirmed it (confirmed/redeemed); for services only, the gateway never passes it on.
     user_id: str | None = None
+    # The client the scene is bound to (None: the default client).
+    client_id: ClientIdField | None = None
 
 
 class GetSceneStatus(Request[SceneStatus]):
@@ -442,6 +448,9 @@ class RedeemedScene(Reply):
 
     scene: SceneId
     user_id: str
+    client_id: ClientIdField | None = None
+    # When the phone confirmed: the OpenID Connect ``auth_time``.
+    confirmed_at: AwareDatetime | None = None
 
 
 class RedeemScene(Request[RedeemedScene]):
@@ -452,6 +461,8 @@ class RedeemScene(Request[RedeemedScene]):
 
     scene: SceneId
     ticket_hash: TicketHash
+    # The client collecting the login: a scene bound to another client is refused (client_mismatch).
+    client_id: ClientIdField | None = None
 
 
 # --- session service ------------------------------------------------------------------------------
@@ -465,6 +476,7 @@ class LoginConfirmed(Event):
 
     scene: SceneId
     user_id: str
+    client_id: ClientIdField | None = None
 
 
 class UserCreated(Event):
@@ -545,6 +557,8 @@ class CompleteLogin(Request[TokenPair]):
 
     scene: SceneId
     ticket_hash: TicketHash
+    # The client collecting the login; the access token's audience.
+    client_id: ClientIdField | None = None
 
 
 class Jwks(Reply):
@@ -662,3 +676,137 @@ class DecryptData(Request[DecryptedData]):
     sid: SessionId
     encrypted_data: Sealed
     iv: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+# --- OpenID Connect (session service; the gateway is the HTTP face) ---------------------------------
+
+
+class AuthorizationRequest(BaseModel):
+    """What an RP asked for at the authorization endpoint, validated by the gateway against the
+    registered client (redirect URI exact, scopes allowed, PKCE present for a public client)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    client_id: ClientIdField
+    redirect_uri: Annotated[str, Field(min_length=1, max_length=2048)]
+    scope: Annotated[str, Field(max_length=512)]  # space-separated, openid included
+    nonce: Annotated[str, Field(max_length=512)] | None = None
+    code_challenge: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{43,128}$")] | None = None
+    code_challenge_method: Literal["S256"] | None = None
+
+
+class Authorized(Reply):
+    """An authorization code for the RP, and the browser's OP session."""
+
+    TYPE = "session.authorize.reply"
+
+    code: Sealed
+    # A new OP session id (the gateway sets it as the cookie); None when an existing one was used.
+    op_session: Sealed | None = None
+    auth_time: AwareDatetime
+
+
+class Authorize(Request[Authorized]):
+    """Mint an authorization code for ``request``: either from a scan login the browser just saw
+    confirmed (``scene`` + ``ticket_hash``: the scene is redeemed, bound to ``request.client_id``, and
+    a new OP session starts) or silently from the browser's OP session (``op_session``; refused with
+    ``login_required`` when it is unknown, ended, or older than ``max_age`` seconds)."""
+
+    TYPE = "session.authorize"
+    REPLY = Authorized
+
+    request: AuthorizationRequest
+    scene: SceneId | None = None
+    ticket_hash: TicketHash | None = None
+    op_session: Sealed | None = None
+    max_age: Annotated[int, Field(ge=0)] | None = None
+
+
+class OidcTokens(Reply):
+    """The token endpoint's answer (RFC 6749 §5.1, plus the ID token)."""
+
+    TYPE = "session.oidc_tokens.reply"
+
+    access_token: Sealed
+    token_type: Literal["Bearer"] = "Bearer"  # noqa: S105 - a token type, not a secret
+    expires_in: int
+    refresh_token: Sealed | None = None
+    id_token: Sealed | None = None
+    scope: str
+
+
+class ExchangeGrant(Request[OidcTokens]):
+    """The token endpoint, for a client the gateway authenticated: ``authorization_code`` (with
+    ``code``, ``redirect_uri`` and ``code_verifier``) or ``refresh_token``. A code works once; a
+    second use is refused and revokes what the first one issued."""
+
+    TYPE = "session.token"
+    REPLY = OidcTokens
+
+    client_id: ClientIdField
+    grant_type: Literal["authorization_code", "refresh_token"]
+    code: Sealed | None = None
+    redirect_uri: Annotated[str, Field(max_length=2048)] | None = None
+    code_verifier: Sealed | None = None
+    refresh_token: Sealed | None = None
+    scope: Annotated[str, Field(max_length=512)] | None = None
+
+
+class UserInfo(Reply):
+    """The claims the client may see about the user of an access token."""
+
+    TYPE = "session.userinfo.reply"
+
+    claims: dict[str, Any]
+
+
+class GetUserInfo(Request[UserInfo]):
+    """The userinfo endpoint, for an access token the gateway verified (its ``aud``, ``sid``, scope)."""
+
+    TYPE = "session.userinfo"
+    REPLY = UserInfo
+
+    client_id: ClientIdField
+    sid: SessionId
+    scope: Annotated[str, Field(max_length=512)] = "openid"
+
+
+class OpSessionEnded(Reply):
+    """RP-initiated logout is done: the OP session ended, its sessions revoked, clients told."""
+
+    TYPE = "session.end_session.reply"
+
+    ended: bool
+
+
+class EndOpSession(Request[OpSessionEnded]):
+    """RP-initiated logout: end the browser's OP session (``op_session``) or, from an ``id_token_hint``
+    the gateway verified, the OP session of that ``sid``; revoke the refresh families it started and
+    send back-channel logout tokens to the clients that registered a URI."""
+
+    TYPE = "session.end_session"
+    REPLY = OpSessionEnded
+
+    op_session: Sealed | None = None
+    sid: SessionId | None = None
+    client_id: ClientIdField | None = None
+
+
+class TokenRevoked(Reply):
+    """RFC 7009 (the gateway always answers 200); ``revoked`` says whether anything was live."""
+
+    TYPE = "session.revoke.reply"
+
+    revoked: bool
+
+
+class RevokeToken(Request[TokenRevoked]):
+    """RFC 7009 revocation of a refresh token (its family) or an access token (its session) issued to
+    ``client_id``; a token of another client is ignored."""
+
+    TYPE = "session.revoke"
+    REPLY = TokenRevoked
+
+    client_id: ClientIdField
+    token: Sealed
+    token_type_hint: Literal["access_token", "refresh_token"] | None = None

@@ -46,6 +46,12 @@ CALLERS: Mapping[str, frozenset[str]] = {
     "session.logout": frozenset({"gateway"}),
     "session.bind_phone": frozenset({"gateway"}),
     "session.decrypt": frozenset({"gateway"}),
+    # OpenID Connect: the gateway is the HTTP face of the OP, the session service holds its state.
+    "session.authorize": frozenset({"gateway"}),
+    "session.token": frozenset({"gateway"}),
+    "session.userinfo": frozenset({"gateway"}),
+    "session.end_session": frozenset({"gateway"}),
+    "session.revoke": frozenset({"gateway"}),
 }
 
 

@@ -75,6 +75,50 @@ SAMPLES: list[m.Message] = [
         user_id="u_1", sid="family_1", encrypted_data=SecretStr("CiyLU1Aw2Kjv"), iv="r7BXXKkLb8qrSNn05n0qiA=="
     ),
     m.DecryptedData(data=SecretStr('{"nickName": "Band"}'), user=m.UserView(id="u_1", openid="o" * 28)),
+    # --- clients and OpenID Connect ---
+    m.IssueScene(ticket_hash=HASH, ip="127.0.0.1", client_id="shop"),
+    m.RedeemScene(scene=SCENE, ticket_hash=HASH, client_id="shop"),
+    m.RedeemedScene(scene=SCENE, user_id="u_1", client_id="shop", confirmed_at=WHEN),
+    m.LoginConfirmed(scene=SCENE, user_id="u_1", client_id="shop"),
+    m.Authorize(
+        request=m.AuthorizationRequest(
+            client_id="shop",
+            redirect_uri="https://shop.example/cb",
+            scope="openid profile",
+            nonce="n-0S6_WzA2Mj",
+            code_challenge="E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+            code_challenge_method="S256",
+        ),
+        scene=SCENE,
+        ticket_hash=HASH,
+    ),
+    m.Authorize(
+        request=m.AuthorizationRequest(client_id="shop", redirect_uri="https://shop.example/cb", scope="openid"),  # noqa: E501
+        op_session=SecretStr("op-session-secret"),
+        max_age=60,
+    ),
+    m.Authorized(code=SecretStr("code-secret"), op_session=SecretStr("op-session-secret"), auth_time=WHEN),
+    m.ExchangeGrant(
+        client_id="shop",
+        grant_type="authorization_code",
+        code=SecretStr("code-secret"),
+        redirect_uri="https://shop.example/cb",
+        code_verifier=SecretStr("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+    ),
+    m.ExchangeGrant(client_id="shop", grant_type="refresh_token", refresh_token=SecretStr("refresh-secret")),
+    m.OidcTokens(
+        access_token=SecretStr("eyJ.a.b"),
+        expires_in=900,
+        refresh_token=SecretStr("refresh-secret"),
+        id_token=SecretStr("eyJ.c.d"),
+        scope="openid profile",
+    ),
+    m.GetUserInfo(client_id="shop", sid="family_1", scope="openid phone"),
+    m.UserInfo(claims={"sub": "u_1", "preferred_username": "wx_abc"}),
+    m.EndOpSession(op_session=SecretStr("op-session-secret")),
+    m.OpSessionEnded(ended=True),
+    m.RevokeToken(client_id="shop", token=SecretStr("refresh-secret"), token_type_hint="refresh_token"),
+    m.TokenRevoked(revoked=True),
 ]
 
 
@@ -184,7 +228,7 @@ def test_a_sealed_field_cannot_be_serialized_without_a_sealer() -> None:
 
 def test_secrets_do_not_show_in_a_message_repr() -> None:
     holding = [msg for msg in SAMPLES if "refresh-secret" in str(_plain(msg))]
-    assert len(holding) == 3
+    assert len(holding) == 6
     for message in holding:
         assert "refresh-secret" not in repr(message)
 
