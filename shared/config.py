@@ -175,6 +175,9 @@ class Settings(BaseSettings):
     # base64 of 32 random bytes; encrypts session keys and signing keys at rest.
     # Empty is allowed only in the embedded demo, which then makes a throw-away key.
     data_key: SecretStr = SecretStr("")
+    # base64 of 32 random bytes that never rotates: keys pairwise subjects and preferred usernames
+    # (shared/subjects.py). Empty: derived from the data key (development only).
+    subject_key: SecretStr = SecretStr("")
     # A spent refresh token presented again within this many seconds gets the same successor (two
     # tabs refreshing at once, a retried request), and only while that successor is unused; later,
     # it revokes the whole family. Short: within it, a copied token gets the live successor too.

@@ -133,3 +133,20 @@ def test_the_cli_lists_checks_and_makes_secrets(tmp_path: Path, capsys: pytest.C
     out = capsys.readouterr().out
     secret = out.split("client_secret:")[1].split()[0]
     assert hash_secret(secret) in out
+
+
+def test_pairwise_subjects_differ_per_client_and_are_stable() -> None:
+    from shared.clients import Client
+    from shared.subjects import preferred_username, subject
+
+    key = bytes(range(32))
+    public = Client(client_id="shop", site_name="Shop")
+    a = Client(client_id="site-a", site_name="A", subject_type="pairwise")
+    b = Client(client_id="site-b", site_name="B", subject_type="pairwise")
+    assert subject(public, "u_1", key) == "u_1"
+    assert subject(a, "u_1", key) == subject(a, "u_1", key) != subject(b, "u_1", key)
+    assert subject(a, "u_1", key) != subject(a, "u_1", bytes(32))
+    assert subject(a, "u_1", key).startswith("p_") and len(subject(a, "u_1", key)) == 34
+    assert preferred_username(public, "u_1", key).startswith("wx_")
+    assert preferred_username(a, "u_1", key) != preferred_username(b, "u_1", key)
+    assert preferred_username(public, "u_1", key) != preferred_username(public, "u_2", key)
