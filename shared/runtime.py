@@ -18,9 +18,12 @@ Graceful shutdown, in this order (aiohttp runs it on ``AppRunner.cleanup()``, i.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import os
+import signal
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -33,6 +36,7 @@ from prometheus_client.metrics_core import Metric
 from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.bus import AmqpBus, Bus, BusMetrics, MemoryBroker, MemoryBus
+from shared.clients import ClientRegistry
 from shared.config import Settings
 from shared.logging import get_logger
 from shared.mongo import Index, MongoHealth, close_client, ensure_indexes, make_client, wait_ready
@@ -51,6 +55,7 @@ REGISTRY = web.AppKey("registry", CollectorRegistry)
 READY_CHECKS = web.AppKey("ready_checks", dict)
 # Other services' registries, rendered by this app's /metrics too (the one-process `run all`).
 EXTRA_REGISTRIES = web.AppKey("extra_registries", list)
+CLIENTS = web.AppKey("clients", ClientRegistry)
 
 
 class Shutdown:
@@ -361,6 +366,64 @@ async def stop_task(task: asyncio.Future[Any], *, timeout: float = 5.0) -> bool:
     if not task.cancelled():
         task.exception()  # retrieved, so asyncio does not log it again; background() logs crashes
     return True
+
+
+# SIGHUP ("re-read your files"): one handler per event loop runs every hook registered on it, so each
+# service of the one-process ``run all`` reloads.
+_RELOAD_HOOKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[Callable[[], Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _run_reload_hooks(loop: asyncio.AbstractEventLoop) -> None:
+    log.info("reload_signal")
+    for hook in list(_RELOAD_HOOKS.get(loop, [])):
+        try:
+            hook()
+        except Exception:  # one failing reload must not stop the others
+            log.exception("reload_hook_failed")
+
+
+def on_reload_signal(hook: Callable[[], Any]) -> Callable[[], None]:
+    """Call ``hook`` (synchronous) on SIGHUP until the returned function is called.
+
+    Where the loop cannot handle signals (not the main thread, Windows) nothing is installed and the
+    hook never runs; files watched by polling (:meth:`~shared.clients.ClientRegistry.watch`) are
+    still re-read when they change.
+    """
+    loop = asyncio.get_running_loop()
+    hooks = _RELOAD_HOOKS.setdefault(loop, [])
+    if not hooks:
+        try:
+            loop.add_signal_handler(signal.SIGHUP, _run_reload_hooks, loop)
+        except (NotImplementedError, RuntimeError, ValueError, AttributeError):
+            log.info("reload_signal_unavailable")
+    hooks.append(hook)
+
+    def remove() -> None:
+        if hook in hooks:
+            hooks.remove(hook)
+        if not hooks and not loop.is_closed():
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError, AttributeError):
+                loop.remove_signal_handler(signal.SIGHUP)
+
+    return remove
+
+
+async def clients_context(app: web.Application) -> AsyncIterator[None]:
+    """``cleanup_ctx``: the registered clients (:mod:`shared.clients`) as ``app[CLIENTS]``, re-read when
+    ``WXLOGIN_CLIENTS_FILE`` changes and on SIGHUP. An invalid file stops the start-up; one that turns
+    invalid later is logged and ignored (the clients read last stay in force)."""
+    registry = ClientRegistry.from_settings(app[SETTINGS])
+    app[CLIENTS] = registry
+    watcher = asyncio.ensure_future(registry.watch()) if app[SETTINGS].clients_file else None
+    remove_hook = on_reload_signal(lambda: registry.reload(force=True))
+    try:
+        yield
+    finally:
+        remove_hook()
+        if watcher is not None:
+            await stop_task(watcher)
 
 
 def background(app: web.Application, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
