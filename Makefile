@@ -13,7 +13,7 @@ DEMO_STAMP := $(VENV)/.installed-embedded-$(HASH)
 VENV_ARGS := $(VENV) $(PYTHON) $(if $(filter command line environment,$(origin PYTHON)),given)
 VENV_CHECK := $(if $(shell bash scripts/venv.sh check $(VENV_ARGS)),rebuild-venv)
 
-.PHONY: install install-demo rebuild-venv test lint typecheck unit integration e2e demo bench bench-quick bench-deps rabbitmq chromium clean fuzz chaos
+.PHONY: install install-demo rebuild-venv test lint typecheck unit integration e2e demo bench bench-quick bench-deps rabbitmq chromium clean fuzz chaos rp-deps
 
 $(STAMP): pyproject.toml $(VENV_CHECK)
 	@bash scripts/venv.sh ensure $(VENV_ARGS)
@@ -43,13 +43,25 @@ rabbitmq:
 chromium:
 	@bash scripts/ensure-chromium.sh
 
+# The Node relying party of tests/integration/test_oidc_rp.py: openid-client, pinned in the lock file.
+# `npm ci` only when node_modules is missing or older than package.json / package-lock.json (npm's
+# cache makes a re-install offline); without npm that test is skipped, like the mini-program's.
+RP_DIR := tests/rp
+RP_STAMP := $(RP_DIR)/node_modules/.installed
+$(RP_STAMP): $(RP_DIR)/package.json $(RP_DIR)/package-lock.json
+	@if command -v npm >/dev/null; then \
+		cd $(RP_DIR) && npm ci --prefer-offline --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
+	else echo "npm not found: the openid-client relying-party test will be skipped"; fi
+
+rp-deps: $(RP_STAMP)
+
 lint: install
 	$(BIN)/ruff check .
 
 typecheck: install
 	$(BIN)/mypy
 
-test: install rabbitmq chromium
+test: install rabbitmq chromium rp-deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q -p no:cacheprovider
@@ -57,7 +69,7 @@ test: install rabbitmq chromium
 unit: install
 	$(BIN)/pytest -q tests/unit
 
-integration: install rabbitmq
+integration: install rabbitmq rp-deps
 	$(BIN)/pytest -q tests/integration
 
 e2e: install chromium
