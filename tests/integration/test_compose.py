@@ -7,6 +7,7 @@ healthcheck everywhere, nothing that pins a container name or host port, and no 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -271,12 +272,76 @@ def test_services_have_time_to_drain_before_they_are_killed() -> None:
 
 def test_mongo_is_a_single_node_replica_set_the_services_connect_to() -> None:
     mongo = services()["mongo"]
-    assert mongo["command"][:3] == ["mongod", "--replSet", "rs0"]
-    script = (ROOT / "deploy" / "mongo" / "replica-set-health.js").read_text()
-    assert 'rs.initiate({ _id: "rs0", members: [{ _id: 0, host: "mongo:27017" }] })' in script
-    assert "NotYetInitialized" in script  # initiates only an uninitiated set: idempotent
-    assert any("replica-set-health.js" in v for v in mongo["volumes"])
-    assert "replicaSet=rs0" in environment("token")["WXLOGIN_MONGO_URL"]
+    assert mongo["command"][:4] == ["docker-entrypoint.sh", "mongod", "--replSet", "rs0"]
+    script = (MONGO_DIR / "healthcheck.js").read_text()
+    assert 'const REPLICA_SET = { _id: "rs0", members: [{ _id: 0, host: "mongo:27017" }] };' in script
+    assert "hello.isreplicaset && !hello.setName" in script  # initiates only an uninitiated set
+    assert mongo["healthcheck"]["test"][-1] == "/etc/wxlogin/healthcheck.js"
+    for name in MONGO_ROLES:
+        assert "@mongo:27017/?replicaSet=rs0&" in environment(name)["WXLOGIN_MONGO_URL"]
+
+
+# --- MongoDB access control (security review M1; deploy/mongo, tests/integration/test_compose_mongo.py)
+
+MONGO_DIR = ROOT / "deploy" / "mongo"
+MONGO_ROLES: dict[str, dict[str, list[str]]] = json.loads((MONGO_DIR / "roles.json").read_text())
+MONGO_PASSWORD = re.compile(r"\$\{(MONGO_([A-Z0-9_]+)_PASSWORD)(?::?[-?+][^}]*)?\}")
+
+
+def test_mongod_runs_with_access_control_and_a_key_file_the_entrypoint_makes() -> None:
+    mongo = services()["mongo"]
+    command = mongo["command"]
+    assert "--auth" in command and "--noauth" not in command
+    assert "--keyFile" in command, "a replica set needs a key file under --auth"
+    keyfile = command[command.index("--keyFile") + 1]
+    assert mongo["entrypoint"] == ["/bin/sh", "/etc/wxlogin/entrypoint.sh"]
+    assert "./deploy/mongo:/etc/wxlogin:ro" in mongo["volumes"]
+    # The entrypoint makes the key file where mongod looks, in the data volume (it must outlive the
+    # container: every member of a set shares it).
+    entrypoint = (MONGO_DIR / "entrypoint.sh").read_text()
+    assert f'keyfile="${{MONGO_KEYFILE:-{keyfile}}}"' in entrypoint
+    assert keyfile.startswith("/data/db/") and "mongo-data:/data/db" in mongo["volumes"]
+    assert "MONGO_INITDB_ROOT_USERNAME" not in COMPOSE_TEXT  # the image's own init would drop --auth
+
+
+def test_each_data_service_connects_to_mongo_as_its_own_user_and_the_gateway_not_at_all() -> None:
+    for name in services():
+        url = environment(name).get("WXLOGIN_MONGO_URL")
+        if name not in MONGO_ROLES:
+            assert url is None, f"{name} has no MongoDB role, so no MongoDB URL"
+            continue
+        pattern = (
+            rf"mongodb://wxlogin-{name}:\$\{{MONGO_{name.upper()}_PASSWORD:\?[^}}]*\}}@mongo:27017/"
+            r"\?replicaSet=rs0&authSource=\$\{WXLOGIN_MONGO_DB:-wxlogin\}"
+        )
+        assert url is not None and re.fullmatch(pattern, url), f"{name}: {url}"
+    assert "gateway" not in MONGO_ROLES
+    assert not [k for k in environment("gateway") if "MONGO" in k]
+
+
+def test_mongo_passwords_reach_only_the_mongo_container_and_their_own_service() -> None:
+    for name in services():
+        env = environment(name)
+        values = " ".join(v for v in env.values() if isinstance(v, str))
+        seen = {m.group(2).lower() for m in MONGO_PASSWORD.finditer(values)}
+        seen |= {m.group(1).lower() for k in env if (m := re.fullmatch(r"MONGO_([A-Z0-9_]+)_PASSWORD", k))}
+        if name == "mongo":
+            assert seen == {"root", *MONGO_ROLES}
+        elif name in MONGO_ROLES:
+            assert seen == {name}, f"{name} holds another service's (or the root) MongoDB password: {seen}"
+        else:
+            assert seen == set(), f"{name} holds MongoDB passwords: {seen}"
+    # Every password the users step sets is required (compose refuses to start without it).
+    for key, value in environment("mongo").items():
+        if key.startswith("MONGO_"):
+            assert re.fullmatch(rf"\$\{{{key}:\?[^}}]+\}}", value), key
+
+
+def test_env_example_asks_for_every_mongo_password_with_a_way_to_make_it() -> None:
+    documented = documented_keys()
+    for name in ["ROOT", *(service.upper() for service in MONGO_ROLES)]:
+        comment = documented[f"MONGO_{name}_PASSWORD"]
+        assert "openssl rand -hex 24" in comment and "CHANGE ME" in comment
 
 
 def test_gateways_cannot_reach_mongodb_and_the_databases_cannot_reach_out() -> None:
