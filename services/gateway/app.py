@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,14 +16,17 @@ from services.gateway.errors import status_for
 from services.gateway.handlers import PUSHED_EVENTS, CatchUp, PushHandlers
 from services.gateway.limits import GatewayLimits
 from services.gateway.longpoll import StatusPoller
-from services.gateway.routes import CLIENT_IP, KEYS, LIMITS, POLLER, SOCKETS, setup_routes
+from services.gateway.origins import Origins
+from services.gateway.routes import CLIENT_IP, CLIENTS, KEYS, LIMITS, ORIGINS, POLLER, SOCKETS, setup_routes
 from services.gateway.store import SubscriptionStore
 from services.gateway.ws import Hub, SocketEndpoint, WsMetrics, origin_allowed
+from services.startup import StartupError
 from shared.bus import MemoryBroker, reset_correlation_id, set_correlation_id
+from shared.clients import ClientRegistry, ClientsFileError
 from shared.config import Settings
 from shared.errors import ServiceError
 from shared.logging import bind_context, get_logger, unbind_context
-from shared.runtime import BUS, READY_CHECKS, REGISTRY, SETTINGS, bus_context, new_app, on_drain
+from shared.runtime import BUS, READY_CHECKS, REGISTRY, SETTINGS, bus_context, new_app, on_drain, stop_task
 
 SERVICE = "gateway"
 HUB = web.AppKey("hub", Hub)
@@ -37,6 +41,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 # Browser-facing API paths that a site's own pages may call cross-origin.
 _CORS_PREFIXES = ("/api/login/", "/api/token/", "/api/me", "/api/logout", "/.well-known/")
+# OAuth endpoints a registered client's single-page app may call: granted to the clients' origins,
+# but a foreign Origin is not refused here (servers call them too; the answer is an OAuth one).
+_OAUTH_CORS_PATHS = frozenset({"/oidc/token", "/oidc/userinfo", "/oidc/revoke"})
 
 _HTTP_CODES = {
     400: "invalid_request",
@@ -148,14 +155,25 @@ def security_headers(settings: Settings) -> Callable[..., Awaitable[web.StreamRe
     return middleware
 
 
-def cors(allowed: list[str]) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """CORS for the browser API, only for origins in ``WXLOGIN_ALLOWED_ORIGINS``."""
+def cors(allowed: list[str] | Callable[[], list[str]]) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """CORS for the browser API, only for the registered clients' origins (``allowed``, or a function
+    that returns them: the clients file may change) and the issuer's own."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         origin = request.headers.get("Origin")
+        origins = allowed() if callable(allowed) else allowed
+        if request.path in _OAUTH_CORS_PATHS:
+            if origin and origin_allowed(origin, origins):
+                response: web.StreamResponse = (
+                    web.Response(status=204) if request.method == "OPTIONS" else await handler(request)
+                )
+                if not response.prepared:
+                    _grant(response, origin)
+                return response
+            return await handler(request)
         browser_api = request.path.startswith(_CORS_PREFIXES)
-        if browser_api and origin and not origin_allowed(origin, allowed):
+        if browser_api and origin and not origin_allowed(origin, origins):
             # Refused before any handler runs, and readable by the refused page (only this refusal
             # carries its origin), so the SDK can say which setting to change instead of a bare
             # "Failed to fetch". The preflight must pass for the page to see it.
@@ -172,7 +190,7 @@ def cors(allowed: list[str]) -> Callable[..., Awaitable[web.StreamResponse]]:
             return refusal
         applies = browser_api and origin
         if request.method == "OPTIONS" and applies:
-            response: web.StreamResponse = web.Response(status=204)
+            response = web.Response(status=204)
         else:
             response = await handler(request)
         if applies and not response.prepared:
@@ -189,20 +207,26 @@ def _grant(response: web.StreamResponse, origin: str) -> None:
         response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
         response.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization, X-Login-Ticket"
         response.headers["Access-Control-Max-Age"] = "600"
-    # The SDK waits out a 503/429 for as long as Retry-After says.
-    response.headers["Access-Control-Expose-Headers"] = "Retry-After, X-Request-ID"
+    # The SDK waits out a 503/429 for as long as Retry-After says; a client of userinfo reads why its
+    # token was refused.
+    response.headers["Access-Control-Expose-Headers"] = "Retry-After, X-Request-ID, WWW-Authenticate"
     response.headers["Vary"] = "Origin"
 
 
 def create_app(settings: Settings, *, broker: MemoryBroker | None = None) -> web.Application:
     """The gateway as an aiohttp app."""
+    try:
+        clients = ClientRegistry.from_settings(settings)
+    except ClientsFileError as exc:
+        raise StartupError("\n".join([f"WXLOGIN_CLIENTS_FILE {exc.path}:", *exc.problems])) from None
+    origins = Origins(clients, issuer=settings.issuer, allowed=settings.allowed_origins)
     app = new_app(
         settings,
         client_max_size=MAX_BODY,
         # cors outside errors: an error answer to an allowed origin must be readable by that page.
         middlewares=[
             correlation,
-            cors(settings.allowed_origins),
+            cors(origins.all),
             errors,
             ops_exact_spelling,
             security_headers(settings),
@@ -214,6 +238,7 @@ def create_app(settings: Settings, *, broker: MemoryBroker | None = None) -> web
         ["route", "code", "status"],
         registry=app[REGISTRY],
     )
+    app[CLIENTS], app[ORIGINS] = clients, origins
     app.cleanup_ctx.append(bus_context(SERVICE, broker))
 
     async def handlers_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -225,10 +250,14 @@ def create_app(settings: Settings, *, broker: MemoryBroker | None = None) -> web
         limits = GatewayLimits.from_settings(settings, app[REGISTRY])
         client_ip = ClientIpResolver(settings.trusted_proxies)
         app[LIMITS], app[CLIENT_IP] = limits, client_ip
-        app[SOCKETS] = SocketEndpoint(hub, bus, settings.allowed_origins, limits=limits, client_ip=client_ip)
+        app[SOCKETS] = SocketEndpoint(hub, bus, origins.all, limits=limits, client_ip=client_ip)
         on_drain(app, app[SOCKETS].close_all)
         app[POLLER] = StatusPoller(hub, bus, max_wait=settings.status_max_wait_seconds)
-        keys = KeySet(bus, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+        # Access tokens of the browser API (WXLOGIN_JWT_ISSUER) and of OpenID Connect (the issuer),
+        # for any registered client (the audience is the client's id).
+        keys = KeySet(
+            bus, issuer=settings.jwt_issuer, oidc_issuer=settings.issuer, audience=clients.audiences
+        )
         app[KEYS] = keys
         await bus.subscribe_broadcast(list(PUSHED_EVENTS), PushHandlers(hub).on_event)
         bus.on_reconnected(CatchUp(hub, bus))
@@ -238,7 +267,11 @@ def create_app(settings: Settings, *, broker: MemoryBroker | None = None) -> web
             return keys.loaded or await keys.refresh()
 
         app[READY_CHECKS]["jwks"] = keys_ready
-        yield
+        watcher = asyncio.ensure_future(clients.watch())  # the clients file, re-read when it changes
+        try:
+            yield
+        finally:
+            await stop_task(watcher)
 
     app.cleanup_ctx.append(handlers_ctx)
     setup_routes(app)

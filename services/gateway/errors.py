@@ -48,6 +48,13 @@ class TicketInUrl(ServiceError):
     default_message = "send the login ticket in the X-Login-Ticket header, never in the URL"
 
 
+class ClientUnknown(ServiceError):
+    """The request names a client that is not registered (``WXLOGIN_CLIENTS_FILE``)."""
+
+    code = "client_unknown"
+    default_message = "no client with this client_id is registered"
+
+
 class RateLimited(ServiceError):
     """This client sent more requests of this kind than its limit allows."""
 
@@ -103,6 +110,15 @@ STATUS_BY_CODE: dict[str, int] = {
     "phone_taken": 409,
     "unionid_taken": 409,
     "no_session_key": 409,
+    # --- clients and OpenID Connect (OAuth endpoints answer RFC 6749 bodies: gateway/oidc.py) ---
+    "client_unknown": 400,
+    "client_mismatch": 403,
+    "invalid_grant": 400,
+    "invalid_scope": 400,
+    "unauthorized_client": 400,
+    "unsupported_grant_type": 400,
+    "invalid_client": 401,
+    "login_required": 401,
 }
 
 

@@ -15,6 +15,7 @@ from services.gateway.auth import KeySet, bearer_token
 from services.gateway.clientip import ClientIpResolver
 from services.gateway.errors import (
     BadRequest,
+    ClientUnknown,
     OriginNotAllowed,
     TicketInUrl,
     TicketRequired,
@@ -23,11 +24,14 @@ from services.gateway.errors import (
 from services.gateway.jsonbody import JSON_MEDIA_TYPE, loads
 from services.gateway.limits import GatewayLimits
 from services.gateway.longpoll import StatusPoller, StatusQuery, status_body
-from services.gateway.ws import SocketEndpoint, request_origin_allowed, ticket_hash
+from services.gateway.origins import Origins
+from services.gateway.ws import SocketEndpoint, origin_allowed, ticket_hash
+from shared.clients import Client, ClientRegistry
 from shared.errors import RemoteError
 from shared.logging import get_logger
 from shared.messages import (
     CancelScene,
+    ClientIdField,
     CompleteLogin,
     ConfirmLogin,
     IdentifyScanner,
@@ -46,6 +50,8 @@ SOCKETS = web.AppKey("sockets", SocketEndpoint)
 LIMITS = web.AppKey("limits", GatewayLimits)
 CLIENT_IP = web.AppKey("client_ip", ClientIpResolver)
 POLLER = web.AppKey("poller", StatusPoller)
+CLIENTS = web.AppKey("clients", ClientRegistry)
+ORIGINS = web.AppKey("origins", Origins)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -53,12 +59,20 @@ TICKET_PATTERN = r"^[A-Za-z0-9_-]+$"
 Ticket = Field(min_length=16, max_length=128, pattern=TICKET_PATTERN)
 
 
+class IssueBody(BaseModel):
+    """``POST /api/login/qrcode``: the registered client the login is for (none: the default client)."""
+
+    model_config = ConfigDict(extra="ignore")
+    client_id: ClientIdField | None = None
+
+
 class CompleteBody(BaseModel):
-    """``POST /api/login/complete``."""
+    """``POST /api/login/complete``: ``client_id`` as the code was issued for (none: the default)."""
 
     model_config = ConfigDict(extra="ignore")
     scene: SceneId
     ticket: str = Ticket
+    client_id: ClientIdField | None = None
 
 
 # Printable ASCII, as WeChat's codes are; the bounds keep garbage out of the bus.
@@ -126,16 +140,38 @@ def client_ip(request: web.Request) -> str:
     return request.app[CLIENT_IP].for_request(request)
 
 
-def check_browser_call(request: web.Request, limit: str) -> str:
+def registered_client(request: web.Request, client_id: str | None) -> Client:
+    """The registered client ``client_id`` (the default client for None); 400 ``client_unknown``."""
+    client = request.app[CLIENTS].get(client_id)
+    if client is None:
+        raise ClientUnknown()
+    return client
+
+
+def wire_client_id(request: web.Request, client: Client) -> str | None:
+    """What the bus carries for ``client``: None for the default client (as before clients existed)."""
+    return None if client.client_id == request.app[CLIENTS].default.client_id else client.client_id
+
+
+def check_browser_call(request: web.Request, limit: str, client: Client | None = None) -> str:
     """A browser API call: an Origin, when sent, must be allowed; then the per-IP ``limit``.
 
-    Browsers send Origin on every cross-site POST, so this stops other sites from spending a visitor's
-    (and, through many visitors, the global) issue budget. Returns the client IP.
+    With ``client``, the Origin must be one of that client's web origins (or the issuer's own, the
+    hosted login page); without, any registered client's. Browsers send Origin on every cross-site
+    POST, so this stops other sites from spending a visitor's (and, through many visitors, the
+    global) issue budget, or from starting logins in another site's name. Returns the client IP.
     """
-    if "Origin" in request.headers and not request_origin_allowed(
-        request, request.app[SETTINGS].allowed_origins
-    ):
-        raise OriginNotAllowed()
+    if "Origin" in request.headers:
+        origins = request.headers.getall("Origin")
+        rules = request.app[ORIGINS]
+        if client is None:
+            allowed = len(origins) == 1 and origin_allowed(origins[0], rules.all())
+        else:
+            allowed = len(origins) == 1 and rules.allows_for(client, origins[0])
+        if not allowed:
+            if client is None or client.client_id == request.app[CLIENTS].default.client_id:
+                raise OriginNotAllowed()
+            raise OriginNotAllowed(f"this origin is not among the web_origins of client {client.client_id}")
     ip = client_ip(request)
     request.app[LIMITS].check(limit, ip)
     return ip
@@ -170,17 +206,22 @@ def tokens_json(pair: TokenPair) -> dict[str, Any]:
 
 
 async def issue_qrcode(request: web.Request) -> web.Response:
-    """``POST /api/login/qrcode`` → 201 ``{scene, ticket, image, expires_at, expires_in}``.
+    """``POST /api/login/qrcode [{client_id}]`` → 201 ``{scene, ticket, image, expires_at, expires_in}``.
 
-    Also how a page gets a new code when its code expired or was cancelled: one more call.
+    Also how a page gets a new code when its code expired or was cancelled: one more call. The code
+    belongs to the client named (the default client when the body is absent or names none): the phone
+    shows that client's site name, and only that client may collect the login.
     """
-    ip = check_browser_call(request, "issue")
+    body = await read_body(request, IssueBody) if request.body_exists else IssueBody()
+    client = registered_client(request, body.client_id)
+    ip = check_browser_call(request, "issue", client)
     ticket = secrets.token_urlsafe(32)
     issued = await request.app[BUS].call(
         IssueScene(
             ticket_hash=ticket_hash(ticket),
             ip=ip,
             user_agent=request.headers.get("User-Agent", "")[:512],
+            client_id=wire_client_id(request, client),
         )
     )
     expires_in = max(0, int((issued.expires_at - datetime.now(UTC)).total_seconds()))
@@ -197,10 +238,18 @@ async def issue_qrcode(request: web.Request) -> web.Response:
 
 
 async def complete_login(request: web.Request) -> web.Response:
-    """``POST /api/login/complete {scene, ticket}`` → tokens, once."""
-    check_browser_call(request, "poll")
+    """``POST /api/login/complete {scene, ticket, client_id?}`` → tokens, once (for the client the
+    code was issued for: another client's is 403 ``client_mismatch``)."""
     body = await read_body(request, CompleteBody)
-    pair = await request.app[BUS].call(CompleteLogin(scene=body.scene, ticket_hash=ticket_hash(body.ticket)))
+    client = registered_client(request, body.client_id)
+    check_browser_call(request, "poll", client)
+    pair = await request.app[BUS].call(
+        CompleteLogin(
+            scene=body.scene,
+            ticket_hash=ticket_hash(body.ticket),
+            client_id=wire_client_id(request, client),
+        )
+    )
     return web.json_response(tokens_json(pair))
 
 

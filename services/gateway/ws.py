@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -120,7 +121,7 @@ class SocketEndpoint:
         self,
         hub: Hub,
         bus: Caller,
-        allowed_origins: list[str],
+        allowed_origins: list[str] | Callable[[], list[str]],
         *,
         limits: GatewayLimits | None = None,
         client_ip: ClientIpResolver | None = None,
@@ -136,7 +137,8 @@ class SocketEndpoint:
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         """Check Origin and the per-IP connect limit (403/429 before upgrading), then serve."""
-        if not request_origin_allowed(request, self._allowed):
+        allowed = self._allowed() if callable(self._allowed) else self._allowed
+        if not request_origin_allowed(request, allowed):
             raise OriginNotAllowed()
         if self._limits is not None:
             self._limits.check("ws", self._client_ip.for_request(request))
