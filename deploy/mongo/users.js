@@ -7,7 +7,8 @@
 //
 // It acts as wxlogin-root (the administrator, MONGO_ROOT_PASSWORD), whom it creates first when no user
 // exists at all (a new data volume, or one from a version without access control): MongoDB's localhost
-// exception allows exactly that. No service ever receives the root password.
+// exception allows exactly that. No service ever receives the root password. Started by a user already
+// logged in (mongosh -u admin …, against an external MongoDB), it acts as that user instead.
 //
 //   MONGO_ROLES               the table (default /etc/wxlogin/roles.json): service → collection → actions
 //   MONGO_<SERVICE>_PASSWORD  the password of user wxlogin-<service>, for every service in the table
@@ -39,12 +40,12 @@
     if (!/^[a-z][a-z0-9_]*$/.test(service)) fail(`"${service}" is not a service name`);
     passwords[service] = password(`MONGO_${service.toUpperCase()}_PASSWORD`);
   }
-  const rootPassword = password("MONGO_ROOT_PASSWORD");
 
+  // Already logged in (mongosh -u …: an administrator of an external MongoDB): act as that user.
   const admin = db.getSiblingDB("admin");
   const status = admin.runCommand({ connectionStatus: 1 });
-  const asRoot = status.authInfo.authenticatedUsers.some((u) => u.user === ROOT && u.db === "admin");
-  if (!asRoot) {
+  if (status.authInfo.authenticatedUsers.length === 0) {
+    const rootPassword = password("MONGO_ROOT_PASSWORD");
     try {
       admin.auth(ROOT, rootPassword);
     } catch (authError) {

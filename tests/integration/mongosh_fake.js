@@ -3,7 +3,8 @@
 //
 //   node mongosh_fake.js SCRIPT STATE_JSON
 //
-// STATE_JSON: {env, users: {"db.user": password}, roles: {"db.role": {...}}, hello, authenticated}.
+// STATE_JSON: {env, users: {"db.user": password}, roles: {"db.role": {...}}, hello, authenticated,
+// admins}.
 // The stand-in enforces what a real mongod with --auth would: without a login only the localhost
 // exception (the first user, while there is none; replica set initiation) and hello.
 // Output: {calls: [[name, ...args]], exit: quit() code or null, error: uncaught message or null,
@@ -27,7 +28,8 @@ class MongoServerError extends Error {
   }
 }
 
-const isRoot = () => loggedIn === "admin.wxlogin-root";
+// wxlogin-root, or an administrator of the caller's own (STATE_JSON admins: ["db.user"]).
+const isRoot = () => loggedIn === "admin.wxlogin-root" || (state.admins || []).includes(loggedIn);
 const requireRoot = (what) => {
   if (!isRoot()) throw new MongoServerError(`not authorized to ${what}`, "Unauthorized");
 };

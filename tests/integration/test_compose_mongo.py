@@ -381,6 +381,18 @@ def test_users_with_the_wrong_root_password_stop_and_say_so(tmp_path: Path) -> N
     assert result["roles"] == {} and list(result["users"]) == ["admin.wxlogin-root"]
 
 
+@needs_node
+def test_users_run_by_a_logged_in_administrator_act_as_that_administrator(tmp_path: Path) -> None:
+    # An external MongoDB: `mongosh -u ops … --file users.js`, no wxlogin-root there.
+    env = script_env(tmp_path)
+    del env["MONGO_ROOT_PASSWORD"]
+    state = {"env": env, "users": {"admin.ops": "x"}, "admins": ["admin.ops"], "authenticated": "admin.ops"}
+    result = mongosh("users.js", state)
+    assert result["error"] is None
+    assert calls(result, "auth") == [] and "admin.wxlogin-root" not in result["users"]
+    assert len(calls(result, "createRole")) == len(ROLES)
+
+
 PRIMARY = {"isWritablePrimary": True, "setName": "rs0"}
 
 
