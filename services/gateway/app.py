@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,16 +16,24 @@ from services.gateway.handlers import PUSHED_EVENTS, CatchUp, PushHandlers
 from services.gateway.limits import GatewayLimits
 from services.gateway.longpoll import StatusPoller
 from services.gateway.origins import Origins
-from services.gateway.routes import CLIENT_IP, CLIENTS, KEYS, LIMITS, ORIGINS, POLLER, SOCKETS, setup_routes
+from services.gateway.routes import CLIENT_IP, KEYS, LIMITS, ORIGINS, POLLER, SOCKETS, setup_routes
 from services.gateway.store import SubscriptionStore
 from services.gateway.ws import Hub, SocketEndpoint, WsMetrics, origin_allowed
-from services.startup import StartupError
 from shared.bus import MemoryBroker, reset_correlation_id, set_correlation_id
-from shared.clients import ClientRegistry, ClientsFileError
 from shared.config import Settings
 from shared.errors import ServiceError
 from shared.logging import bind_context, get_logger, unbind_context
-from shared.runtime import BUS, READY_CHECKS, REGISTRY, SETTINGS, bus_context, new_app, on_drain, stop_task
+from shared.runtime import (
+    BUS,
+    CLIENTS,
+    READY_CHECKS,
+    REGISTRY,
+    SETTINGS,
+    bus_context,
+    clients_context,
+    new_app,
+    on_drain,
+)
 
 SERVICE = "gateway"
 HUB = web.AppKey("hub", Hub)
@@ -155,14 +162,16 @@ def security_headers(settings: Settings) -> Callable[..., Awaitable[web.StreamRe
     return middleware
 
 
-def cors(allowed: list[str] | Callable[[], list[str]]) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """CORS for the browser API, only for the registered clients' origins (``allowed``, or a function
-    that returns them: the clients file may change) and the issuer's own."""
+def cors(allowed: list[str]) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """CORS for the browser API, only for the registered clients' origins and the issuer's own
+    (``app[ORIGINS]``, read at every request: the clients file may change; ``allowed`` before the
+    app has started)."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         origin = request.headers.get("Origin")
-        origins = allowed() if callable(allowed) else allowed
+        rules = request.app.get(ORIGINS)
+        origins = rules.all() if rules is not None else allowed
         if request.path in _OAUTH_CORS_PATHS:
             if origin and origin_allowed(origin, origins):
                 response: web.StreamResponse = (
@@ -215,18 +224,13 @@ def _grant(response: web.StreamResponse, origin: str) -> None:
 
 def create_app(settings: Settings, *, broker: MemoryBroker | None = None) -> web.Application:
     """The gateway as an aiohttp app."""
-    try:
-        clients = ClientRegistry.from_settings(settings)
-    except ClientsFileError as exc:
-        raise StartupError("\n".join([f"WXLOGIN_CLIENTS_FILE {exc.path}:", *exc.problems])) from None
-    origins = Origins(clients, issuer=settings.issuer, allowed=settings.allowed_origins)
     app = new_app(
         settings,
         client_max_size=MAX_BODY,
         # cors outside errors: an error answer to an allowed origin must be readable by that page.
         middlewares=[
             correlation,
-            cors(origins.all),
+            cors(settings.allowed_origins),
             errors,
             ops_exact_spelling,
             security_headers(settings),
@@ -238,11 +242,13 @@ def create_app(settings: Settings, *, broker: MemoryBroker | None = None) -> web
         ["route", "code", "status"],
         registry=app[REGISTRY],
     )
-    app[CLIENTS], app[ORIGINS] = clients, origins
     app.cleanup_ctx.append(bus_context(SERVICE, broker))
+    app.cleanup_ctx.append(clients_context)  # app[CLIENTS], re-read on change and on SIGHUP
 
     async def handlers_ctx(app: web.Application) -> AsyncIterator[None]:
-        settings, bus = app[SETTINGS], app[BUS]
+        settings, bus, clients = app[SETTINGS], app[BUS], app[CLIENTS]
+        origins = Origins(clients, issuer=settings.issuer, allowed=settings.allowed_origins)
+        app[ORIGINS] = origins
         hub = Hub(SubscriptionStore(), WsMetrics(app[REGISTRY]))
         app[HUB] = hub
         # Shutdown, first step: long-polls answer now and sockets close with 1001 (browsers move on).
@@ -267,11 +273,7 @@ def create_app(settings: Settings, *, broker: MemoryBroker | None = None) -> web
             return keys.loaded or await keys.refresh()
 
         app[READY_CHECKS]["jwks"] = keys_ready
-        watcher = asyncio.ensure_future(clients.watch())  # the clients file, re-read when it changes
-        try:
-            yield
-        finally:
-            await stop_task(watcher)
+        yield
 
     app.cleanup_ctx.append(handlers_ctx)
     setup_routes(app)

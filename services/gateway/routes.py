@@ -26,7 +26,7 @@ from services.gateway.limits import GatewayLimits
 from services.gateway.longpoll import StatusPoller, StatusQuery, status_body
 from services.gateway.origins import Origins
 from services.gateway.ws import SocketEndpoint, origin_allowed, ticket_hash
-from shared.clients import Client, ClientRegistry
+from shared.clients import Client
 from shared.errors import RemoteError
 from shared.logging import get_logger
 from shared.messages import (
@@ -40,7 +40,7 @@ from shared.messages import (
     SceneId,
     TokenPair,
 )
-from shared.runtime import BUS, SETTINGS
+from shared.runtime import BUS, CLIENTS, SETTINGS
 
 log = get_logger(__name__)
 
@@ -50,7 +50,6 @@ SOCKETS = web.AppKey("sockets", SocketEndpoint)
 LIMITS = web.AppKey("limits", GatewayLimits)
 CLIENT_IP = web.AppKey("client_ip", ClientIpResolver)
 POLLER = web.AppKey("poller", StatusPoller)
-CLIENTS = web.AppKey("clients", ClientRegistry)
 ORIGINS = web.AppKey("origins", Origins)
 
 M = TypeVar("M", bound=BaseModel)
