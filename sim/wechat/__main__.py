@@ -42,6 +42,11 @@ def main() -> None:
         help="codes never issued here (WeChat DevTools' real wx.login codes): off = 40029 as on WeChat "
         "(default: WXLOGIN_SIM_ANY_CODE, off), sticky = the developer user, new = a new user each",
     )
+    parser.add_argument(
+        "--personal",
+        action="store_true",
+        help="a mini-program registered by a person: wxa/generate_urllink answers 40002 (no URL Links)",
+    )
     args = parser.parse_args()
     try:
         check_free(Address(args.host, args.port, "WXLOGIN_SIM_HOST (--host)", "WXLOGIN_SIM_PORT (--port)"))
@@ -54,6 +59,7 @@ def main() -> None:
         open_platform_bound=not args.no_open_platform,
         published_pages={*DEFAULT_PAGES, settings.miniprogram_page, *args.page},
         any_code=args.any_code,
+        personal=args.personal,
     )
     print(
         f"WeChat simulator on http://{args.host}:{args.port} (appid {args.appid}, any-code {args.any_code})",

@@ -225,6 +225,61 @@ async def getwxacodeunlimit(request: web.Request, state: SimState) -> web.Respon
     return web.Response(body=image, headers={"Content-Type": IMAGE_CONTENT_TYPE})
 
 
+# --- URL Links ------------------------------------------------------------------------------------
+
+URL_LINK_QUERY_ALLOWED = re.compile(r"^[0-9A-Za-z!#$&'()*+,/:;=?@\-._~%]*$")
+URL_LINK_QUERY_MAX = 1024
+URL_LINK_MAX_DAYS = 30
+# [unverified] The errmsg of 40002 for a personal mini-program is not published; the documentation
+# table gives "暂无生成权限" (no permission to generate) for 40002.
+NO_URL_LINK_ERRMSG = "no permission to generate url link (personal mini-program)"
+
+
+async def generate_urllink(request: web.Request, state: SimState) -> web.Response:
+    """``POST /wxa/generate_urllink``: a ``https://wxaurl.cn/…`` link that opens a page in WeChat.
+
+    Non-personal mini-programs only (40002 for a personal one, POST /sim/config ``personal``).
+    """
+    require_method(request, "POST")
+    check_token(state, request.query.get("access_token"))
+    body = await json_body(request)
+    if state.config.personal:
+        raise Reply(40002, NO_URL_LINK_ERRMSG)
+    path = body.get("path", "")
+    if not isinstance(path, str) or "?" in path:
+        raise Reply(40165)  # "不可携带 query": the query goes in its own field
+    path = path.lstrip("/")  # the documentation's own example has a leading "/"
+    if path and path not in state.config.published_pages:
+        raise Reply(40165)  # "必须是已经发布的小程序存在的页面"
+    query = body.get("query", "")
+    if not isinstance(query, str) or len(query) > URL_LINK_QUERY_MAX:
+        raise Reply(40212)
+    if not URL_LINK_QUERY_ALLOWED.match(query):
+        raise Reply(40212)
+    env_version = body.get("env_version", "release")
+    if env_version not in ENV_VERSIONS:
+        raise Reply(40097)
+    now = state.now()
+    expire_type = body.get("expire_type")
+    if expire_type == 1:
+        days = body.get("expire_interval")
+        if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= URL_LINK_MAX_DAYS:
+            raise Reply(85402)
+        expires_at = now + days * 86400
+    elif expire_type == 0:
+        at = body.get("expire_time")
+        latest = now + URL_LINK_MAX_DAYS * 86400
+        if not isinstance(at, int) or isinstance(at, bool) or not now + 60 <= at <= latest:
+            raise Reply(85401)
+        expires_at = float(at)
+    else:
+        raise Reply(40097)  # [choice] expire_type is required by the documentation; missing is refused
+    if not state.take("wxa/generate_urllink", "day", state.limits.url_link_per_day):
+        raise Reply(45009)
+    link = state.add_url_link(path=path, query=query, env_version=env_version, expires_at=expires_at)
+    return json_answer({"errcode": 0, "errmsg": "ok", "url_link": link.url})
+
+
 # --- login ----------------------------------------------------------------------------------------
 
 

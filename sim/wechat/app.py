@@ -31,6 +31,7 @@ ROUTES: dict[str, EndpointHandler] = {
     "sns/jscode2session": api.jscode2session,
     "wxa/business/getuserphonenumber": api.getuserphonenumber,
     "wxa/checksession": api.checksession,
+    "wxa/generate_urllink": api.generate_urllink,
 }
 
 # mode "malformed": a JSON answer cut short, and for the code endpoint an image cut short (both as
@@ -109,11 +110,13 @@ def create_app(
     published_pages: Iterable[str] = DEFAULT_PAGES,
     limits: Limits | None = None,
     any_code: AnyCode = "off",
+    personal: bool = False,
 ) -> web.Application:
     """The simulator as an aiohttp application for one mini-program (``appid``/``secret``).
 
     ``any_code`` (off by default) takes codes it never issued, such as WeChat DevTools' real
     wx.login codes, as a virtual user's: ``"sticky"`` the developer user's, ``"new"`` a new user's.
+    ``personal`` simulates a mini-program registered by a person: no URL Links (40002).
     """
     app = web.Application(middlewares=[control_errors])
     app[STATE] = SimState(
@@ -123,6 +126,7 @@ def create_app(
         published_pages=published_pages,
         limits=limits,
         any_code=any_code,
+        personal=personal,
     )
     app.router.add_get("/", index)
     for name, handler in ROUTES.items():

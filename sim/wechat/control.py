@@ -21,6 +21,8 @@ STATE = web.AppKey("state", SimState)
 
 PHONE_SHAPE = re.compile(r"^[0-9]{5,15}$")
 COUNTRY_CODE_SHAPE = re.compile(r"^[1-9][0-9]{0,3}$")
+# WeChat's launch scene of a mini-program opened from a URL Link (场景值 1194).
+URL_LINK_LAUNCH_SCENE = 1194
 
 
 class ControlError(Exception):
@@ -259,6 +261,7 @@ def _config_view(state: SimState) -> dict[str, Any]:
         "country_code_as": config.country_code_as,
         "limits": asdict(config.limits),
         "any_code": config.any_code,
+        "personal": config.personal,
     }
 
 
@@ -268,15 +271,17 @@ async def get_config(request: web.Request) -> web.Response:
 
 
 async def update_config(request: web.Request) -> web.Response:
-    """``POST /sim/config {open_platform_bound?, published_pages?, country_code_as?, limits?, any_code?}``.
+    """``POST /sim/config {open_platform_bound?, published_pages?, country_code_as?, limits?, any_code?,
+    personal?}``.
 
     Changes the set-up; the answer is the new config.
     """
     state = request.app[STATE]
     body = await read_body(request)
-    _only(body, "open_platform_bound", "published_pages", "country_code_as", "limits", "any_code")
+    _only(body, "open_platform_bound", "published_pages", "country_code_as", "limits", "any_code", "personal")
     config = state.config
     bound = _bool(body, "open_platform_bound", config.open_platform_bound)
+    personal = _bool(body, "personal", config.personal)
     pages = body.get("published_pages", sorted(config.published_pages))
     if not isinstance(pages, list) or not all(isinstance(p, str) and p for p in pages):
         fail(400, "invalid_field", "published_pages must be a list of page paths")
@@ -301,9 +306,30 @@ async def update_config(request: web.Request) -> web.Response:
     config.published_pages = frozenset(pages)
     config.country_code_as = country_code_as
     config.any_code = any_code
+    config.personal = personal
     for name, value in limits.items():
         setattr(config.limits, name, value)
     return web.json_response(_config_view(state))
+
+
+async def open_url_link(request: web.Request) -> web.Response:
+    """``GET /sim/url-link?url=…`` → what opening a URL Link in WeChat does: ``{path, query,
+    env_version, expires_at, launch_scene}`` (404 for a link never handed out, 410 once expired)."""
+    state = request.app[STATE]
+    link = state.url_links.get(request.query.get("url", ""))
+    if link is None:
+        fail(404, "unknown_url_link", "this simulator never handed out that URL Link")
+    if state.now() >= link.expires_at:
+        fail(410, "url_link_expired", "the URL Link has expired")
+    return web.json_response(
+        {
+            "path": link.path,
+            "query": link.query,
+            "env_version": link.env_version,
+            "expires_at": link.expires_at,
+            "launch_scene": URL_LINK_LAUNCH_SCENE,
+        }
+    )
 
 
 async def reset(request: web.Request) -> web.Response:
@@ -332,3 +358,4 @@ def setup_control_routes(app: web.Application) -> None:
     r.add_get("/sim/config", get_config)
     r.add_post("/sim/config", update_config)
     r.add_post("/sim/reset", reset)
+    r.add_get("/sim/url-link", open_url_link)

@@ -100,6 +100,11 @@ def new_session_key() -> str:
     return base64.b64encode(secrets.token_bytes(16)).decode()
 
 
+def new_url_link() -> str:
+    """``https://wxaurl.cn/`` and 11 alphanumerics, like real URL Links."""
+    return "https://wxaurl.cn/" + _rand(ALNUM, 11)
+
+
 def new_access_token() -> str:
     """``NN_`` then URL-safe characters, 136 long, like real access tokens."""
     return f"{secrets.randbelow(90) + 10}_" + _rand(ID_ALPHABET, 133)
@@ -121,6 +126,7 @@ class Limits:
     code2session_per_user_minute: int | None = 100  # sns/jscode2session, per openid
     # No published limit; 45011 is documented for it, so it can be switched on.
     phone_per_minute: int | None = None
+    url_link_per_day: int | None = 500_000  # wxa/generate_urllink, every link of the app (45009)
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -137,6 +143,10 @@ class SimConfig:
     country_code_as: Literal["string", "number"] = "string"  # getuserphonenumber's countryCode
     limits: Limits = field(default_factory=Limits)
     any_code: AnyCode = "off"  # codes this simulator never issued: refused unless switched on
+    # A mini-program registered by a person (个人主体), not an organisation: WeChat gives it no URL
+    # Link, URL Scheme or Short Link (wxa/generate_urllink answers 40002).
+    personal: bool = False
+
 
 
 @dataclass
@@ -185,6 +195,17 @@ class PhoneCode:
 
 
 @dataclass
+class UrlLink:
+    """A URL Link ``wxa/generate_urllink`` handed out: what opening it in WeChat does."""
+
+    url: str
+    path: str  # the page (empty: the home page), as given without a leading "/"
+    query: str
+    env_version: str
+    expires_at: float
+
+
+@dataclass
 class Token:
     """An access_token the simulator handed out."""
 
@@ -206,6 +227,7 @@ class SimState:
         published_pages: Iterable[str] = DEFAULT_PAGES,
         limits: Limits | None = None,
         any_code: AnyCode = "off",
+        personal: bool = False,
     ) -> None:
         self.appid = appid
         self.secret = secret
@@ -214,6 +236,7 @@ class SimState:
             published_pages=frozenset(published_pages),
             limits=limits or Limits(),
             any_code=any_code,
+            personal=personal,
         )
         self.faults = FaultBook()
         self.reset()
@@ -225,6 +248,7 @@ class SimState:
         self.users: dict[str, User] = {}
         self.codes: dict[str, LoginCode] = {}
         self.phone_codes: dict[str, PhoneCode] = {}
+        self.url_links: dict[str, UrlLink] = {}  # by the link itself
         self.tokens: dict[str, Token] = {}
         self.current: dict[str, Token] = {}  # kind -> newest token
         self.counters: Counter[str] = Counter()
@@ -405,6 +429,14 @@ class SimState:
         horizon = self.now() - lifetime
         for key in [k for k, c in codes.items() if c.issued_at < horizon]:
             del codes[key]
+
+    # -- URL Links --
+
+    def add_url_link(self, *, path: str, query: str, env_version: str, expires_at: float) -> UrlLink:
+        """Remember a URL Link handed out (so that "opening" it can say where it leads)."""
+        link = UrlLink(new_url_link(), path, query, env_version, expires_at)
+        self.url_links[link.url] = link
+        return link
 
     # -- tokens --
 

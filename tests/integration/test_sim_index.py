@@ -39,6 +39,7 @@ async def test_asked_for_json_it_lists_the_endpoints_with_their_methods() -> Non
             ("GET", "/sns/jscode2session"),
             ("POST", "/wxa/business/getuserphonenumber"),
             ("GET", "/wxa/checksession"),
+            ("POST", "/wxa/generate_urllink"),
         }
         control = {(e["method"], e["path"]) for e in info["control_endpoints"]}
         expected = {("POST", "/sim/users"), ("PATCH", "/sim/users/{openid}"), ("DELETE", "/sim/faults")}
