@@ -49,6 +49,7 @@ RpcHandler = Callable[[Any], Awaitable[Reply]]
 Routes = Mapping[str, tuple[type[Request[Any]], RpcHandler]]
 
 _correlation: contextvars.ContextVar[str | None] = contextvars.ContextVar("correlation_id", default=None)
+_message_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("message_id", default=None)
 
 # Error codes that mean "a dependency is down for now", not "this request is wrong": counted as
 # ``unavailable`` in the metrics, and an event whose handler hit one is retried, not dead-lettered.
@@ -67,6 +68,14 @@ UNAVAILABLE_CODES = frozenset(
 def current_correlation_id() -> str:
     """The trace id of the flow being handled, or a fresh one."""
     return _correlation.get() or uuid.uuid4().hex
+
+
+def current_message_id() -> str | None:
+    """The ``message_id`` of the event being handled (None outside an event handler).
+
+    A redelivered event keeps its id, so a consumer can use it to act once per event.
+    """
+    return _message_id.get()
 
 
 def set_correlation_id(value: str | None) -> contextvars.Token[str | None]:
@@ -146,6 +155,7 @@ class Adapter:
             log.warning("message_rejected", type=delivery.type, reason="sender", user=delivery.user_id)
             return Outcome.REJECT
         token = set_correlation_id(delivery.correlation_id)
+        message_token = _message_id.set(delivery.message_id)
         bound = structlog.contextvars.bind_contextvars(
             service=self.service, correlation_id=delivery.correlation_id, message=delivery.type
         )
@@ -162,6 +172,7 @@ class Adapter:
             return Outcome.REJECT if delivery.redelivered else Outcome.REQUEUE
         finally:
             _correlation.reset(token)
+            _message_id.reset(message_token)
             structlog.contextvars.reset_contextvars(**bound)
         return Outcome.ACK
 

@@ -232,3 +232,24 @@ async def test_an_event_that_must_arrive_fails_loudly_when_nobody_listens(
     with pytest.raises(EventUndeliverable):
         await qrcode.publish(TokenInvalidated(fingerprint="0" * 16, errcode=40001), must_arrive=True)
     await qrcode.publish(TokenInvalidated(fingerprint="0" * 16, errcode=40001))  # dropped quietly
+
+
+async def test_an_event_handler_sees_the_message_id_and_again_on_a_redelivery(sealer: Sealer) -> None:
+    from shared.bus import current_message_id
+    from shared.bus.adapter import Adapter, Outcome
+
+    adapter = Adapter("gateway", sealer)
+    seen: list[str | None] = []
+
+    async def handler(event: SceneScanned) -> None:
+        seen.append(current_message_id())
+        if len(seen) == 1:
+            raise RuntimeError("first try fails: redelivered")
+
+    body = encode(SceneScanned(scene=SCENE), sealer, message_id="m-1")
+    first = Delivery("scene.scanned", 1, body, message_id="m-1")
+    again = Delivery("scene.scanned", 1, body, message_id="m-1", redelivered=True)
+    assert await adapter.handle_event(first, handler) is Outcome.REQUEUE
+    assert await adapter.handle_event(again, handler) is Outcome.ACK
+    assert seen == ["m-1", "m-1"]
+    assert current_message_id() is None  # only while the handler runs
