@@ -25,6 +25,10 @@ RUN mkdir shared services sim \
     && touch shared/__init__.py services/__init__.py sim/__init__.py \
     && /opt/wxlogin/bin/pip install ".[embedded]" \
     && /opt/wxlogin/bin/pip uninstall -y wxlogin
+# The offline IP database of the phone's confirm screen (ip2region.xdb, pinned digest) into
+# /opt/wxlogin/share/wxlogin, from the same index as the dependencies.
+COPY scripts/ip2region_data.py ./scripts/
+RUN /opt/wxlogin/bin/python scripts/ip2region_data.py
 COPY shared ./shared
 COPY services ./services
 COPY sim ./sim

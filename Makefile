@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml $(VENV_CHECK)
 	@bash scripts/venv.sh ensure $(VENV_ARGS)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python scripts/ip2region_data.py
 	find $(VENV) -maxdepth 1 -name '.installed-*' ! -name '*-$(HASH)' -delete
 	touch $(STAMP) $(DEMO_STAMP)
 
@@ -27,6 +28,7 @@ $(DEMO_STAMP): pyproject.toml $(VENV_CHECK)
 	@bash scripts/venv.sh ensure $(VENV_ARGS)
 	test -e $(STAMP) || $(BIN)/python -m pip install -q --upgrade pip
 	test -e $(STAMP) || $(BIN)/python -m pip install -q -e '.[embedded]'
+	$(BIN)/python scripts/ip2region_data.py
 	find $(VENV) -maxdepth 1 -name '.installed-*' ! -name '*-$(HASH)' -delete
 	touch $(DEMO_STAMP)
 

@@ -6,6 +6,7 @@ nothing reads the environment at import time.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from ipaddress import IPv4Network, IPv6Network, ip_network
@@ -86,6 +87,10 @@ class Settings(BaseSettings):
     miniprogram_env_version: EnvVersion = "release"
     miniprogram_check_path: bool = True
     miniprogram_code_width: int = Field(default=430, ge=280, le=1280)
+    # The offline IP databases that place the browser and the phone on the confirm screen: ip2region
+    # xdb files, comma-separated (each one's IP version is read from its header). Empty: the IPv4
+    # database installed with the package (IPv6 addresses are then shown as unknown).
+    ip2region_db: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # --- scene lifecycle ------------------------------------------------------------------------
     # Pre-rendered codes kept in `scene_pool` so issuing never waits for WeChat (0 disables the pool).
@@ -145,6 +150,19 @@ class Settings(BaseSettings):
             except ValueError as exc:
                 raise ValueError(f"trusted_proxies must be IP addresses or CIDRs: {exc}") from None
         return items
+
+    @field_validator("ip2region_db", mode="before")
+    @classmethod
+    def _databases_from_csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("ip2region_db")
+    @classmethod
+    def _databases_are_files(cls, value: list[str]) -> list[str]:
+        missing = [path for path in value if not os.path.isfile(path)]
+        if missing:
+            raise ValueError(f"no such file: {', '.join(missing)}")
+        return value
 
     @field_validator("limit_ipv4_prefixes", "limit_ipv6_prefixes", mode="before")
     @classmethod

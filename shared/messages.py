@@ -41,6 +41,15 @@ TicketHash = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 ClientIdField = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{2,63}$")]
 SceneState = Literal["pending", "scanned", "confirmed", "redeemed", "cancelled", "expired"]
 TERMINAL_STATES: frozenset[str] = frozenset({"redeemed", "cancelled", "expired"})
+# Why the phone cancelled: a plain 取消 (``declined``) or 不是我 (``not_me``: the user did not ask for
+# this login, so the code on the screen may have been relayed). Read leniently where it is received,
+# so a reason added later never makes an older reader drop the message.
+CancelReason = Literal["declined", "not_me"]
+ReceivedCancelReason = Annotated[str, Field(pattern=r"^[a-z_]{1,32}$")]
+# How the phone opened the login page (security review M4): ``camera`` scanned the code off a screen,
+# ``image`` recognised it in a picture (a chat image, the album: how a relayed code arrives),
+# ``unknown`` a mini-program that does not say (older versions).
+LaunchKind = Literal["camera", "image", "unknown"]
 
 
 # Earlier versions sealed every field with this one purpose (``v1.`` values): still opened, so a
@@ -215,15 +224,39 @@ class UserView(BaseModel):
     phone: str | None = None
 
 
+class Place(BaseModel):
+    """Where an IP address is, coarsely, from the offline IP database (security review M4, L2).
+
+    ``kind`` is ``public`` (a place the database knows), ``local`` (this machine or a private
+    network) or ``unknown``; ``label`` is what the phone shows (e.g. 广东省广州市 · 电信).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["public", "local", "unknown"]
+    label: str
+    country: str = ""
+    province: str = ""
+    city: str = ""
+    isp: str = ""
+
+
 class Requester(BaseModel):
-    """The browser that asked for a login code, as shown on the phone before it approves."""
+    """The browser that asked for a login code, as shown on the phone before it approves.
+
+    ``browser`` and ``os`` come from the User-Agent, which the browser (or whoever holds the code)
+    chose: the phone labels them as reported by the browser. ``location`` is where its address is.
+    ``ip`` is always empty since security review L2 (the address stays in the scene, for operators);
+    it is kept so that gateways of earlier versions still read the reply.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     browser: str
     os: str
-    ip: str
+    ip: str = ""
     requested_at: AwareDatetime
+    location: Place | None = None
 
 
 # --- token service --------------------------------------------------------------------------------
@@ -313,12 +346,13 @@ class SceneConfirmed(Event):
 
 
 class SceneCancelled(Event):
-    """The phone declined the login."""
+    """The phone declined the login; ``reason`` says how (``declined``, ``not_me``), for the browser."""
 
     TYPE = "scene.cancelled"
     PUBLISHERS = ("qrcode",)
 
     scene: SceneId
+    reason: ReceivedCancelReason | None = None
 
 
 class SceneExpired(Event):
@@ -365,6 +399,8 @@ class SceneStatus(Reply):
     user_id: str | None = None
     # The client the scene is bound to (None: the default client).
     client_id: ClientIdField | None = None
+    # Why a cancelled scene was cancelled (None: by a version that did not say).
+    reason: ReceivedCancelReason | None = None
 
 
 class GetSceneStatus(Request[SceneStatus]):
@@ -380,13 +416,21 @@ class GetSceneStatus(Request[SceneStatus]):
 
 
 class ScanInfo(Reply):
-    """What the phone is about to approve."""
+    """What the phone is about to approve (security review M4: what it can trust, and warnings).
+
+    ``scanner`` is where the phone itself is; ``location_mismatch`` is true when it and the browser
+    are placed in different countries or provinces (a relayed code); ``launch`` is how the phone
+    opened the page (``image``: the code came as a picture, a strong warning).
+    """
 
     TYPE = "qrcode.scan.reply"
 
     site: str
     requester: Requester
     expires_at: AwareDatetime
+    scanner: Place | None = None
+    location_mismatch: bool = False
+    launch: LaunchKind = "unknown"
 
 
 class ScanScene(Request[ScanInfo]):
@@ -399,16 +443,20 @@ class ScanScene(Request[ScanInfo]):
     # hex SHA-256 of the scan token the gateway handed to this phone; confirm and cancel need it.
     scan_hash: TicketHash
     ip: Annotated[str, Field(max_length=64)] = ""
+    # WeChat's launch scene of the mini-program page (1047: the camera scanned a code); refused for
+    # share cards and other mini-programs (launch_scene_refused). None: a mini-program that predates it.
+    launch_scene: Annotated[int, Field(ge=0, le=99999)] | None = None
 
 
 class CancelScene(Request[SceneStatus]):
-    """The phone that scanned declined: ``scanned → cancelled``."""
+    """The phone that scanned declined: ``scanned → cancelled``, with the reason the browser is told."""
 
     TYPE = "qrcode.cancel"
     REPLY = SceneStatus
 
     scene: SceneId
     scan_hash: TicketHash
+    reason: CancelReason = "declined"
 
 
 class ConfirmScene(Request[SceneStatus]):

@@ -60,9 +60,18 @@ class Phone:
     scan_tokens: dict[str, str] = field(default_factory=dict)
     # scene → whether the scan's code identified this phone
     identified: dict[str, bool] = field(default_factory=dict)
+    # How WeChat opened the login page: 1047, the camera scanned the code (1048/1049: a code in an
+    # image, warned about; a share card 1007 or another mini-program 1037: refused). None: not sent,
+    # as a mini-program that predates the check.
+    launch_scene: int | None = 1047
+    # The phone's own address as a trusted proxy reports it to the gateway (X-Forwarded-For), so a
+    # test on 127.0.0.1 can scan from a public address somewhere.
+    forwarded_for: str | None = None
 
     async def _post(self, url: str, body: dict[str, Any]) -> Any:
-        async with self.session.post(url, json=body) as resp:
+        to_gateway = url.startswith(self.gateway)
+        headers = {"X-Forwarded-For": self.forwarded_for} if self.forwarded_for and to_gateway else None
+        async with self.session.post(url, json=body, headers=headers) as resp:
             data = await resp.json(content_type=None)
             if resp.status >= 400:
                 raise PhoneError(resp.status, data)
@@ -108,6 +117,8 @@ class Phone:
         the phone's ``code_with_scan`` says not to), so the confirm can go without one.
         """
         body: dict[str, Any] = {"scene": scene}
+        if self.launch_scene is not None:
+            body["launch_scene"] = self.launch_scene
         if self.code_with_scan if with_code is None else with_code:
             body["code"] = await self.wx_login()
         result: dict[str, Any] = await self._post(f"{self.gateway}/api/mp/scan", body)
@@ -136,9 +147,13 @@ class Phone:
         result: dict[str, Any] = await self._post(f"{self.gateway}/api/mp/confirm", body)
         return result
 
-    async def cancel(self, scene: str, *, scan_token: str | None = None) -> dict[str, Any]:
-        """Tap 取消: ``POST /api/mp/cancel`` with this phone's scan token."""
+    async def cancel(
+        self, scene: str, *, scan_token: str | None = None, reason: str | None = None
+    ) -> dict[str, Any]:
+        """Tap 取消 (or 不是我, ``reason="not_me"``): ``POST /api/mp/cancel`` with this phone's scan token."""
         body = {"scene": scene, "scan_token": scan_token or self.scan_tokens.get(scene, "")}
+        if reason is not None:
+            body["reason"] = reason
         result: dict[str, Any] = await self._post(f"{self.gateway}/api/mp/cancel", body)
         return result
 
@@ -152,11 +167,11 @@ class Phone:
 
 async def _main(args: argparse.Namespace, image: bytes) -> None:
     async with aiohttp.ClientSession() as session:
-        phone = Phone(session, args.gateway.rstrip("/"), args.sim.rstrip("/"))
+        phone = Phone(session, args.gateway.rstrip("/"), args.sim.rstrip("/"), launch_scene=args.launch_scene)
         scene = decode_scene(image)
         print(json.dumps({"scene": scene, "scan": await phone.scan(scene)}, ensure_ascii=False))
-        if args.cancel:
-            print(json.dumps(await phone.cancel(scene)))
+        if args.cancel or args.not_me:
+            print(json.dumps(await phone.cancel(scene, reason="not_me" if args.not_me else None)))
         else:
             print(json.dumps(await phone.confirm(scene)))
 
@@ -169,6 +184,10 @@ def main() -> None:
     parser.add_argument("--gateway", default="http://127.0.0.1:8080")
     parser.add_argument("--sim", default="http://127.0.0.1:9100")
     parser.add_argument("--cancel", action="store_true", help="decline instead of confirming")
+    parser.add_argument("--not-me", action="store_true", help="tap 不是我: decline, telling the browser why")
+    parser.add_argument(
+        "--launch-scene", type=int, default=1047, help="WeChat's launch scene (1047 camera, 1048 chat image)"
+    )
     args = parser.parse_args()
     with open(args.image, "rb") as f:
         image = f.read()

@@ -67,7 +67,7 @@ function createLoginPage({wx, config, currentPages = () => []}) {
       site: '',
       browser: '',
       os: '',
-      ip: '',
+      place: '',
       requestedAt: '',
       agreed: false,
       message: '',
@@ -118,7 +118,7 @@ function createLoginPage({wx, config, currentPages = () => []}) {
             site: info.site,
             browser: requester.browser || '',
             os: requester.os || '',
-            ip: requester.ip || '',
+            place: (requester.location && requester.location.label) || '',
             requestedAt: formatTime(requester.requested_at)
           });
         }, (err) => {

@@ -75,6 +75,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "scan_token_invalid": 403,
     "origin_not_allowed": 403,
     "user_blocked": 403,
+    "launch_scene_refused": 403,
     "scene_not_found": 404,
     "user_not_found": 404,
     "not_found": 404,

@@ -40,8 +40,9 @@ class PushHandlers:
     async def on_event(self, event: Event) -> None:
         state = PUSHED_EVENTS.get(type(event))
         scene = getattr(event, "scene", None)
+        reason = event.reason if isinstance(event, SceneCancelled) else None
         if state is not None and isinstance(scene, str):
-            await self._hub.push(scene, state)
+            await self._hub.push(scene, state, reason)
 
 
 class CatchUp:
@@ -69,5 +70,5 @@ class CatchUp:
             except RemoteError as exc:
                 log.info("catch_up_skipped", scene=scene, error_code=exc.error_code)
                 return False
-            await self._hub.push(scene, status.state)
+            await self._hub.push(scene, status.state, status.reason)
             return True

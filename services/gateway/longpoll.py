@@ -32,6 +32,10 @@ ERRORS: dict[str, tuple[str, str]] = {
     "cancelled": ("scene_cancelled", "the login was cancelled"),
     "expired": ("scene_expired", "the login code has expired"),
 }
+# A cancel's reason the browser is told in so many words (security review M4).
+REASON_MESSAGES = {
+    "not_me": "the login was cancelled: the phone's user said it was not them who asked (不是我)",
+}
 
 
 class StatusQuery(BaseModel):
@@ -44,11 +48,15 @@ class StatusQuery(BaseModel):
     since: VisibleState | None = None  # the last state this browser saw
 
 
-def status_body(scene: str, state: str) -> tuple[int, dict[str, Any]]:
-    """The HTTP status and JSON body that report ``state``."""
+def status_body(scene: str, state: str, reason: str | None = None) -> tuple[int, dict[str, Any]]:
+    """The HTTP status and JSON body that report ``state`` (``cancelled`` with its ``reason``)."""
     body: dict[str, Any] = {"scene": scene, "state": state}
+    if state == "cancelled" and reason:
+        body["reason"] = reason
     if state in ERRORS:
         code, message = ERRORS[state]
+        if state == "cancelled" and reason in REASON_MESSAGES:
+            message = REASON_MESSAGES[reason]
         body["error"] = {"code": code, "message": message}
     return HTTP_STATUS[state], body
 
@@ -67,10 +75,17 @@ class StatusPoller:
 
         Raises the qrcode service's errors (``ticket_invalid``, ``scene_not_found``) as RemoteError.
         """
-        changes: asyncio.Queue[str] = asyncio.Queue()
+        state, _ = await self.poll_status(scene, ticket_hash, wait=wait, since=since)
+        return state
+
+    async def poll_status(
+        self, scene: str, ticket_hash: str, *, wait: float, since: str | None = None
+    ) -> tuple[str, str | None]:
+        """:meth:`poll`, and why a ``cancelled`` scene was cancelled (None when not said)."""
+        changes: asyncio.Queue[tuple[str, str | None]] = asyncio.Queue()
 
         async def send(message: dict[str, Any]) -> None:
-            changes.put_nowait(str(message["state"]))
+            changes.put_nowait((str(message["state"]), message.get("reason")))
 
         async def close() -> None:
             return None
@@ -79,16 +94,19 @@ class StatusPoller:
         self._hub.store.add(sub)  # before reading, so no change slips between the read and the wait
         try:
             status = await self._bus.call(GetSceneStatus(scene=scene, ticket_hash=ticket_hash))
-            await self._hub.deliver(sub, sub.verify(status.state))
-            state = changes.get_nowait() if not changes.empty() else visible_state(status.state)
+            await self._hub.deliver(sub, sub.verify(status.state, status.reason))
+            seen = changes.get_nowait() if not changes.empty() else (visible_state(status.state), sub.reason)
+            state = seen[0]
             unchanged = since is None or since == state
             if state in FINAL_STATES or not unchanged or wait <= 0 or self._hub.closing.is_set():
-                return state
-            return await self._next(changes, state, min(float(wait), self.max_wait))
+                return seen
+            return await self._next(changes, seen, min(float(wait), self.max_wait))
         finally:
             self._hub.store.remove(sub)
 
-    async def _next(self, changes: asyncio.Queue[str], state: str, timeout: float) -> str:
+    async def _next(
+        self, changes: asyncio.Queue[tuple[str, str | None]], state: tuple[str, str | None], timeout: float
+    ) -> tuple[str, str | None]:
         getter = asyncio.ensure_future(changes.get())
         closing = asyncio.ensure_future(self._hub.closing.wait())
         try:

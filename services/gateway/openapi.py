@@ -23,7 +23,8 @@ OPENAPI_VERSION = "3.1.0"
 ERROR_CODES = {
     400: "invalid_request, code_invalid, code_required, phone_code_invalid, decrypt_failed…",
     401: "unauthorized, token_invalid, ticket_required, refresh_invalid, refresh_reused, session_ended",
-    403: "origin_not_allowed, ticket_invalid, scan_token_invalid, user_blocked, phone_unavailable",
+    403: "origin_not_allowed, ticket_invalid, scan_token_invalid, user_blocked, phone_unavailable, "
+    "launch_scene_refused",
     404: "not_found, scene_not_found, user_not_found",
     405: "method_not_allowed",
     408: "scene_expired (long-poll)",
@@ -73,18 +74,54 @@ _STATUS = {
     "properties": {
         "scene": _STRING,
         "state": {"enum": ["pending", "scanned", "confirmed", "cancelled", "expired", "unknown"]},
+        "reason": {"type": "string", "description": "cancelled: declined, or not_me (不是我)"},
         "error": {"$ref": "#/components/schemas/Error/properties/error"},
+    },
+}
+_PLACE = {
+    "type": "object",
+    "description": "A coarse location from the offline IP database (never the address itself)",
+    "required": ["kind", "label"],
+    "properties": {
+        "kind": {"enum": ["public", "local", "unknown"]},
+        "label": _STRING,
+        "country": _STRING,
+        "province": _STRING,
+        "city": _STRING,
+        "isp": _STRING,
     },
 }
 _SCANNED = {
     "type": "object",
-    "required": ["scan_token", "identified", "site", "requester", "expires_at"],
+    "required": [
+        "scan_token",
+        "identified",
+        "site",
+        "requester",
+        "phone",
+        "location_mismatch",
+        "launch",
+        "expires_at",
+    ],
     "properties": {
         "scan_token": _STRING,
         "identified": {"type": "boolean"},
         "identify_error": _STRING,
         "site": _STRING,
-        "requester": {"type": "object"},
+        "requester": {
+            "type": "object",
+            "description": "the browser that asked: browser and OS as it reported them, where it is",
+            "required": ["browser", "os", "location", "requested_at"],
+            "properties": {
+                "browser": _STRING,
+                "os": _STRING,
+                "location": _PLACE,
+                "requested_at": {"type": "string", "format": "date-time"},
+            },
+        },
+        "phone": {"type": "object", "required": ["location"], "properties": {"location": _PLACE}},
+        "location_mismatch": {"type": "boolean"},
+        "launch": {"enum": ["camera", "image", "unknown"]},
         "expires_at": {"type": "string", "format": "date-time"},
     },
 }

@@ -30,12 +30,14 @@ from shared.clients import Client
 from shared.errors import RemoteError
 from shared.logging import get_logger
 from shared.messages import (
+    CancelReason,
     CancelScene,
     ClientIdField,
     CompleteLogin,
     ConfirmLogin,
     IdentifyScanner,
     IssueScene,
+    Place,
     ScanScene,
     SceneId,
     TokenPair,
@@ -45,6 +47,7 @@ from shared.runtime import BUS, CLIENTS, SETTINGS
 log = get_logger(__name__)
 
 STATIC = Path(__file__).parent / "static"
+UNKNOWN_PLACE = Place(kind="unknown", label="未知位置 (unknown)")
 KEYS = web.AppKey("keys", KeySet)
 SOCKETS = web.AppKey("sockets", SocketEndpoint)
 LIMITS = web.AppKey("limits", GatewayLimits)
@@ -79,19 +82,23 @@ WxCode = Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")
 
 
 class ScanBody(BaseModel):
-    """``POST /api/mp/scan``: ``code`` (from wx.login) lets the confirm skip the WeChat exchange."""
+    """``POST /api/mp/scan``: ``code`` (from wx.login) lets the confirm skip the WeChat exchange;
+    ``launch_scene`` is WeChat's launch scene of the page (1047: the camera scanned the code)."""
 
     model_config = ConfigDict(extra="ignore")
     scene: SceneId
     code: Annotated[str, WxCode] | None = None
+    launch_scene: Annotated[int, Field(ge=0, le=99999)] | None = None
 
 
 class CancelBody(BaseModel):
-    """``POST /api/mp/cancel``: only the phone that scanned (it holds the scan token) may cancel."""
+    """``POST /api/mp/cancel``: only the phone that scanned (it holds the scan token) may cancel;
+    ``reason`` ``not_me`` (the 不是我 button) tells the browser the phone's user did not ask."""
 
     model_config = ConfigDict(extra="ignore")
     scene: SceneId
     scan_token: str = Ticket
+    reason: CancelReason = "declined"
 
 
 class ConfirmBody(BaseModel):
@@ -260,7 +267,7 @@ async def login_status(request: web.Request) -> web.Response:
     query = parse_query(request, StatusQuery)
     ticket = header_ticket(request)
     try:
-        state = await request.app[POLLER].poll(
+        state, reason = await request.app[POLLER].poll_status(
             query.scene, ticket_hash(ticket), wait=query.wait, since=query.since
         )
     except RemoteError as exc:
@@ -268,7 +275,7 @@ async def login_status(request: web.Request) -> web.Response:
             raise
         body = {"scene": query.scene, "state": "unknown", "error": exc.to_wire()}
         return web.json_response(body, status=404)
-    status, body = status_body(query.scene, state)
+    status, body = status_body(query.scene, state, reason)
     return web.json_response(body, status=status)
 
 
@@ -305,7 +312,9 @@ async def mp_scan(request: web.Request) -> web.Response:
         request.app[LIMITS].check("login", ip)
     scan_token = secrets.token_urlsafe(32)
     scan_hash = ticket_hash(scan_token)
-    info = await request.app[BUS].call(ScanScene(scene=body.scene, scan_hash=scan_hash, ip=ip))
+    info = await request.app[BUS].call(
+        ScanScene(scene=body.scene, scan_hash=scan_hash, ip=ip, launch_scene=body.launch_scene)
+    )
     identified, identify_error = False, None
     if body.code is not None:
         # Only now, with the scan won by this phone, may its code reach WeChat. A failure here does
@@ -324,15 +333,25 @@ async def mp_scan(request: web.Request) -> web.Response:
             "identified": identified,
             **({"identify_error": identify_error} if identify_error else {}),
             "site": info.site,
+            # Browser and OS as the browser reported them (its User-Agent); where it is, not its
+            # address: anyone who sees the code may be the one scanning it (security review L2).
             "requester": {
                 "browser": info.requester.browser,
                 "os": info.requester.os,
-                "ip": info.requester.ip,
+                "location": _place(info.requester.location),
                 "requested_at": _iso(info.requester.requested_at),
             },
+            "phone": {"location": _place(info.scanner)},
+            "location_mismatch": info.location_mismatch,
+            "launch": info.launch,
             "expires_at": _iso(info.expires_at),
         }
     )
+
+
+def _place(place: Place | None) -> dict[str, str]:
+    """A coarse location for the phone (a qrcode service that predates them sends none: unknown)."""
+    return (place or UNKNOWN_PLACE).model_dump()
 
 
 async def mp_confirm(request: web.Request) -> web.Response:
@@ -350,11 +369,11 @@ async def mp_confirm(request: web.Request) -> web.Response:
 
 
 async def mp_cancel(request: web.Request) -> web.Response:
-    """``POST /api/mp/cancel {scene, scan_token}`` → ``{state: "cancelled"}``."""
+    """``POST /api/mp/cancel {scene, scan_token, reason?}`` → ``{state: "cancelled"}``."""
     request.app[LIMITS].check("mp", client_ip(request))
     body = await read_body(request, CancelBody)
     status = await request.app[BUS].call(
-        CancelScene(scene=body.scene, scan_hash=ticket_hash(body.scan_token))
+        CancelScene(scene=body.scene, scan_hash=ticket_hash(body.scan_token), reason=body.reason)
     )
     return web.json_response({"state": status.state})
 

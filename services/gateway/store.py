@@ -34,10 +34,14 @@ class Subscription:
     last_rank: int = -1
     held: str | None = None  # the newest state seen before the ticket was verified
     finished: bool = False
+    # Why the scene was cancelled (declined, not_me), from the event or the status read; sent with
+    # the ``cancelled`` state.
+    reason: str | None = None
 
-    def offer(self, state: str) -> str | None:
+    def offer(self, state: str, reason: str | None = None) -> str | None:
         """The state to send now, or None (not verified yet, or not newer than what was sent)."""
         state = visible_state(state)
+        self._note(state, reason)
         rank = RANK.get(state, -1)
         if not self.verified:
             if self.held is None or rank > RANK.get(self.held, -1):
@@ -49,12 +53,17 @@ class Subscription:
         self.finished = state in FINAL_STATES
         return state
 
-    def verify(self, current: str) -> str:
+    def verify(self, current: str, reason: str | None = None) -> str:
         """Mark the ticket as checked; returns the state to offer first (current, or newer if held)."""
         self.verified = True
+        self._note(visible_state(current), reason)
         candidates = [visible_state(current)] + ([self.held] if self.held else [])
         self.held = None
         return max(candidates, key=lambda s: RANK.get(s, -1))
+
+    def _note(self, state: str, reason: str | None) -> None:
+        if state == "cancelled" and reason and self.reason is None:
+            self.reason = reason
 
 
 @dataclass

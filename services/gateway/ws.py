@@ -76,18 +76,24 @@ class Hub:
         """Shutting down: long-polls answer now with what they know instead of being cut."""
         self.closing.set()
 
-    async def push(self, scene: str, state: str) -> None:
-        """Offer ``state`` to everything on this instance that watches ``scene``."""
+    async def push(self, scene: str, state: str, reason: str | None = None) -> None:
+        """Offer ``state`` (and, for ``cancelled``, its reason) to everything on this instance that
+        watches ``scene``."""
         for sub in self.store.watching(scene):
-            await self.deliver(sub, state)
+            await self.deliver(sub, state, reason)
 
-    async def deliver(self, sub: Subscription, state: str) -> None:
-        """Send ``state`` to one subscription if it is newer than what it has; close it when final."""
-        to_send = sub.offer(state)
+    async def deliver(self, sub: Subscription, state: str, reason: str | None = None) -> None:
+        """Send ``state`` to one subscription if it is newer than what it has; close it when final.
+
+        ``cancelled`` goes with the reason when one is known (``not_me``: the browser says why)."""
+        to_send = sub.offer(state, reason)
         if to_send is None:
             return
+        message: dict[str, Any] = {"type": "state", "scene": sub.scene, "state": to_send}
+        if to_send == "cancelled" and sub.reason:
+            message["reason"] = sub.reason
         try:
-            await sub.send({"type": "state", "scene": sub.scene, "state": to_send})
+            await sub.send(message)
             self.metrics.pushes.labels(to_send).inc()
         except (ConnectionError, RuntimeError):
             log.debug("push_failed", scene=sub.scene)
@@ -224,7 +230,7 @@ class SocketEndpoint:
             self._hub.store.remove(sub)
             await self._refuse(ws, exc.error_code, exc.retry_after)
             return None
-        await self._hub.deliver(sub, sub.verify(status.state))
+        await self._hub.deliver(sub, sub.verify(status.state, status.reason))
         return sub
 
     async def _refuse(self, ws: web.WebSocketResponse, code: str, retry_after: float | None = None) -> None:

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from services.qrcode.handlers import SceneHandlers, SceneSettings
 from services.qrcode.limits import PrefixShareLimit, SharedRateLimit
+from services.qrcode.location import IpLocator
 from services.qrcode.metrics import SceneMetrics
 from services.qrcode.pool import CodePool, CodeRenderer, PoolSettings, RenderSettings
 from services.qrcode.store import INDEXES, PoolStore, RateWindowStore, SceneStore
@@ -112,6 +113,13 @@ def create_app(
 
         app[READY_CHECKS]["token"] = token_ready
         metrics = SceneMetrics(app[REGISTRY])
+        # Loaded whole, once (11 MB for IPv4): every lookup of a scan is then a few microseconds.
+        locator = IpLocator.from_paths(settings.ip2region_db)
+        if locator.databases:
+            paths = {f"ipv{db.version}": db.path for db in locator.databases.values()}
+            log.info("ip_databases_loaded", **paths)
+        else:  # the scan still works; the phone shows "unknown" for every public address
+            log.warning("ip_database_missing", note="make install brings it, or set WXLOGIN_IP2REGION_DB")
         rates = RateWindowStore(db)
         render = render_settings(settings)
         pool = CodePool(
@@ -137,6 +145,7 @@ def create_app(
                 settings.limit_ipv4_prefixes,
                 settings.limit_ipv6_prefixes,
             ),
+            locator=locator,
             metrics=metrics,
             clock=clock,
         )

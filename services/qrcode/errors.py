@@ -108,3 +108,11 @@ class ScanTokenMismatch(ServiceError):
 
     code = "scan_token_invalid"
     default_message = "this login code was scanned by another phone"
+
+
+class LaunchSceneRefused(ServiceError):
+    """The login page was opened from a share card, another mini-program or another way that cannot
+    be a scan of the code on the user's own screen (security review M4: QR relay)."""
+
+    code = "launch_scene_refused"
+    default_message = "open the login page by scanning the code on the computer's screen with WeChat"

@@ -25,6 +25,7 @@ from services.qrcode.errors import (
     AlreadyRedeemed,
     AlreadyScanned,
     IssueRateLimited,
+    LaunchSceneRefused,
     NotConfirmed,
     NotIdentified,
     NotScanned,
@@ -35,7 +36,9 @@ from services.qrcode.errors import (
     SceneNotFound,
     TicketMismatch,
 )
+from services.qrcode.launch import launch_kind
 from services.qrcode.limits import Decision
+from services.qrcode.location import IpLocator, differ
 from services.qrcode.metrics import SceneMetrics
 from services.qrcode.pool import IssuedCode, data_uri
 from services.qrcode.store import Scene
@@ -50,6 +53,7 @@ from shared.messages import (
     IdentifyScene,
     IssuedScene,
     IssueScene,
+    Place,
     RedeemedScene,
     RedeemScene,
     Requester,
@@ -177,6 +181,14 @@ class IssueLimit(Protocol):
         ...
 
 
+class Locator(Protocol):
+    """Coarse places of IP addresses (:class:`services.qrcode.location.IpLocator`, or a fake)."""
+
+    def locate(self, ip: str) -> Place:
+        """Where ``ip`` is: a public place, the local network, or unknown."""
+        ...
+
+
 class PrefixLimit(Protocol):
     """The share of the global issue limit one address prefix may take, shared by every replica."""
 
@@ -197,6 +209,7 @@ class SceneHandlers:
         *,
         issue_limit: IssueLimit | None = None,
         prefix_limit: PrefixLimit | None = None,
+        locator: Locator | None = None,
         metrics: SceneMetrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -206,6 +219,8 @@ class SceneHandlers:
         self._settings = settings
         self._issue_limit = issue_limit
         self._prefix_limit = prefix_limit
+        # Without a database only local addresses are placed; every other one is "unknown".
+        self._locator: Locator = locator or IpLocator()
         self._metrics = metrics or SceneMetrics()
         self._clock = clock
 
@@ -262,39 +277,64 @@ class SceneHandlers:
             and not _same_phone(scene, request.scan_hash)
         ):
             raise ScanTokenMismatch()
+        state = scene.visible_state(self._clock())
         return SceneStatus(
             scene=scene.id,
-            state=scene.visible_state(self._clock()),
+            state=state,
             expires_at=_at(scene.expires_at),
             user_id=scene.user_id,
+            reason=scene.cancel_reason if state == "cancelled" else None,
         )
 
     async def scan(self, request: ScanScene) -> ScanInfo:
-        """RPC ``qrcode.scan``: ``pending → scanned``; tells the phone what it is about to approve."""
+        """RPC ``qrcode.scan``: ``pending → scanned``; tells the phone what it is about to approve.
+
+        A launch scene that cannot be a scan of the code on the user's screen (a share card, another
+        mini-program) is refused before the scene changes. The phone is told where the browser and
+        itself are (coarse places, never the browser's address: security review L2) and whether
+        they differ, so a relayed code stands out.
+        """
         bind_context(scene=request.scene)
+        try:
+            launch = launch_kind(request.launch_scene)
+        except LaunchSceneRefused as exc:
+            self._metrics.refused.labels("scan", exc.code).inc()
+            log.info("scan_refused_launch_scene", launch_scene=request.launch_scene)
+            raise
+        fields: dict[str, Any] = {"scanned_ip": request.ip, "scan_hash": request.scan_hash}
+        if request.launch_scene is not None:  # kept for operators, like the addresses
+            fields["launch_scene"] = request.launch_scene
         scene = await self._transition(
             request.scene,
             from_states=("pending",),
             to_state="scanned",
             now=self._clock(),
-            set_fields={"scanned_ip": request.ip, "scan_hash": request.scan_hash},
+            set_fields=fields,
         )
         if scene is None:
             raise await self._refusal(request.scene, "scan")
         await self._publisher.publish(SceneScanned(scene=scene.id))
         self._metrics.scanned.inc()
-        log.info("scene_scanned")
+        requester_at, scanner_at = self._locator.locate(scene.ip), self._locator.locate(request.ip)
+        mismatch = differ(requester_at, scanner_at)
+        log.info("scene_scanned", launch=launch, location_mismatch=mismatch)
         browser, system = summarize(scene.user_agent)
         return ScanInfo(
             site=self._settings.site_name,
             requester=Requester(
-                browser=browser, os=system, ip=scene.ip, requested_at=_at(scene.requested_at)
+                browser=browser, os=system, requested_at=_at(scene.requested_at), location=requester_at
             ),
             expires_at=_at(scene.expires_at),
+            scanner=scanner_at,
+            location_mismatch=mismatch,
+            launch=launch,
         )
 
     async def cancel(self, request: CancelScene) -> SceneStatus:
-        """RPC ``qrcode.cancel``: ``scanned → cancelled`` by the phone that scanned; again is a no-op."""
+        """RPC ``qrcode.cancel``: ``scanned → cancelled`` by the phone that scanned; again is a no-op.
+
+        The reason (``declined``, or ``not_me``) is stored and announced: the browser says why.
+        """
         bind_context(scene=request.scene)
         scene = await self._transition(
             request.scene,
@@ -302,17 +342,25 @@ class SceneHandlers:
             to_state="cancelled",
             now=self._clock(),
             scan_hash=request.scan_hash,
+            set_fields={"cancel_reason": request.reason},
         )
         if scene is None:
             again = await self._store.get(request.scene)
             if again is not None and again.state == "cancelled" and _same_phone(again, request.scan_hash):
-                # a retried or duplicated cancel from the same phone
-                return SceneStatus(scene=again.id, state="cancelled", expires_at=_at(again.expires_at))
+                # a retried or duplicated cancel from the same phone: the first one's reason stands
+                return SceneStatus(
+                    scene=again.id,
+                    state="cancelled",
+                    expires_at=_at(again.expires_at),
+                    reason=again.cancel_reason,
+                )
             raise await self._refusal(request.scene, "cancel", request.scan_hash)
-        await self._publisher.publish(SceneCancelledEvent(scene=scene.id))
+        await self._publisher.publish(SceneCancelledEvent(scene=scene.id, reason=request.reason))
         self._metrics.cancelled.inc()
-        log.info("scene_cancelled")
-        return SceneStatus(scene=scene.id, state="cancelled", expires_at=_at(scene.expires_at))
+        log.info("scene_cancelled", reason=request.reason)
+        return SceneStatus(
+            scene=scene.id, state="cancelled", expires_at=_at(scene.expires_at), reason=request.reason
+        )
 
     async def confirm(self, request: ConfirmScene) -> SceneStatus:
         """RPC ``qrcode.confirm``: ``scanned → confirmed`` for ``user_id``; opens the redeem window.

@@ -59,6 +59,7 @@ class Scene:
     user_id: str | None = None
     updated_at: float = 0.0
     scan_hash: str | None = None  # SHA-256 of the scan token of the phone that scanned
+    cancel_reason: str | None = None  # declined, not_me: set by the cancel, told to the browser
 
     @classmethod
     def new(cls, id: str, *, ticket_hash: str, ip: str, user_agent: str, now: float, ttl: float) -> Scene:
@@ -79,6 +80,7 @@ class Scene:
             user_id=doc.get("user_id"),
             updated_at=float(doc.get("updated_at", 0.0)),
             scan_hash=doc.get("scan_hash"),
+            cancel_reason=doc.get("cancel_reason"),
         )
 
     def to_doc(self) -> dict[str, Any]:

@@ -25,7 +25,8 @@ async def test_browser_sees_pending_scanned_confirmed_then_gets_a_verifiable_tok
 
     scan = await phone.scan(scene)
     assert scan["site"] == stack.settings.site_name
-    assert scan["requester"]["ip"] == "127.0.0.1"
+    assert scan["requester"]["location"]["label"] == "本机/内网 (local network)"  # never the address
+    assert "ip" not in scan["requester"]
     assert (await browser.next_message())["state"] == "scanned"
 
     assert await phone.confirm(scene) == {"state": "confirmed"}
