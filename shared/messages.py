@@ -353,15 +353,23 @@ class SceneCancelled(Event):
 
     scene: SceneId
     reason: ReceivedCancelReason | None = None
+    # The client the scene belongs to (None: the default client), for the site's webhooks.
+    client_id: ClientIdField | None = None
 
 
 class SceneExpired(Event):
-    """The scene outlived its lifetime before being confirmed (announced exactly once)."""
+    """The scene outlived its lifetime before being confirmed (announced exactly once).
+
+    ``scanned`` says whether a phone had scanned it (None: a version that did not say): the webhook
+    service reports only scanned scenes as failed logins, not every code nobody looked at.
+    """
 
     TYPE = "scene.expired"
     PUBLISHERS = ("qrcode",)
 
     scene: SceneId
+    client_id: ClientIdField | None = None
+    scanned: bool | None = None
 
 
 class IssuedScene(Reply):
@@ -528,7 +536,7 @@ class LoginConfirmed(Event):
 
 
 class UserCreated(Event):
-    """A user was seen for the first time."""
+    """A user was seen for the first time; ``client_id`` is the site of the login that created it."""
 
     TYPE = "user.created"
     PUBLISHERS = ("session",)
@@ -536,6 +544,35 @@ class UserCreated(Event):
     user_id: str
     openid: str
     unionid: str | None = None
+    client_id: ClientIdField | None = None
+
+
+class PhoneNumberBound(Event):
+    """A user bound (or changed) the phone number of their account (the number never travels)."""
+
+    TYPE = "phone.bound"
+    PUBLISHERS = ("session",)
+
+    user_id: str
+    client_id: ClientIdField | None = None
+
+
+# Why sessions ended: ``logout``, ``logout_everywhere``, ``reuse_detected`` (a spent refresh token came
+# back), ``code_reuse``, ... Read leniently, so a reason added later never makes a reader drop it.
+RevokeReason = Annotated[str, Field(pattern=r"^[a-z_]{1,32}$")]
+
+
+class SessionRevoked(Event):
+    """A session (refresh family ``sid``) was ended; with ``logout_everywhere`` every session of the
+    user was, ``sid`` being the one that asked."""
+
+    TYPE = "session.revoked"
+    PUBLISHERS = ("session",)
+
+    user_id: str
+    sid: str
+    client_id: ClientIdField | None = None
+    reason: RevokeReason
 
 
 class ConfirmResult(Reply):

@@ -51,6 +51,8 @@ SAMPLES: list[m.Message] = [
     m.RedeemedScene(scene=SCENE, user_id="u_1"),
     m.LoginConfirmed(scene=SCENE, user_id="u_1"),
     m.UserCreated(user_id="u_1", openid="o" * 28),
+    m.PhoneNumberBound(user_id="u_1", client_id="shop"),
+    m.SessionRevoked(user_id="u_1", sid="family-0001", reason="reuse_detected"),
     m.ConfirmLogin(scene=SCENE, scan_hash=HASH, code=SecretStr("0716AVll20uHk94SLDml27etM946AVlq")),
     m.ConfirmResult(scene=SCENE, state="confirmed"),
     m.SceneConfirmed(scene=SCENE),
