@@ -1,10 +1,10 @@
-"""``python -m services run <token|qrcode|session|gateway|all>``, ``launch``, ``ready`` and ``clients``.
+"""``python -m services run <token|qrcode|session|gateway|webhook|all>``, ``launch``, ``ready``, ``clients``.
 
 One service per process is what a container runs, in production mode unless ``WXLOGIN_DEMO`` is on:
 the demo's values (development AppID, http:// WeChat, ``*`` origins, the demo site name) stop it.
 ``all`` is the embedded default (``make demo``):
 the in-memory bus, an nx-27017 MongoDB wire server as a child process, the WeChat simulator and all
-four services in this one process. ``launch`` runs every replica as its own process on this machine
+five services in this one process. ``launch`` runs every replica as its own process on this machine
 (:mod:`services.launch`); ``ready <service>`` exits 0 when that service's ``/readyz`` answers 200 (the
 container healthcheck).
 """
@@ -42,7 +42,7 @@ from shared.mongo import EmbeddedMongo
 from shared.runtime import EXTRA_REGISTRIES, READY_CHECKS, REGISTRY, AccessLogger
 from shared.sealing import generate_key
 
-SERVICES = ("token", "qrcode", "session", "gateway")
+SERVICES = ("token", "qrcode", "session", "gateway", "webhook")
 
 log = get_logger("services")
 # After the shutdown deadline: time for background tasks to stop and connections to close.
@@ -103,7 +103,7 @@ async def run_one(name: str, settings: Settings) -> None:
         raise SystemExit("a single service needs a broker: set WXLOGIN_AMQP_URL=amqp://…")
     if not settings.bus_key.get_secret_value():
         raise SystemExit("set WXLOGIN_BUS_KEY (the same base64 32-byte key for every service)")
-    if name != "gateway" and (problem := credentials_problem(settings)):
+    if name not in ("gateway", "webhook") and (problem := credentials_problem(settings)):
         raise StartupError(problem)
     if problems := production_problems(name, settings):
         raise StartupError("\n".join(problems))
@@ -215,7 +215,7 @@ async def run_all(settings: Settings) -> None:
         broker = MemoryBroker() if settings.embedded_bus else None
         apps = {name: app_factory(name)(settings, broker=broker) for name in SERVICES}
         gateway = apps["gateway"]
-        for name in ("token", "qrcode", "session"):
+        for name in ("token", "qrcode", "session", "webhook"):
             gateway[EXTRA_REGISTRIES].append(apps[name][REGISTRY])
         for name in SERVICES:
             runner: web.AppRunner = AppRunner(
@@ -223,10 +223,12 @@ async def run_all(settings: Settings) -> None:
             )
             await runner.setup()
             runners.append(runner)
-            if name != "gateway":
+            if name == "gateway":
+                gateway_runner = runner
+            else:
                 for check, fn in apps[name][READY_CHECKS].items():
                     gateway[READY_CHECKS][f"{name}.{check}"] = fn
-        await start_site(runners[-1], gateway_at)
+        await start_site(gateway_runner, gateway_at)
         base = f"http://{settings.gateway_host}:{settings.gateway_port}"
         print(
             f"\n  wxlogin demo:        {base}/\n  WeChat simulator:    {settings.wechat_api_base}\n"

@@ -46,7 +46,7 @@ from shared.messages import Event
 from shared.mongo import EmbeddedMongo, free_port
 from shared.sealing import Sealer, generate_key
 
-SERVICES = ("token", "qrcode", "session", "gateway")
+SERVICES = ("token", "qrcode", "session", "gateway", "webhook")
 # What each service waits for before it starts, as docker-compose.yml's depends_on says (a qrcode
 # replica is ready once it holds an access token; a gateway once it has the session's JWKS).
 DEPENDS_ON: dict[str, tuple[str, ...]] = {
@@ -54,9 +54,10 @@ DEPENDS_ON: dict[str, tuple[str, ...]] = {
     "session": (),
     "qrcode": ("token",),
     "gateway": ("qrcode", "session"),
+    "webhook": (),
 }
 # Callers before callees, like compose stops dependants first: nothing calls a stopped service.
-STOP_ORDER = ("gateway", "qrcode", "session", "token")
+STOP_ORDER = ("gateway", "webhook", "qrcode", "session", "token")
 
 
 def start_tiers() -> list[list[str]]:

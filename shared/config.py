@@ -236,6 +236,50 @@ class Settings(BaseSettings):
             )
         return self
 
+    # --- webhooks (services/webhook, docs/webhooks.md) ------------------------------------------
+    # Hosts a webhook may reach over plain http (exact host names or IP addresses, comma separated);
+    # every other endpoint must be https.
+    webhook_http_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Hosts (names) and networks (IP addresses, CIDRs) a webhook may reach although they are loopback,
+    # private, link-local, CGNAT, multicast, reserved or cloud-metadata addresses (refused otherwise).
+    webhook_allowed_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # One delivery (connect, send, answer) may take this long.
+    webhook_timeout_seconds: float = Field(default=15.0, gt=0, le=120)
+    # Seconds before each attempt (the first: at once), jittered; after the last failed attempt the
+    # message fails and its endpoint is disabled. Standard Webhooks' schedule by default.
+    webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+    )
+    # How often each replica looks for messages other replicas recorded (its own: at once).
+    webhook_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    # How long messages and the delivery log are kept: replay works within it.
+    webhook_retention_days: int = Field(default=7, ge=1, le=90)
+
+    @field_validator(
+        "webhook_http_hosts", "webhook_allowed_networks", "webhook_retry_schedule", mode="before"
+    )
+    @classmethod
+    def _webhook_lists_from_csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _webhook_networks_parse(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if "/" in entry:
+                try:
+                    ip_network(entry, strict=False)
+                except ValueError:
+                    raise ValueError(f"not a network: {entry!r}") from None
+        return value
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _webhook_schedule_is_sane(cls, value: list[float]) -> list[float]:
+        if not value or any(delay < 0 or delay > 7 * 86400 for delay in value):
+            raise ValueError("must list at least one delay, each from 0 to 604800 seconds")
+        return value
+
     # --- processes ------------------------------------------------------------------------------
     gateway_host: str = "127.0.0.1"
     gateway_port: int = Field(default=8080, ge=0, le=65535)

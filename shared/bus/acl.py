@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from shared.errors import ServiceError
 from shared.messages import Event
 
-SERVICES = ("token", "qrcode", "session", "gateway")
+SERVICES = ("token", "qrcode", "session", "gateway", "webhook")
 
 # RPC method → the services that may call it. Every request type has an entry (tested).
 CALLERS: Mapping[str, frozenset[str]] = {

@@ -18,6 +18,7 @@ from services.gateway.errors import STATUS_BY_CODE
 from services.qrcode import store as qrcode_store
 from services.session import store as session_store
 from services.token import store as token_store
+from services.webhook import store as webhook_store
 from shared import messages as m
 from shared.bus import topology
 from shared.bus.acl import CALLERS
@@ -38,6 +39,7 @@ ERROR_MODULES = [
     "services.qrcode.errors",
     "services.session.errors",
     "services.token.errors",
+    "services.webhook.errors",
 ]
 
 
@@ -146,11 +148,12 @@ def test_every_api_path_named_is_a_route() -> None:
 
 def test_every_collection_and_index_is_named() -> None:
     names = {token_store.TOKENS}
-    for store in (qrcode_store, session_store, token_store):
+    for store in (qrcode_store, session_store, token_store, webhook_store):
         for index in store.INDEXES:
             names.add(index.collection)
             names.add(index.name)
     names.update({qrcode_store.SCENES, qrcode_store.POOL, qrcode_store.RATES})
+    names.update({webhook_store.OUTBOX, webhook_store.DELIVERIES, webhook_store.ENDPOINTS})
     names.update(
         {
             session_store.USERS,
