@@ -31,6 +31,7 @@ const MESSAGES = {
   already_redeemed: '本次登录已完成',
   scene_state_conflict: '登录状态已变化，请重新扫码',
   scan_token_invalid: '请重新扫码',
+  launch_scene_refused: '为了你的账号安全，请用微信“扫一扫”直接扫描电脑屏幕上的二维码登录；不能从聊天里的卡片或其他小程序打开',
   scene_not_scanned: '请重新扫码',
   code_invalid: '微信登录失败，请重试',
   code_required: '微信登录失败，请重试',
@@ -162,9 +163,13 @@ function createApi(wx, config) {
   const withCode = (body, code) => (code ? Object.assign(body, {code}) : body);
 
   return {
-    scan: (scene, code) => call('POST', '/api/mp/scan', withCode({scene}, code)),
+    // `launchScene`: how WeChat opened the page (lib/launch.js); left out when the runtime does not say.
+    scan: (scene, code, launchScene) =>
+      call('POST', '/api/mp/scan', withCode(launchScene ? {scene, launch_scene: launchScene} : {scene}, code)),
     confirm: (scene, scanToken, code) => call('POST', '/api/mp/confirm', withCode({scene, scan_token: scanToken}, code)),
-    cancel: (scene, scanToken) => call('POST', '/api/mp/cancel', {scene, scan_token: scanToken}),
+    // `reason` 'not_me' (the 不是我 button) tells the browser why; none: a plain 取消 ('declined').
+    cancel: (scene, scanToken, reason) =>
+      call('POST', '/api/mp/cancel', reason ? {scene, scan_token: scanToken, reason} : {scene, scan_token: scanToken}),
     login: (code) => call('POST', '/api/mp/login', {code}),
     phone: (code, token) => call('POST', '/api/mp/phone', {code}, token),
     me: (token) => call('GET', '/api/me', null, token),

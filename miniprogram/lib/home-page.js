@@ -4,6 +4,7 @@
 'use strict';
 
 const {createMpLoginPage} = require('./mplogin-page');
+const {noteCameraScan} = require('./launch');
 
 /** The scan-login page a scanned scene opens. */
 const LOGIN_PAGE = 'pages/login/index';
@@ -56,7 +57,9 @@ function createHomePage({wx, config, app}) {
       this.setData({scanMessage: ''});
       return new Promise((resolve) => {
         wx.scanCode({
-          onlyFromCamera: false, // a code saved from a web page can be picked from the album
+          // The camera only: a code picked from the album is how a relayed code arrives (a chat image
+          // saved, "长按识别领红包"); the login page reports this scan as a camera scan (1047).
+          onlyFromCamera: true,
           scanType: ['wxCode', 'qrCode'],
           success: (res) => {
             const scene = sceneFromScan(res);
@@ -64,6 +67,7 @@ function createHomePage({wx, config, app}) {
               this.setData({scanMessage: '这不是网站登录的小程序码。请扫描网站登录框里的码。'});
               return resolve();
             }
+            noteCameraScan(scene);
             wx.navigateTo({url: '/' + LOGIN_PAGE + '?scene=' + encodeURIComponent(scene), complete: () => resolve()});
           },
           fail: (res) => {

@@ -5,6 +5,7 @@
 const {MESSAGES, RETRY, createApi, messageFor, retryable, withRetry, wxLogin} = require('./api');
 const {environment, explain} = require('./explain');
 const {formatTime, sceneFromQuery} = require('./format');
+const {launchScene} = require('./launch');
 
 /**
  * The Page() definition. `status` is one of:
@@ -15,9 +16,14 @@ const {formatTime, sceneFromQuery} = require('./format');
  */
 /** The mini-program's home page (app.json's first page). */
 const HOME_PAGE = 'pages/index/index';
+/** What the phone says after 不是我 (the browser says its part: the code may have been sent on). */
+const NOT_ME_DONE = '已拒绝这次登录，电脑上会显示“不是我”。请不要扫描别人发给你的二维码或图片，那可能是骗局';
 
 function createLoginPage({wx, config, currentPages = () => []}) {
   const api = createApi(wx, config);
+  // After a red warning the first 确认登录 tap only arms the button; a second tap confirms, but not one
+  // that comes sooner than this (a reflexive double tap) (security review M4).
+  const secondTapMs = config.secondTapMs != null ? config.secondTapMs : 1500;
   const policy = Object.assign({}, RETRY, config.retry);
   const env = environment(wx);
   // What the user reads for an error; in develop and trial builds, what the developer must fix.
@@ -68,6 +74,12 @@ function createLoginPage({wx, config, currentPages = () => []}) {
       browser: '',
       os: '',
       place: '',
+      phonePlace: '',
+      // Red warnings (security review M4): the browser is in another province or country than this
+      // phone; the code was recognised in a picture (a chat image, the album), not scanned off a screen.
+      mismatch: false,
+      fromImage: false,
+      armed: false, // 确认登录 was tapped once under a warning: the next tap confirms
       requestedAt: '',
       agreed: false,
       message: '',
@@ -78,6 +90,9 @@ function createLoginPage({wx, config, currentPages = () => []}) {
     onLoad(query) {
       // The scan token is this phone's proof that it scanned; it lives on the page, not in `data`.
       this.scene = sceneFromQuery(query);
+      // How WeChat opened this page (1047: a camera scan), sent with the scan (lib/launch.js).
+      this.launchScene = launchScene(wx, this.scene);
+      this.armedAt = 0;
       this.scanToken = '';
       this.identified = false; // whether the gateway exchanged the code sent with the scan (see scan())
       this.expiresAt = null; // the scene's expiry (epoch ms), which no retry goes past
@@ -101,7 +116,7 @@ function createLoginPage({wx, config, currentPages = () => []}) {
       // a busy or unanswered scan send the same code (it reaches WeChat only after a scan won).
       return wxLogin(wx)
         .catch((err) => { loginError = err; return undefined; })
-        .then((code) => patiently(this, () => api.scan(this.scene, code), () => { waited = true; }))
+        .then((code) => patiently(this, () => api.scan(this.scene, code, this.launchScene), () => { waited = true; }))
         .then((info) => {
           this.scanToken = info.scan_token;
           // A code WeChat refused does not fail the scan: it answers `identified: false` (and an
@@ -119,6 +134,10 @@ function createLoginPage({wx, config, currentPages = () => []}) {
             browser: requester.browser || '',
             os: requester.os || '',
             place: (requester.location && requester.location.label) || '',
+            phonePlace: (info.phone && info.phone.location && info.phone.location.label) || '',
+            mismatch: info.location_mismatch === true,
+            fromImage: info.launch === 'image',
+            armed: false,
             requestedAt: formatTime(requester.requested_at)
           });
         }, (err) => {
@@ -144,6 +163,16 @@ function createLoginPage({wx, config, currentPages = () => []}) {
         this.setData({message: '请先阅读并同意《用户协议》和《隐私政策》'});
         return Promise.resolve();
       }
+      if (this.data.mismatch || this.data.fromImage) {
+        // Under a red warning a tap is not enough: the first arms the button, a second one (not a
+        // reflexive double tap) confirms.
+        if (!this.data.armed) {
+          this.armedAt = Date.now();
+          this.setData({armed: true, message: '请先看清上面的红色提示。确实是你本人在电脑上登录，再点一次“仍然确认登录”'});
+          return Promise.resolve();
+        }
+        if (Date.now() - this.armedAt < secondTapMs) return Promise.resolve();
+      }
       this.setData({status: 'confirming', message: ''});
       const confirmed = () => {
         this.scanToken = '';
@@ -163,12 +192,21 @@ function createLoginPage({wx, config, currentPages = () => []}) {
     },
 
     onCancel() {
+      return this.decline(undefined, '已取消登录');
+    },
+
+    /** 不是我: the user did not ask for this login. The browser is told so (reason `not_me`). */
+    onNotMe() {
+      return this.decline('not_me', NOT_ME_DONE);
+    },
+
+    decline(reason, done) {
       if (this.data.status !== 'ready') return Promise.resolve();
       this.setData({status: 'cancelling', message: ''});
       // The gateway answers a repeated cancel from the same phone `cancelled`: safe to retry.
-      return patiently(this, () => api.cancel(this.scene, this.scanToken)).then(() => {
+      return patiently(this, () => api.cancel(this.scene, this.scanToken, reason)).then(() => {
         this.scanToken = '';
-        this.setData({status: 'cancelled', retrying: false, message: '已取消登录'});
+        this.setData({status: 'cancelled', retrying: false, message: done});
       }, (err) => {
         if (retryable(err)) this.setData({status: 'ready', retrying: false, message: say(err)});
         else this.setData({status: 'failed', retrying: false, message: say(err), canRetry: false});
@@ -188,4 +226,4 @@ function createLoginPage({wx, config, currentPages = () => []}) {
   };
 }
 
-module.exports = {HOME_PAGE, createLoginPage};
+module.exports = {HOME_PAGE, NOT_ME_DONE, createLoginPage};

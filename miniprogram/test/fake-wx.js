@@ -39,7 +39,8 @@ function httpJson(method, url, body, headers) {
  * 'request:fail url not in domain list'); `wx.calls` records what the page did. `account` is what
  * wx.getAccountInfoSync() says about the mini-program (`{appId, envVersion}`; none: an old runtime,
  * which the pages treat as a release build). `wx.scans` are the next wx.scanCode results in turn (an
- * object for success, `{fail: errMsg}` for a failure).
+ * object for success, `{fail: errMsg}` for a failure). `wx.launchScene` is what
+ * wx.getEnterOptionsSync() says of how the mini-program was opened (1047, a camera scan; null: none).
  */
 function createWx({simUrl, account = null}) {
   const wx = {
@@ -47,7 +48,9 @@ function createWx({simUrl, account = null}) {
     requestError: null,
     openid: null,
     scans: [],
-    calls: {login: 0, codes: [], requests: [], exits: 0, navigations: []},
+    // How WeChat entered the mini-program (wx.getEnterOptionsSync().scene): 1047, a scanned code.
+    launchScene: 1047,
+    calls: {login: 0, codes: [], requests: [], exits: 0, navigations: [], scanOptions: []},
 
     request(options) {
       const method = (options.method || 'GET').toUpperCase();
@@ -81,7 +84,12 @@ function createWx({simUrl, account = null}) {
 
     exitMiniProgram() { wx.calls.exits += 1; },
 
+    getEnterOptionsSync() {
+      return {scene: wx.launchScene, query: {}};
+    },
+
     scanCode(options) {
+      wx.calls.scanOptions.push({onlyFromCamera: options.onlyFromCamera, scanType: options.scanType});
       const next = wx.scans.shift() || {fail: 'scanCode:fail cancel'};
       setImmediate(() => {
         if (next.fail) options.fail && options.fail({errMsg: next.fail});

@@ -62,9 +62,12 @@ test('a code scanned from the home page logs the browser in through the scan pag
   assert.equal(issued.status, 201);
   const {scene, ticket} = issued.data;
   const wx = createWx({simUrl: SIM});
+  wx.launchScene = 1001; // the mini-program was opened from the recent list, then 扫一扫
   const {page} = home(wx);
   wx.scans.push({scanType: 'WX_CODE', path: 'pages/login/index?scene=' + encodeURIComponent(scene)});
   await page.onScan();
+  // The camera only (security review M4): a picture from the album is how a relayed code arrives.
+  assert.equal(wx.calls.scanOptions[0].onlyFromCamera, true);
   const url = wx.calls.navigations[0].url;
   assert.ok(url.startsWith('/pages/login/index?'), url);
 
@@ -72,7 +75,7 @@ test('a code scanned from the home page logs the browser in through the scan pag
   const query = Object.fromEntries(url.split('?')[1].split('&').map((pair) => pair.split('=')));
   const scanPage = mountPage(createLoginPage({wx, config: {server: GATEWAY}, currentPages: () => [{}, {}]}));
   await scanPage.onLoad(query);
-  assert.equal(scanPage.data.status, 'ready');
+  assert.equal(scanPage.data.status, 'ready'); // reported as a camera scan (1047), not refused as 1001
   scanPage.onAgreeChange({detail: {value: ['agree']}});
   await scanPage.onConfirm();
   assert.equal(scanPage.data.status, 'confirmed');

@@ -128,7 +128,8 @@ test('the page sends a wx.login code with the scan, shows who asks, and confirms
   assert.equal(page.data.place, '本机/内网 (local network)'); // where the browser is, never its address
   assert.match(page.data.requestedAt, /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/);
   assert.equal(wx.calls.login, 1);
-  assert.deepEqual(scans(), [{scene: code.scene, code: wx.calls.codes[0]}]);
+  // With how WeChat opened the page: 1047, a camera scan (security review M4).
+  assert.deepEqual(scans(), [{scene: code.scene, code: wx.calls.codes[0], launch_scene: 1047}]);
   assert.equal(page.identified, true); // the gateway exchanged it
   assert.equal(await code.state(), 'scanned'); // identified, yet nobody is logged in before the tap
 
@@ -158,7 +159,7 @@ test('when wx.login fails the page scans without a code and confirms with one', 
   logins.push(null);
   await page.onLoad({scene: code.scene});
   assert.equal(page.data.status, 'ready');
-  assert.deepEqual(scans(), [{scene: code.scene}]);
+  assert.deepEqual(scans(), [{scene: code.scene, launch_scene: 1047}]);
   assert.equal(page.identified, false);
 
   agree(page);
@@ -452,7 +453,7 @@ test('with the placeholder AppID wx.login fails and the page says so, before and
   const expected = 'wx.login 失败（login:fail appid invalid）：AppID “wx0000000000000000” 是占位符或无效。' +
     '请在 project.config.json 填你的小程序 AppID，或在开发者工具里使用“测试号”。';
   assert.equal(page.data.status, 'ready'); // the scan itself works without a code
-  assert.deepEqual(scans(), [{scene: code.scene}]);
+  assert.deepEqual(scans(), [{scene: code.scene, launch_scene: 1047}]);
   assert.equal(page.data.message, expected);
 
   agree(page);
@@ -477,7 +478,7 @@ test('tourist mode\'s mock code is named, and the scan still shows who asks', li
   const tourist = '开发者工具的“游客模式”只给出假的登录 code（the code is a mock one），网关无法用它登录。' +
     '请用你自己的 AppID 或“测试号”导入项目，不要用游客模式。';
   assert.equal(page.data.status, 'ready');
-  assert.deepEqual(scans(), [{scene: code.scene}]); // the mock never reaches the gateway
+  assert.deepEqual(scans(), [{scene: code.scene, launch_scene: 1047}]); // the mock never reaches the gateway
   assert.equal(page.data.message, tourist);
   agree(page);
   await page.onConfirm();

@@ -49,6 +49,8 @@ async def clocked_stack(
         limit_login_per_ip_burst=120,
         limit_session_per_ip_burst=120,
         limit_user_burst=120,
+        # confirm-screen.test.js: the browser and the phone come from public addresses (security M4).
+        trusted_proxies="127.0.0.0/8",
     )
     try:
         yield stack
