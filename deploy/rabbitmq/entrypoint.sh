@@ -5,7 +5,7 @@
 #
 #   DEFINITIONS_TEMPLATE  the template (default /etc/wxlogin/definitions.json)
 #   DEFINITIONS_OUT       where RabbitMQ reads it, see rabbitmq.conf (default /tmp/wxlogin-definitions.json)
-#   RABBITMQ_{ADMIN,TOKEN,QRCODE,SESSION,GATEWAY}_PASSWORD   16+ characters of A-Z a-z 0-9 . _ ~ -
+#   RABBITMQ_{ADMIN,TOKEN,QRCODE,SESSION,GATEWAY,WEBHOOK}_PASSWORD   16+ characters of A-Z a-z 0-9 . _ ~ -
 #   WXLOGIN_BUS_PREFIX    the services' exchange/queue name prefix (may be empty)
 set -eu
 
@@ -25,7 +25,7 @@ esac
 prefix_regex=$(printf '%s' "$prefix" | sed 's/[.]/[.]/g')
 
 script=""
-for name in ADMIN TOKEN QRCODE SESSION GATEWAY; do
+for name in ADMIN TOKEN QRCODE SESSION GATEWAY WEBHOOK; do
     eval "value=\${RABBITMQ_${name}_PASSWORD:-}"
     [ -n "$value" ] || fail "set RABBITMQ_${name}_PASSWORD (see .env.example)"
     case "$value" in

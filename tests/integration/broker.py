@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[2]
 RABBITMQ_DIR = ROOT / "deploy" / "rabbitmq"
-SERVICES = ("token", "qrcode", "session", "gateway")
+SERVICES = ("token", "qrcode", "session", "gateway", "webhook")
 ACCOUNTS = ("admin", *SERVICES)
 
 

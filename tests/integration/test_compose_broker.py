@@ -28,6 +28,7 @@ import pytest
 from aiormq.exceptions import ChannelAccessRefused, ChannelPreconditionFailed
 
 from services.gateway.handlers import PUSHED_EVENTS
+from services.webhook.events import CONSUMED as WEBHOOK_CONSUMED
 from shared.bus import AmqpBus
 from shared.errors import RemoteError
 from shared.messages import ConfirmScene, Event, SceneStatus, TokenInvalidated, TokenRefreshed
@@ -49,6 +50,7 @@ CONSUMES: dict[str, set[type[Event]]] = {
     "qrcode": {TokenRefreshed},
     "session": {TokenRefreshed},
     "gateway": set(PUSHED_EVENTS),
+    "webhook": set(WEBHOOK_CONSUMED),
 }
 
 
