@@ -30,6 +30,7 @@ from services.startup import (
     StartupError,
     check_free,
     credentials_problem,
+    demo_clients_file,
     demo_credentials,
     production_problems,
     start_site,
@@ -165,6 +166,9 @@ def embedded_settings(settings: Settings) -> Settings:
     elif update.get("demo", settings.demo) and "*" not in settings.allowed_origins:
         added = [origin for origin in own if origin not in settings.allowed_origins]
         update["allowed_origins"] = [*settings.allowed_origins, *added]
+    # The demo page's "Log in with OIDC" is a registered client (deploy/clients.demo.yaml).
+    if update.get("demo", settings.demo) and not settings.clients_file:
+        update["clients_file"] = demo_clients_file(port)
     return settings.model_copy(update=update) if update else settings
 
 

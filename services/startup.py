@@ -5,9 +5,13 @@ production mode (``run <service>`` without ``WXLOGIN_DEMO``) the demo's values.
 
 from __future__ import annotations
 
+import atexit
 import errno
+import os
 import socket
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -136,6 +140,27 @@ def production_problems(service: str, settings: Settings) -> list[str]:
             "confirms"
         )
     return problems
+
+
+# The demo's registered clients (the "Log in with OIDC" of the demo page), shipped in the repository.
+DEMO_CLIENTS_FILE = Path(__file__).resolve().parents[1] / "deploy" / "clients.demo.yaml"
+DEMO_CLIENTS_PORT = 8080  # the gateway port its redirect URIs and origins name
+
+
+def demo_clients_file(gateway_port: int) -> str:
+    """The demo's clients file for a gateway on ``gateway_port``: the shipped one on 8080, else a copy
+    (in the temporary directory, removed at exit) whose URIs name that port. Empty when the
+    repository's ``deploy/`` is not there (an installed package): the demo then has no OIDC client."""
+    if not DEMO_CLIENTS_FILE.is_file():
+        return ""
+    if gateway_port == DEMO_CLIENTS_PORT:
+        return str(DEMO_CLIENTS_FILE)
+    text = DEMO_CLIENTS_FILE.read_text(encoding="utf-8").replace(f":{DEMO_CLIENTS_PORT}", f":{gateway_port}")
+    handle, name = tempfile.mkstemp(prefix="wxlogin-demo-clients-", suffix=".yaml")
+    with os.fdopen(handle, "w", encoding="utf-8") as copy:
+        copy.write(text)
+    atexit.register(lambda: Path(name).unlink(missing_ok=True))
+    return name
 
 
 def demo_credentials(settings: Settings) -> Settings:

@@ -15,7 +15,7 @@ from services.gateway.errors import status_for
 from services.gateway.handlers import PUSHED_EVENTS, CatchUp, PushHandlers
 from services.gateway.limits import GatewayLimits
 from services.gateway.longpoll import StatusPoller
-from services.gateway.origins import Origins
+from services.gateway.origins import Origins, origin_of
 from services.gateway.routes import CLIENT_IP, KEYS, LIMITS, ORIGINS, POLLER, SOCKETS, setup_routes
 from services.gateway.store import SubscriptionStore
 from services.gateway.ws import Hub, SocketEndpoint, WsMetrics, origin_allowed
@@ -140,10 +140,14 @@ async def ops_exact_spelling(request: web.Request, handler: Handler) -> web.Stre
 
 def security_headers(settings: Settings) -> Callable[..., Awaitable[web.StreamResponse]]:
     """Headers on every response; pages may not be framed and send no referrer."""
-    connect = "'self'" + (f" {settings.wechat_api_base}" if settings.demo else "")
+    # The demo page's phone talks to the simulator, its relying party to the issuer (another origin
+    # when the demo is opened at another address).
+    issuer = origin_of(settings.issuer)
+    connect = "'self'" + (f" {settings.wechat_api_base} {issuer}" if settings.demo else "")
+    form_action = "'self'" + (f" {issuer}" if settings.demo else "")
     csp = (
         "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-        f"connect-src {connect}; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+        f"connect-src {connect}; frame-ancestors 'none'; base-uri 'none'; form-action {form_action}"
     )
 
     @web.middleware

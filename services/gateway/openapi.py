@@ -21,7 +21,7 @@ from services.gateway.routes import CancelBody, CompleteBody, ConfirmBody, ScanB
 OPENAPI_VERSION = "3.1.0"
 
 ERROR_CODES = {
-    400: "invalid_request, code_invalid, code_required, phone_code_invalid, decrypt_failed…",
+    400: "invalid_request, client_unknown, code_invalid, code_required, phone_code_invalid, decrypt_failed…",
     401: "unauthorized, token_invalid, ticket_required, refresh_invalid, refresh_reused, session_ended",
     403: "origin_not_allowed, ticket_invalid, scan_token_invalid, user_blocked, phone_unavailable, "
     "launch_scene_refused",
@@ -143,9 +143,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
-    return {
-        str(s): _json({"$ref": "#/components/schemas/Error"}, ERROR_CODES[s]) for s in sorted(statuses)
-    }
+    return {str(s): _json({"$ref": "#/components/schemas/Error"}, ERROR_CODES[s]) for s in sorted(statuses)}
 
 
 def _body(model: type[BaseModel], *, required: bool = True) -> dict[str, Any]:
@@ -345,6 +343,215 @@ def _operations() -> dict[str, dict[str, Any]]:
     }
 
 
+# --- OpenID Connect (services/gateway/oidc.py) ------------------------------------------------------
+
+_FORM = "application/x-www-form-urlencoded"
+_OAUTH_ERROR = {
+    "type": "object",
+    "description": "An OAuth error (RFC 6749 §5.2, RFC 6750 §3): the OAuth endpoints' only error format.",
+    "required": ["error"],
+    "properties": {"error": _STRING, "error_description": _STRING},
+}
+_HTML = {"text/html": {"schema": {"type": "string"}}}
+_AUTHORIZE_PARAMETERS = {
+    "response_type": {"type": "string", "enum": ["code"]},
+    "client_id": _STRING,
+    "redirect_uri": _STRING,
+    "scope": _STRING,
+    "state": _STRING,
+    "nonce": _STRING,
+    "code_challenge": _STRING,
+    "code_challenge_method": {"type": "string", "enum": ["S256"]},
+    "prompt": _STRING,
+    "max_age": _STRING,
+    "ui_locales": _STRING,
+    "response_mode": _STRING,
+}
+_LOGOUT_PARAMETERS = {
+    "id_token_hint": _STRING,
+    "post_logout_redirect_uri": _STRING,
+    "client_id": _STRING,
+    "state": _STRING,
+    "ui_locales": _STRING,
+}
+_OIDC_TOKENS = {
+    "type": "object",
+    "required": ["access_token", "token_type", "expires_in", "scope"],
+    "properties": {
+        "access_token": _STRING,
+        "token_type": {"const": "Bearer"},
+        "expires_in": {"type": "integer"},
+        "refresh_token": _STRING,
+        "id_token": _STRING,
+        "scope": _STRING,
+    },
+}
+_CLIENT_AUTH: list[dict[str, list[str]]] = [{"basic": []}, {}]  # or client_id (+ secret) in the form
+
+
+def _oauth(*statuses: int) -> dict[str, Any]:
+    descriptions = {
+        400: "invalid_request, invalid_grant, invalid_scope, unsupported_grant_type, unauthorized_client",
+        401: "invalid_client (WWW-Authenticate: Basic when Basic was used), invalid_token (Bearer)",
+        403: "insufficient_scope",
+        429: "temporarily_unavailable (a rate limit, with Retry-After)",
+        502: "server_error",
+        503: "temporarily_unavailable (a dependency is down, with Retry-After)",
+    }
+    return {str(s): _json({"$ref": "#/components/schemas/OAuthError"}, descriptions[s]) for s in statuses}
+
+
+def _form_body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    schema = {"type": "object", "properties": properties, "required": required}
+    return {"required": True, "content": {_FORM: {"schema": schema}}}
+
+
+def _page(description: str) -> dict[str, Any]:
+    return {"description": description, "content": _HTML}
+
+
+def _query(properties: dict[str, Any], required: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    return [
+        {"name": name, "in": "query", "required": name in required, "schema": schema}
+        for name, schema in properties.items()
+    ]
+
+
+def _oidc_operations() -> dict[str, dict[str, Any]]:
+    """The OpenID Connect provider's routes: HTML pages and redirects, and the OAuth endpoints."""
+    from services.gateway.oidc import AuthorizeCompleteBody  # it imports this package's routes
+
+    ok = _json
+    authorize_answers = {
+        "200": _page("the hosted login page"),
+        "302": {
+            "description": "to the redirect_uri: code, state, iss; or error, error_description, state, iss"
+        },
+        "400": _page("an unknown client or an unregistered redirect_uri: an error page, never a redirect"),
+        **_errors(405, 429),
+    }
+    logout_answers = {
+        "200": _page("logged out, or the question whether to log out"),
+        "302": {"description": "to the registered post_logout_redirect_uri, with state"},
+        "400": _page("an invalid id_token_hint, client or post_logout_redirect_uri"),
+        "503": _page("a dependency is down (Retry-After)"),
+        **_errors(405, 429),
+    }
+    token_form = {
+        "grant_type": {"type": "string", "enum": ["authorization_code", "refresh_token"]},
+        "code": _STRING,
+        "redirect_uri": _STRING,
+        "code_verifier": _STRING,
+        "refresh_token": _STRING,
+        "scope": _STRING,
+        "client_id": _STRING,
+        "client_secret": _STRING,
+    }
+    return {
+        "/.well-known/openid-configuration": {
+            "get": {
+                "summary": "OpenID Connect discovery: the issuer, its endpoints and what it supports",
+                "responses": {
+                    "200": ok({"type": "object", "required": ["issuer"]}, "metadata"),
+                    **_errors(405),
+                },
+            }
+        },
+        "/oidc/authorize": {
+            "get": {
+                "summary": "The authorization endpoint (code flow): a silent login, or the hosted login page",
+                "parameters": _query(_AUTHORIZE_PARAMETERS, ("client_id",)),
+                "responses": authorize_answers,
+            },
+            "post": {
+                "summary": "The authorization endpoint, with the parameters as a form",
+                "requestBody": _form_body(_AUTHORIZE_PARAMETERS, ["client_id"]),
+                "responses": authorize_answers,
+            },
+        },
+        "/oidc/authorize/complete": {
+            "post": {
+                "summary": "The hosted login page's confirmed scan: where to go next (same origin only)",
+                "requestBody": _body(AuthorizeCompleteBody),
+                "responses": {
+                    "200": ok({"type": "object", "required": ["redirect_to"]}, "the redirect"),
+                    **_errors(403, 404, 409, 410, 429, *_BODY),
+                },
+            }
+        },
+        "/oidc/token": {
+            "post": {
+                "summary": "The token endpoint (authorization_code, refresh_token grants)",
+                "security": _CLIENT_AUTH,
+                "requestBody": _form_body(token_form, ["grant_type"]),
+                "responses": {
+                    "200": ok(_OIDC_TOKENS, "tokens"),
+                    **_oauth(400, 401, 429, 502, 503),
+                    **_errors(405),
+                },
+            }
+        },
+        "/oidc/userinfo": {
+            method: {
+                "summary": "The claims about the user of an OpenID Connect access token",
+                "security": _BEARER,
+                **(
+                    {"requestBody": {**_form_body({"access_token": _STRING}, []), "required": False}}
+                    if method == "post"
+                    else {}
+                ),
+                "responses": {
+                    "200": ok({"type": "object", "required": ["sub"]}, "claims"),
+                    **_oauth(400, 401, 403, 429, 502, 503),
+                    **_errors(405),
+                },
+            }
+            for method in ("get", "post")
+        },
+        "/oidc/revoke": {
+            "post": {
+                "summary": "Token revocation (RFC 7009): 200 for any token of an authenticated client",
+                "security": _CLIENT_AUTH,
+                "requestBody": _form_body(
+                    {
+                        "token": _STRING,
+                        "token_type_hint": _STRING,
+                        "client_id": _STRING,
+                        "client_secret": _STRING,
+                    },
+                    ["token"],
+                ),
+                "responses": {
+                    "200": {"description": "revoked, or nothing to revoke"},
+                    **_oauth(400, 401, 429, 503),
+                    **_errors(405),
+                },
+            }
+        },
+        "/oidc/logout": {
+            "get": {
+                "summary": "RP-initiated logout: end the OP session, go to post_logout_redirect_uri",
+                "parameters": _query(_LOGOUT_PARAMETERS),
+                "responses": logout_answers,
+            },
+            "post": {
+                "summary": "RP-initiated logout as a form (also the confirmation's answer)",
+                "requestBody": {
+                    **_form_body({**_LOGOUT_PARAMETERS, "confirm": _STRING}, []),
+                    "required": False,
+                },
+                "responses": logout_answers,
+            },
+        },
+        "/demo/callback": {
+            "get": {
+                "summary": "The demo's OpenID Connect relying party (WXLOGIN_DEMO only)",
+                "responses": {"200": _page("HTML"), **_errors(404)},
+            }
+        },
+    }
+
+
 @functools.cache
 def document() -> dict[str, Any]:
     """The OpenAPI 3.1 document of the gateway's public API."""
@@ -353,13 +560,17 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "wxlogin gateway",
             "version": "1",
-            "description": "WeChat mini-program scan login: the browser API, the mini-program API and "
-            "the identity API. Errors are always {\"error\": {\"code\", \"message\"}}.",
+            "description": "WeChat mini-program scan login: the browser API, the mini-program API, the "
+            'identity API and an OpenID Connect provider. Errors are {"error": {"code", "message"}}, '
+            "except at the OAuth endpoints (token, userinfo, revoke), which answer RFC 6749 errors.",
         },
-        "paths": _operations(),
+        "paths": {**_operations(), **_oidc_operations()},
         "components": {
-            "schemas": {"Error": ERROR_SCHEMA, "User": _USER},
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "schemas": {"Error": ERROR_SCHEMA, "OAuthError": _OAUTH_ERROR, "User": _USER},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "basic": {"type": "http", "scheme": "basic", "description": "client_secret_basic"},
+            },
         },
     }
 

@@ -388,12 +388,20 @@ async def demo_page(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "index.html")
 
 
+# The demo's OpenID Connect client (deploy/clients.demo.yaml): a public client, PKCE in the browser.
+DEMO_CLIENT_ID = "wxlogin-demo"
+
+
 async def demo_config(request: web.Request) -> web.Response:
-    """``/demo/config.json``: where the simulated phone finds the WeChat simulator."""
+    """``/demo/config.json``: where the simulated phone finds the WeChat simulator, and the demo's
+    OpenID Connect client when it is registered."""
     settings = request.app[SETTINGS]
     if not settings.demo:
         raise web.HTTPNotFound()
-    return web.json_response({"sim_url": settings.wechat_api_base, "site_name": settings.site_name})
+    config = {"sim_url": settings.wechat_api_base, "site_name": settings.site_name}
+    if request.app[CLIENTS].get(DEMO_CLIENT_ID) is not None:
+        config["oidc_client_id"] = DEMO_CLIENT_ID
+    return web.json_response(config)
 
 
 # The SDK is public code that any site may load, also as a module script (which browsers fetch in
@@ -439,6 +447,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
 def setup_routes(app: web.Application) -> None:
     """Every HTTP route of the gateway, in one place."""
     from services.gateway.identity import setup_identity_routes  # it builds on this module
+    from services.gateway.oidc import setup_oidc_routes  # it builds on this module too
     from services.gateway.openapi import openapi_json  # it describes this module's routes
 
     r = app.router
@@ -458,3 +467,4 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/static/{filename}", static_file)
     r.add_get("/openapi.json", openapi_json)
     setup_identity_routes(app)
+    setup_oidc_routes(app)

@@ -139,7 +139,7 @@ def test_every_gateway_route_is_named() -> None:
 
 def test_every_api_path_named_is_a_route() -> None:
     paths = {path for _, path in _gateway_routes()}
-    named = set(re.findall(r"`(/api/[A-Za-z0-9_/]*|/\.well-known/[A-Za-z0-9_./]*)", DOC))
+    named = set(re.findall(r"`(/api/[A-Za-z0-9_/]*|/\.well-known/[A-Za-z0-9_./-]*)", DOC))
     unknown = sorted(
         p for p in named if p not in paths and not (p.endswith("/") and any(x.startswith(p) for x in paths))
     )

@@ -45,3 +45,22 @@ def test_adding_a_site_to_the_allowed_origins_keeps_the_demo_page_working(
     monkeypatch.setenv("WXLOGIN_DEMO", "false")  # no demo page: exactly the origins given
     plain = Settings(_env_file=None, gateway_port=18080, allowed_origins="https://example.com")  # type: ignore[call-arg]
     assert embedded_settings(plain).allowed_origins == ["https://example.com"]
+
+
+def test_the_demo_registers_its_openid_connect_client_on_the_port_it_runs_on() -> None:
+    from shared.clients import ClientRegistry
+
+    for port in (8080, 18080):
+        settings = embedded_settings(Settings(_env_file=None, gateway_port=port))  # type: ignore[call-arg]
+        demo = ClientRegistry.from_settings(settings).require("wxlogin-demo")
+        assert demo.public  # PKCE in the browser, no secret
+        assert demo.redirect_uris == [
+            f"http://127.0.0.1:{port}/demo/callback",
+            f"http://localhost:{port}/demo/callback",
+        ]
+        assert demo.web_origins == [f"http://127.0.0.1:{port}", f"http://localhost:{port}"]
+
+
+def test_a_clients_file_of_ones_own_replaces_the_demos() -> None:
+    own = Settings(_env_file=None, clients_file="/etc/wxlogin/clients.yaml")  # type: ignore[call-arg]
+    assert embedded_settings(own).clients_file == "/etc/wxlogin/clients.yaml"

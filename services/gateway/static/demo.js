@@ -205,12 +205,26 @@
       .then(done, done);
   });
 
+  // "Log in with OIDC" (demo-oidc.js) shows the OP's login page in a window of its own: while it shows
+  // a code, the phone scans that one; when it closes, the box on the left again.
+  var boxScene = null;
+  document.addEventListener('wxlogin-demo:code', function (event) {
+    var seen = event.detail || {};
+    if (seen.closed) {
+      scene = boxScene;
+      phoneReset('', !scene);
+    } else if (seen.state === 'pending' && seen.scene !== scene) {
+      scene = seen.scene;
+      phoneReset('');
+    }
+  });
+
   fetch('/demo/config.json').then(function (r) { return r.json(); }).then(function (config) {
     sim = config;
     box = WxLogin.mount('#login', {
       endpoint: '',
       lang: new URLSearchParams(location.search).get('lang') || undefined,
-      onCode: function (code) { scene = code.scene; phoneReset(''); },
+      onCode: function (code) { scene = boxScene = code.scene; phoneReset(''); },
       onSuccess: showAccount,
       // The code on the left is over: Scan waits for the refreshed one (onCode).
       onCancel: function () { phoneReset(TEXT.cancelled, true); },

@@ -6,6 +6,10 @@
  *   <script>WxLogin.mount('#login', {endpoint: 'https://login.example.com', onSuccess: function (r) {}})</script>
  *
  * or as an ES module: import WxLogin from 'https://login.example.com/sdk/wxlogin.mjs'
+ *
+ * A site registered as a client (WXLOGIN_CLIENTS_FILE) passes its id: `clientId: 'acme-web'`; the
+ * code is then issued for that client (the phone shows its site name) and only that client can
+ * collect the login. Without it the login belongs to the deployment's default client.
  * (the gateway serves this same file with an `export` appended).
  *
  * The ticket that proves this browser asked for the code is kept in this closure only: never in
@@ -188,6 +192,10 @@
     var t = TEXT[pickLang(options.lang)];
     var transport = options.transport || 'auto'; // 'auto' | 'websocket' | 'longpoll'
     var pollWait = options.pollWait || 25;
+    var clientId = options.clientId ? String(options.clientId) : null;
+    // Where a confirmed login is collected: /api/login/complete (tokens), or what the hosted OpenID
+    // Connect page says ({path, body, credentials}: it answers where the browser goes next).
+    var collect = options.complete || null;
     if (options.styles !== false) addStyles();
 
     var box = el('div', 'wxl');
@@ -287,14 +295,14 @@
       }
     }
 
-    function request(session, method, path, body, headers) {
+    function request(session, method, path, body, headers, credentials) {
       var controller = typeof AbortController !== 'undefined' ? new AbortController() : null;
       if (controller && session) session.aborts.push(controller);
       var init = {
         method: method,
         headers: Object.assign(body ? {'Content-Type': 'application/json'} : {}, headers || {}),
         body: body ? JSON.stringify(body) : undefined,
-        credentials: 'omit',
+        credentials: credentials || 'omit',
         cache: 'no-store',
         referrerPolicy: 'no-referrer'
       };
@@ -379,9 +387,12 @@
       setNet('idle');
       var attempt = 0;
       (function tryComplete() {
-        request(session, 'POST', '/api/login/complete', {scene: session.scene, ticket: ticket}).then(function (r) {
+        var body = Object.assign({}, collect && collect.body, {scene: session.scene, ticket: ticket});
+        if (clientId) body.client_id = clientId;
+        var path = (collect && collect.path) || '/api/login/complete';
+        request(session, 'POST', path, body, null, collect && collect.credentials).then(function (r) {
           if (!alive(session)) return;
-          if (r.ok && r.data && r.data.access_token) {
+          if (r.ok && r.data && (collect || r.data.access_token)) {
             end(session);
             img.hidden = true;
             show('done');
@@ -529,7 +540,7 @@
       var attempt = 0;
       var until = Date.now() + RETRY.issueFor;
       (function issue() {
-        request(pending, 'POST', '/api/login/qrcode').then(function (r) {
+        request(pending, 'POST', '/api/login/qrcode', clientId ? {client_id: clientId} : null).then(function (r) {
           if (!alive(pending)) return;
           if (r.ok && r.data && r.data.scene) return begin(pending, r.data);
           var wait = retryDelay(r.retryAfter, attempt++);
