@@ -213,11 +213,13 @@ class Deliverer:
         owner: str,
         lease: float,
         poll: float = 1.0,
+        batch: int = 100,
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
     ) -> None:
         self._outbox = outbox
         self._deliveries = deliveries
+        self._batch = batch
         self._states = states
         self._directory = directory
         self._sender = sender
@@ -276,23 +278,30 @@ class Deliverer:
                     await asyncio.wait_for(wake.wait(), wait)
 
     async def step(self, key: str) -> float:
-        """Send the endpoint's head if it is due and free; returns how long to wait before looking again."""
+        """Send the endpoint's due messages in order, as long as each attempt succeeds; returns how
+        long to wait before looking again.
+
+        The queue is read once per batch (``batch`` messages, oldest first), but each message is
+        still claimed on its own: a claim that fails (another replica took over, or a replay changed
+        the queue) ends the batch, so the order holds whoever sends.
+        """
         target = self._directory.target(key)
         if target is None or not target.endpoint.enabled:
             return self._poll
         if (await self._states.get(key)).disabled:
             return self._poll
-        now = self._clock()
-        head = await self._outbox.head(key)
-        if head is None:
+        queue = await self._outbox.queue(key, limit=self._batch)
+        if not queue:
             return self._poll
-        if head.next_at > now:
-            return min(head.next_at - now, self._poll)
-        if head.lease_until > now:  # another replica is sending it
-            return min(head.lease_until - now, self._poll)
-        item = await self._outbox.claim(head.id, owner=self._owner, now=now, lease=self._lease)
-        if item is not None:
-            await self.attempt(target, item)
+        for head in queue:
+            now = self._clock()
+            if head.next_at > now:
+                return min(head.next_at - now, self._poll)
+            if head.lease_until > now:  # another replica is sending it
+                return min(head.lease_until - now, self._poll)
+            item = await self._outbox.claim(head.id, owner=self._owner, now=now, lease=self._lease)
+            if item is None or await self.attempt(target, item) != "delivered":
+                return 0.0  # look at the queue again: the head changed, or waits for its retry
         return 0.0
 
     async def attempt(self, target: Target, item: OutboxItem) -> str:
@@ -303,9 +312,14 @@ class Deliverer:
         now = self._clock()
         outcome: str = result.outcome
         if result.outcome == "delivered":
-            await self._outbox.delivered(item.id, now=now, status=result.status)
+            # The two writes are independent: together, they cost one round trip of waiting.
+            await asyncio.gather(
+                self._outbox.delivered(item.id, now=now, status=result.status),
+                self._record(target, item, result, outcome, now),
+            )
             self._metrics.queue_time.observe(max(0.0, now - item.seq))
-        elif result.outcome == "gone":
+            return outcome
+        if result.outcome == "gone":
             # It stays at the head, due at once, for when the endpoint is enabled again.
             await self._outbox.retry_at(item.id, at=now, status=result.status, error=result.error)
             await self._disable(target, "gone", now)

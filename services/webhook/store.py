@@ -164,8 +164,15 @@ class OutboxStore:
 
     async def head(self, endpoint: str) -> OutboxItem | None:
         """The endpoint's oldest pending message: the only one that may be sent (in-order delivery)."""
-        doc = await self._col.find_one({"ep": endpoint, "state": "pending"}, sort=[("seq", 1), ("_id", 1)])
-        return OutboxItem.from_doc(doc) if doc else None
+        queue = await self.queue(endpoint, limit=1)
+        return queue[0] if queue else None
+
+    async def queue(self, endpoint: str, *, limit: int) -> list[OutboxItem]:
+        """The endpoint's pending messages, oldest first (the head, then what waits behind it)."""
+        cursor = self._col.find(
+            {"ep": endpoint, "state": "pending"}, sort=[("seq", 1), ("_id", 1)], limit=limit
+        )
+        return [OutboxItem.from_doc(doc) async for doc in cursor]
 
     async def claim(self, message_id: str, *, owner: str, now: float, lease: float) -> OutboxItem | None:
         """Take the message for one attempt (one conditional update); None when it is not due, or
