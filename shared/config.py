@@ -140,6 +140,25 @@ class Settings(BaseSettings):
     # The longest a GET /api/login/status long-poll is held open.
     status_max_wait_seconds: int = Field(default=25, ge=1, le=60)
 
+    # --- log in on the phone itself (docs/embed.md; the arithmetic in docs/security.md) ---------
+    # Scenes that get an 8-character typed login code (a phone's browser asks for one), per minute,
+    # all qrcode replicas together (Mongo, 10 s windows). 0: no typed codes.
+    login_code_per_minute: int = Field(default=60, ge=0, le=4285)
+    # Code entries that name no live code, per hour, all qrcode replicas together (Mongo). The
+    # service uses at most what keeps guessing any live code below 10^-6 a day at
+    # WXLOGIN_LOGIN_CODE_PER_MINUTE and WXLOGIN_SCENE_TTL_SECONDS (262 with the defaults).
+    login_code_misses_per_hour: int = Field(default=250, ge=0)
+    # How often one scene's code may be entered (the first entry scans the scene).
+    login_code_entries_per_scene: int = Field(default=3, ge=1, le=100)
+    # Code entries per client IP (and prefix), token buckets in each gateway; 0 disables.
+    limit_code_entry_per_ip_per_minute: int = Field(default=10, ge=0)
+    limit_code_entry_per_ip_burst: int = Field(default=5, ge=1)
+    # Code entries per WeChat user per hour, counted in Mongo by every qrcode replica; 0 disables.
+    limit_code_entry_per_user_per_hour: int = Field(default=10, ge=0)
+    # A phone's browser gets an "打开微信" button: a URL Link (wxa/generate_urllink) to the scan page.
+    # WeChat gives URL Links only to non-personal mini-programs (40002 otherwise): off by default.
+    url_link: bool = False
+
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _proxies_from_csv(cls, value: object) -> object:

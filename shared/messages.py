@@ -380,6 +380,13 @@ class IssuedScene(Reply):
     scene: SceneId
     image: str  # data: URI
     expires_at: AwareDatetime
+    # The typed login code of a phone's browser (asked for with ``with_login_code``); None when not
+    # asked, turned off, or over the minute's budget of new codes.
+    login_code: Sealed | None = None
+    # A URL Link that opens the scan page in WeChat (``with_url_link``, when the operator turned
+    # WXLOGIN_URL_LINK on and WeChat gave one); None otherwise.
+    url_link: Annotated[str, Field(max_length=512)] | None = None
+
 
 
 class IssueScene(Request[IssuedScene]):
@@ -393,6 +400,9 @@ class IssueScene(Request[IssuedScene]):
     user_agent: Annotated[str, Field(max_length=512)] = ""
     # The site that asked (the gateway checked the Origin against it); the scene is bound to it.
     client_id: ClientIdField | None = None
+    # A browser on a phone asks for what a phone needs: a code to type, an "open WeChat" link.
+    with_login_code: bool = False
+    with_url_link: bool = False
 
 
 class SceneStatus(Reply):
@@ -521,6 +531,39 @@ class RedeemScene(Request[RedeemedScene]):
     client_id: ClientIdField | None = None
 
 
+# A typed login code on the bus: 8 characters of shared.logincode.ALPHABET (always sealed).
+LoginCodeField = Sealed
+# A WeChat user, as counted by the per-user limit on code entries: a keyed hash of the openid.
+EntrantKey = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+
+
+class CodeScanned(Reply):
+    """A typed login code named a live scene and scanned it: the scene, and what the phone approves."""
+
+    TYPE = "qrcode.scan_code.reply"
+
+    scene: SceneId
+    scan: ScanInfo
+
+
+class ScanLoginCode(Request[CodeScanned]):
+    """A phone typed a login code: find its scene and scan it as ``qrcode.scan`` would, bound to the
+    phone's ``scan_hash``.
+
+    Counted first against the entrant's hourly limit and, unless it names a stored code, the global
+    budget of misses; the scene's own entries are counted too (docs/security.md). Sent by the session
+    service, which identified the entrant from the phone's wx.login code.
+    """
+
+    TYPE = "qrcode.scan_code"
+    REPLY = CodeScanned
+
+    login_code: LoginCodeField
+    scan_hash: TicketHash
+    ip: Annotated[str, Field(max_length=64)] = ""
+    entrant: EntrantKey
+
+
 # --- session service ------------------------------------------------------------------------------
 
 
@@ -620,6 +663,23 @@ class IdentifyScanner(Request[Identified]):
     scene: SceneId
     scan_hash: TicketHash
     code: Sealed
+
+
+class EnterLoginCode(Request[CodeScanned]):
+    """A phone typed the login code a browser on the same phone shows (instead of scanning).
+
+    The session service exchanges the phone's wx.login ``code`` first (the per-user limit needs to
+    know who types), then has the qrcode service scan the code's scene for ``scan_hash``, and spends
+    the wx.login code on that scene as a scan that sent it would: the confirm needs no code.
+    """
+
+    TYPE = "session.enter_code"
+    REPLY = CodeScanned
+
+    login_code: LoginCodeField
+    code: Sealed
+    scan_hash: TicketHash
+    ip: Annotated[str, Field(max_length=64)] = ""
 
 
 class TokenPair(Reply):

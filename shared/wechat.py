@@ -406,6 +406,32 @@ class WeChatClient:
             raise
         return True
 
+    async def generate_urllink(
+        self,
+        access_token: str,
+        *,
+        path: str,
+        query: str,
+        env_version: str = "release",
+        expire_interval_days: int = 1,
+    ) -> str:
+        """``POST /wxa/generate_urllink``: a ``https://wxaurl.cn/…`` link that opens ``path?query`` in
+        WeChat, valid ``expire_interval_days`` (1 to 30). Only non-personal mini-programs get one:
+        a personal one is answered 40002 (:class:`WeChatBadRequest`)."""
+        body: dict[str, Any] = {
+            "path": path,
+            "query": query,
+            "env_version": env_version,
+            "expire_type": 1,
+            "expire_interval": expire_interval_days,
+        }
+        endpoint = "wxa/generate_urllink"
+        # One attempt: the link is a convenience on the issue path, which must not wait on retries.
+        data = await self._json(
+            "POST", endpoint, params={"access_token": access_token}, json_body=body, retry=False
+        )
+        return self._required_str(data, "url_link", endpoint)
+
     # -- plumbing --
 
     def _secret_value(self) -> str:

@@ -126,6 +126,17 @@ class Phone:
         self.identified[scene] = result.get("identified") is True
         return result
 
+    async def enter_code(self, login_code: str) -> dict[str, Any]:
+        """Type the login code a browser on this phone shows into the mini-program's home page:
+        ``POST /api/mp/enter_code {login_code, code}``. Like a scan, it keeps the scan token it gets
+        (under the scene the answer names); the confirm then needs no code."""
+        body = {"login_code": login_code, "code": await self.wx_login()}
+        result: dict[str, Any] = await self._post(f"{self.gateway}/api/mp/enter_code", body)
+        scene = str(result["scene"])
+        self.scan_tokens[scene] = str(result["scan_token"])
+        self.identified[scene] = result.get("identified") is True
+        return result
+
     async def confirm(
         self,
         scene: str,

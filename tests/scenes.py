@@ -164,6 +164,8 @@ RELAXED_LIMITS: dict[str, Any] = {
     "limit_session_per_ip_burst": 10_000,
     "limit_user_per_minute": 100_000,
     "limit_user_burst": 10_000,
+    "limit_code_entry_per_ip_per_minute": 100_000,
+    "limit_code_entry_per_ip_burst": 10_000,
     "limit_issue_prefix_share_percent": 100,
 }
 

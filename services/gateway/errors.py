@@ -77,6 +77,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "user_blocked": 403,
     "launch_scene_refused": 403,
     "scene_not_found": 404,
+    "login_code_invalid": 404,
     "user_not_found": 404,
     "not_found": 404,
     "method_not_allowed": 405,

@@ -119,8 +119,8 @@ class PrefixRateLimit:
 
 class GatewayLimits:
     """The named limits of the gateway: per client address and prefix ``issue``, ``mp``, ``ws``,
-    ``poll``, ``login`` (``/api/mp/login``), ``session`` (refresh, logout, phone, decrypt); per user
-    ``user`` (phone, decrypt, bearer logout)."""
+    ``poll``, ``login`` (``/api/mp/login``), ``session`` (refresh, logout, phone, decrypt),
+    ``code_entry`` (typed login codes); per user ``user`` (phone, decrypt, bearer logout)."""
 
     def __init__(
         self,
@@ -168,6 +168,9 @@ class GatewayLimits:
                 per_ip("poll", s.limit_poll_per_ip_per_minute, s.limit_poll_per_ip_burst),
                 per_ip("login", s.limit_login_per_ip_per_minute, s.limit_login_per_ip_burst),
                 per_ip("session", s.limit_session_per_ip_per_minute, s.limit_session_per_ip_burst),
+                per_ip(
+                    "code_entry", s.limit_code_entry_per_ip_per_minute, s.limit_code_entry_per_ip_burst
+                ),
             ],
             registry,
             per_user=[KeyedRateLimit("user", s.limit_user_per_minute, s.limit_user_burst, clock=clock)],

@@ -16,7 +16,14 @@ from pydantic import BaseModel
 
 from services.gateway.identity import CodeBody, DecryptBody, LogoutBody, RefreshBody
 from services.gateway.longpoll import StatusQuery
-from services.gateway.routes import CancelBody, CompleteBody, ConfirmBody, ScanBody
+from services.gateway.routes import (
+    CancelBody,
+    CompleteBody,
+    ConfirmBody,
+    EnterCodeBody,
+    IssueBody,
+    ScanBody,
+)
 
 OPENAPI_VERSION = "3.1.0"
 
@@ -25,7 +32,7 @@ ERROR_CODES = {
     401: "unauthorized, token_invalid, ticket_required, refresh_invalid, refresh_reused, session_ended",
     403: "origin_not_allowed, ticket_invalid, scan_token_invalid, user_blocked, phone_unavailable, "
     "launch_scene_refused",
-    404: "not_found, scene_not_found, user_not_found",
+    404: "not_found, scene_not_found, user_not_found, login_code_invalid",
     405: "method_not_allowed",
     408: "scene_expired (long-poll)",
     409: "already_scanned, already_confirmed, already_redeemed, scene_not_scanned…",
@@ -125,6 +132,18 @@ _SCANNED = {
         "expires_at": {"type": "string", "format": "date-time"},
     },
 }
+
+
+def _naming_the_scene(scanned: dict[str, Any]) -> dict[str, Any]:
+    """A typed login code answers as a scan does, and names the scene it opened."""
+    return {
+        "type": "object",
+        "required": ["scene", *scanned["required"]],
+        "properties": {"scene": _STRING, **scanned["properties"]},
+    }
+
+
+_ENTERED = _naming_the_scene(_SCANNED)
 _ISSUED = {
     "type": "object",
     "required": ["scene", "ticket", "image", "expires_at", "expires_in"],
@@ -134,6 +153,8 @@ _ISSUED = {
         "image": _STRING,
         "expires_at": {"type": "string", "format": "date-time"},
         "expires_in": {"type": "integer"},
+        "login_code": {"type": "string", "description": "asked for with login_code: 8 characters to type"},
+        "url_link": {"type": "string", "description": "asked for with url_link, when the service gives one"},
     },
 }
 
@@ -178,7 +199,8 @@ def _operations() -> dict[str, dict[str, Any]]:
         "/api/login/qrcode": {
             "post": {
                 "summary": "A login code for this browser, and the ticket that alone can redeem it",
-                "responses": {"201": ok(_ISSUED, "issued"), **_errors(403, 429, *_ALWAYS)},
+                "requestBody": _body(IssueBody, required=False),
+                "responses": {"201": ok(_ISSUED, "issued"), **_errors(403, 429, *_BODY)},
             }
         },
         "/api/login/ws": {
@@ -232,6 +254,16 @@ def _operations() -> dict[str, dict[str, Any]]:
                 "summary": "Mini-program: this phone scanned a code; what it is about to approve",
                 "requestBody": _body(ScanBody),
                 "responses": {"200": ok(_SCANNED, "scanned"), **_errors(403, 404, 409, 410, 429, *_BODY)},
+            }
+        },
+        "/api/mp/enter_code": {
+            "post": {
+                "summary": "Mini-program: this phone typed the login code its browser shows; as a scan",
+                "requestBody": _body(EnterCodeBody),
+                "responses": {
+                    "200": ok(_ENTERED, "scanned"),
+                    **_errors(403, 404, 409, 410, 429, *_BODY),
+                },
             }
         },
         "/api/mp/confirm": {

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool, ValidationError
 
 from services.gateway.auth import KeySet, bearer_token
 from services.gateway.clientip import ClientIpResolver
@@ -29,15 +29,20 @@ from services.gateway.ws import SocketEndpoint, origin_allowed, ticket_hash
 from shared.clients import Client
 from shared.errors import RemoteError
 from shared.logging import get_logger
+from shared.logincode import ALPHABET as LOGIN_CODE_ALPHABET
+from shared.logincode import LENGTH as LOGIN_CODE_LENGTH
+from shared.logincode import normalize as normalize_login_code
 from shared.messages import (
     CancelReason,
     CancelScene,
     ClientIdField,
     CompleteLogin,
     ConfirmLogin,
+    EnterLoginCode,
     IdentifyScanner,
     IssueScene,
     Place,
+    ScanInfo,
     ScanScene,
     SceneId,
     TokenPair,
@@ -62,10 +67,13 @@ Ticket = Field(min_length=16, max_length=128, pattern=TICKET_PATTERN)
 
 
 class IssueBody(BaseModel):
-    """``POST /api/login/qrcode``: the registered client the login is for (none: the default client)."""
+    """``POST /api/login/qrcode``: the registered client the login is for (none: the default client);
+    a browser on a phone asks for a ``login_code`` to type and a ``url_link`` to open WeChat."""
 
     model_config = ConfigDict(extra="ignore")
     client_id: ClientIdField | None = None
+    login_code: StrictBool = False
+    url_link: StrictBool = False
 
 
 class CompleteBody(BaseModel):
@@ -109,6 +117,15 @@ class ConfirmBody(BaseModel):
     scan_token: str = Ticket
     # Required unless the scan sent one and answered ``identified: true``.
     code: Annotated[str, WxCode] | None = None
+
+
+class EnterCodeBody(BaseModel):
+    """``POST /api/mp/enter_code``: the login code typed on the phone (any case; spaces and dashes
+    between groups are ignored) and a ``wx.login`` code, required: entries are counted per user."""
+
+    model_config = ConfigDict(extra="ignore")
+    login_code: str = Field(min_length=8, max_length=16, pattern=r"^[A-Za-z0-9 -]+$")
+    code: Annotated[str, WxCode]
 
 
 async def read_body(request: web.Request, model: type[M]) -> M:
@@ -212,11 +229,14 @@ def tokens_json(pair: TokenPair) -> dict[str, Any]:
 
 
 async def issue_qrcode(request: web.Request) -> web.Response:
-    """``POST /api/login/qrcode [{client_id}]`` → 201 ``{scene, ticket, image, expires_at, expires_in}``.
+    """``POST /api/login/qrcode [{client_id, login_code, url_link}]`` → 201 ``{scene, ticket, image,
+    expires_at, expires_in, login_code?, url_link?}``.
 
     Also how a page gets a new code when its code expired or was cancelled: one more call. The code
     belongs to the client named (the default client when the body is absent or names none): the phone
-    shows that client's site name, and only that client may collect the login.
+    shows that client's site name, and only that client may collect the login. A browser on a phone,
+    which cannot scan its own screen, asks for a login code to type (only this answer, to the holder
+    of the ticket, ever carries it) and, when the operator turned URL Links on, a link to open WeChat.
     """
     body = await read_body(request, IssueBody) if request.body_exists else IssueBody()
     client = registered_client(request, body.client_id)
@@ -228,19 +248,23 @@ async def issue_qrcode(request: web.Request) -> web.Response:
             ip=ip,
             user_agent=request.headers.get("User-Agent", "")[:512],
             client_id=wire_client_id(request, client),
+            with_login_code=body.login_code,
+            with_url_link=body.url_link,
         )
     )
     expires_in = max(0, int((issued.expires_at - datetime.now(UTC)).total_seconds()))
-    return web.json_response(
-        {
-            "scene": issued.scene,
-            "ticket": ticket,
-            "image": issued.image,
-            "expires_at": _iso(issued.expires_at),
-            "expires_in": expires_in,
-        },
-        status=201,
-    )
+    answer: dict[str, Any] = {
+        "scene": issued.scene,
+        "ticket": ticket,
+        "image": issued.image,
+        "expires_at": _iso(issued.expires_at),
+        "expires_in": expires_in,
+    }
+    if issued.login_code is not None:
+        answer["login_code"] = issued.login_code.get_secret_value()
+    if issued.url_link is not None:
+        answer["url_link"] = issued.url_link
+    return web.json_response(answer, status=201)
 
 
 async def complete_login(request: web.Request) -> web.Response:
@@ -327,26 +351,62 @@ async def mp_scan(request: web.Request) -> web.Response:
         except RemoteError as exc:
             identify_error = exc.error_code
             log.info("scan_not_identified", reason=exc.error_code)
-    return web.json_response(
-        {
-            "scan_token": scan_token,
-            "identified": identified,
-            **({"identify_error": identify_error} if identify_error else {}),
-            "site": info.site,
-            # Browser and OS as the browser reported them (its User-Agent); where it is, not its
-            # address: anyone who sees the code may be the one scanning it (security review L2).
-            "requester": {
-                "browser": info.requester.browser,
-                "os": info.requester.os,
-                "location": _place(info.requester.location),
-                "requested_at": _iso(info.requester.requested_at),
-            },
-            "phone": {"location": _place(info.scanner)},
-            "location_mismatch": info.location_mismatch,
-            "launch": info.launch,
-            "expires_at": _iso(info.expires_at),
-        }
+    answer = scan_answer(scan_token, info, identified=identified, identify_error=identify_error)
+    return web.json_response(answer)
+
+
+async def mp_enter_code(request: web.Request) -> web.Response:
+    """``POST /api/mp/enter_code {login_code, code}`` → ``{scene, …}`` and the rest as ``/api/mp/scan``.
+
+    For a browser on the phone itself, which cannot be scanned: the user types the login code it
+    shows into the mini-program, and that works as a scan of its scene, bound to this phone by a scan
+    token. The wx.login ``code`` is required: entries are counted per WeChat user (and per IP here).
+    """
+    ip = client_ip(request)
+    limits = request.app[LIMITS]
+    limits.check("mp", ip)
+    body = await read_body(request, EnterCodeBody)
+    login_code = normalize_login_code(body.login_code)
+    if login_code is None:
+        raise BadRequest(f"a login code is {LOGIN_CODE_LENGTH} characters of {LOGIN_CODE_ALPHABET}")
+    limits.check("code_entry", ip)
+    limits.check("login", ip)  # a jscode2session call: the same limit as /api/mp/login
+    scan_token = secrets.token_urlsafe(32)
+    entered = await request.app[BUS].call(
+        EnterLoginCode(
+            login_code=SecretStr(login_code),
+            code=SecretStr(body.code),
+            scan_hash=ticket_hash(scan_token),
+            ip=ip,
+        )
     )
+    # The wx.login code was exchanged before the entry was looked at: the confirm needs none.
+    answer = scan_answer(scan_token, entered.scan, identified=True)
+    return web.json_response({"scene": entered.scene, **answer})
+
+
+def scan_answer(
+    scan_token: str, info: ScanInfo, *, identified: bool, identify_error: str | None = None
+) -> dict[str, Any]:
+    """What the phone is told after a scan (or a typed code): its scan token and what it approves."""
+    return {
+        "scan_token": scan_token,
+        "identified": identified,
+        **({"identify_error": identify_error} if identify_error else {}),
+        "site": info.site,
+        # Browser and OS as the browser reported them (its User-Agent); where it is, not its
+        # address: anyone who sees the code may be the one scanning it (security review L2).
+        "requester": {
+            "browser": info.requester.browser,
+            "os": info.requester.os,
+            "location": _place(info.requester.location),
+            "requested_at": _iso(info.requester.requested_at),
+        },
+        "phone": {"location": _place(info.scanner)},
+        "location_mismatch": info.location_mismatch,
+        "launch": info.launch,
+        "expires_at": _iso(info.expires_at),
+    }
 
 
 def _place(place: Place | None) -> dict[str, str]:
@@ -458,6 +518,7 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/api/me", me)
     r.add_get("/.well-known/jwks.json", jwks)
     r.add_post("/api/mp/scan", mp_scan)
+    r.add_post("/api/mp/enter_code", mp_enter_code)
     r.add_post("/api/mp/confirm", mp_confirm)
     r.add_post("/api/mp/cancel", mp_cancel)
     r.add_get("/", demo_page)

@@ -7,16 +7,20 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from services.qrcode.handlers import SceneHandlers, SceneSettings
-from services.qrcode.limits import PrefixShareLimit, SharedRateLimit
+from services.qrcode.limits import PrefixShareLimit, SharedRateLimit, WindowBudget
 from services.qrcode.location import IpLocator
+from services.qrcode.logincodes import EntryLimits, LoginCodes, UrlLinks
 from services.qrcode.metrics import SceneMetrics
 from services.qrcode.pool import CodePool, CodeRenderer, PoolSettings, RenderSettings
 from services.qrcode.store import INDEXES, PoolStore, RateWindowStore, SceneStore
 from shared.bus import MemoryBroker
 from shared.config import Settings
 from shared.logging import get_logger
+from shared.logincode import MISS_WINDOW_SECONDS, guess_chance_per_day, misses_per_hour_allowed
 from shared.messages import (
     CancelScene,
     ConfirmScene,
@@ -24,6 +28,7 @@ from shared.messages import (
     IdentifyScene,
     IssueScene,
     RedeemScene,
+    ScanLoginCode,
     ScanScene,
 )
 from shared.runtime import (
@@ -39,6 +44,7 @@ from shared.runtime import (
     mongo_context,
     new_app,
 )
+from shared.sealing import decode_keys
 from shared.tokens import TokenCache
 from shared.wechat import WeChatClient
 
@@ -72,6 +78,47 @@ def pool_settings(settings: Settings) -> PoolSettings:
         size=settings.code_pool_size,
         refill_below=settings.code_pool_refill_below,
         concurrency=settings.code_pool_refill_concurrency,
+    )
+
+
+def login_code_key(settings: Settings) -> bytes:
+    """The key of the typed login codes' hashes (HMAC), separated from the data key with HKDF."""
+    data_key = decode_keys(settings.data_key.get_secret_value())[0]
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"wxlogin login code v1")
+    return hkdf.derive(data_key)
+
+
+def login_codes(settings: Settings, scenes: SceneStore, rates: RateWindowStore) -> LoginCodes | None:
+    """The typed login codes as configured, or None when they are off.
+
+    The hourly budget of misses is what WXLOGIN_LOGIN_CODE_MISSES_PER_HOUR says, but never more than
+    keeps guessing any live code below 10^-6 a day at this minute limit and scene lifetime.
+    """
+    per_minute = settings.login_code_per_minute
+    if per_minute == 0:
+        return None
+    if not settings.data_key.get_secret_value():
+        log.warning("login_codes_off", reason="WXLOGIN_DATA_KEY is not set")
+        return None
+    ceiling = misses_per_hour_allowed(per_minute, settings.scene_ttl_seconds)
+    misses = min(settings.login_code_misses_per_hour, ceiling)
+    log.info(
+        "login_code_limits",
+        per_minute=per_minute,
+        misses_per_hour=misses,
+        misses_per_hour_ceiling=ceiling,
+        guess_chance_per_day=guess_chance_per_day(misses, per_minute, settings.scene_ttl_seconds),
+    )
+    per_user = settings.limit_code_entry_per_user_per_hour
+    return LoginCodes(
+        scenes,
+        login_code_key(settings),
+        SharedRateLimit(rates, "login_codes", per_minute),
+        EntryLimits(
+            misses=WindowBudget(rates, "code_misses", misses, window=MISS_WINDOW_SECONDS),
+            per_user=WindowBudget(rates, "code", per_user, window=MISS_WINDOW_SECONDS) if per_user else None,
+            per_scene=settings.login_code_entries_per_scene,
+        ),
     )
 
 
@@ -148,6 +195,12 @@ def create_app(
             locator=locator,
             metrics=metrics,
             clock=clock,
+            login_codes=login_codes(settings, SceneStore(db), rates),
+            url_links=(
+                UrlLinks(wechat, tokens, page=render.page, env_version=render.env_version)
+                if settings.url_link
+                else None
+            ),
         )
         app[HANDLERS], app[POOL] = handlers, pool
         await bus.serve(
@@ -159,6 +212,7 @@ def create_app(
                 ConfirmScene: handlers.confirm,
                 IdentifyScene: handlers.identify,
                 RedeemScene: handlers.redeem,
+                ScanLoginCode: handlers.scan_code,
             }
         )
         background(app, sweep_forever(handlers), "scene-sweeper")

@@ -110,6 +110,21 @@ class ScanTokenMismatch(ServiceError):
     default_message = "this login code was scanned by another phone"
 
 
+class LoginCodeInvalid(ServiceError):
+    """No stored scene has this typed login code (mistyped, or purged), or it was entered as often as
+    a scene allows; expired and used codes are answered by their scene's state instead."""
+
+    code = "login_code_invalid"
+    default_message = "no login code is like this one: check it against the web page"
+
+
+class CodeEntriesLimited(ServiceError):
+    """This WeChat user, or everybody together (misses), entered as many login codes as the hour allows."""
+
+    code = "rate_limited"
+    default_message = "too many login codes were entered; try again later, or scan the code instead"
+
+
 class LaunchSceneRefused(ServiceError):
     """The login page was opened from a share card, another mini-program or another way that cannot
     be a scan of the code on the user's own screen (security review M4: QR relay)."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from pydantic import SecretStr
 from pymongo.errors import PyMongoError
 
 from services.qrcode.errors import (
@@ -26,6 +27,7 @@ from services.qrcode.errors import (
     AlreadyScanned,
     IssueRateLimited,
     LaunchSceneRefused,
+    LoginCodeInvalid,
     NotConfirmed,
     NotIdentified,
     NotScanned,
@@ -39,6 +41,7 @@ from services.qrcode.errors import (
 from services.qrcode.launch import launch_kind
 from services.qrcode.limits import Decision
 from services.qrcode.location import IpLocator, differ
+from services.qrcode.logincodes import LoginCodes, UrlLinks
 from services.qrcode.metrics import SceneMetrics
 from services.qrcode.pool import IssuedCode, data_uri
 from services.qrcode.store import Scene
@@ -48,6 +51,7 @@ from shared.errors import ServiceError, StoreUnavailable
 from shared.logging import bind_context, get_logger
 from shared.messages import (
     CancelScene,
+    CodeScanned,
     ConfirmScene,
     GetSceneStatus,
     IdentifyScene,
@@ -58,6 +62,7 @@ from shared.messages import (
     RedeemScene,
     Requester,
     ScanInfo,
+    ScanLoginCode,
     ScanScene,
     SceneConfirmed,
     SceneIssued,
@@ -212,6 +217,8 @@ class SceneHandlers:
         locator: Locator | None = None,
         metrics: SceneMetrics | None = None,
         clock: Callable[[], float] = time.time,
+        login_codes: LoginCodes | None = None,
+        url_links: UrlLinks | None = None,
     ) -> None:
         self._store = store
         self._codes = codes
@@ -223,6 +230,9 @@ class SceneHandlers:
         self._locator: Locator = locator or IpLocator()
         self._metrics = metrics or SceneMetrics()
         self._clock = clock
+        # A phone's browser also gets a code to type and an "open WeChat" link (None: not offered).
+        self._login_codes = login_codes
+        self._url_links = url_links
 
     async def issue(self, request: IssueScene) -> IssuedScene:
         """RPC ``qrcode.issue``: a new pending scene bound to the ticket's hash, with its code."""
@@ -252,7 +262,30 @@ class SceneHandlers:
         )
         self._metrics.issued.labels(code.source).inc()
         log.info("scene_issued", source=code.source)
-        return IssuedScene(scene=scene.id, image=data_uri(code.image), expires_at=_at(scene.expires_at))
+        login_code, url_link = await asyncio.gather(
+            self._login_code_for(request, scene.id), self._url_link_for(request, scene.id)
+        )
+        return IssuedScene(
+            scene=scene.id,
+            image=data_uri(code.image),
+            expires_at=_at(scene.expires_at),
+            login_code=login_code,
+            url_link=url_link,
+        )
+
+    async def _login_code_for(self, request: IssueScene, scene_id: str) -> SecretStr | None:
+        """The typed login code of a phone's browser, stored on the new scene (None: not asked for,
+        turned off, or this minute's new codes are spent)."""
+        if not request.with_login_code or self._login_codes is None:
+            return None
+        code = await self._login_codes.mint(scene_id, self._clock())
+        return None if code is None else SecretStr(code)
+
+    async def _url_link_for(self, request: IssueScene, scene_id: str) -> str | None:
+        """The URL Link that opens the scan page in WeChat (None: not asked for, off, or refused)."""
+        if not request.with_url_link or self._url_links is None:
+            return None
+        return await self._url_links.link(scene_id)
 
     async def _issue_allowance(self, ip: str) -> Decision | None:
         # The prefix's share first: a prefix over its share must not spend the global budget.
@@ -329,6 +362,26 @@ class SceneHandlers:
             location_mismatch=mismatch,
             launch=launch,
         )
+
+    async def scan_code(self, request: ScanLoginCode) -> CodeScanned:
+        """RPC ``qrcode.scan_code``: a phone typed a login code; its scene is scanned as by
+        ``qrcode.scan`` (same transition, event and answer), for the phone's scan token.
+
+        The entry is counted per WeChat user and, when the code is not stored, as a miss of the global
+        budget; a scene's code is looked up only so often (see :class:`LoginCodes`).
+        """
+        if self._login_codes is None:  # typed codes are off: none is stored either
+            raise LoginCodeInvalid()
+        try:
+            scene_id = await self._login_codes.enter(
+                request.login_code.get_secret_value(), request.entrant, self._clock()
+            )
+        except ServiceError as exc:
+            self._metrics.refused.labels("scan_code", exc.code).inc()
+            raise
+        info = await self.scan(ScanScene(scene=scene_id, scan_hash=request.scan_hash, ip=request.ip))
+        log.info("login_code_entered")
+        return CodeScanned(scene=scene_id, scan=info)
 
     async def cancel(self, request: CancelScene) -> SceneStatus:
         """RPC ``qrcode.cancel``: ``scanned → cancelled`` by the phone that scanned; again is a no-op.

@@ -79,3 +79,29 @@ class PrefixShareLimit:
         """Count one issue of ``ip``'s widest prefix at ``now`` if its share of the window has room."""
         name = f"issue@{widest_prefix(ip, self._ipv4, self._ipv6)}"
         return await _take(self._store, name, self.capacity, self.window, now)
+
+
+class WindowBudget:
+    """``capacity`` uses per fixed window of ``window`` seconds under ``name`` (and, with a key, one
+    budget per key), counted in Mongo by every replica; a use that turns out not to count is given
+    back. The typed login codes' hourly budgets (per WeChat user; misses of all users together)."""
+
+    def __init__(self, store: RateWindowStore, name: str, capacity: int, *, window: float) -> None:
+        self._store = store
+        self.name = name
+        self.capacity = capacity
+        self.window = window
+
+    async def take(self, now: float, key: str = "") -> Decision:
+        """Count one use at ``now`` (of ``key``'s budget) if its window has room."""
+        if self.capacity <= 0:  # nothing is allowed: say when the next window opens all the same
+            window_end = (math.floor(now / self.window) + 1) * self.window
+            return Decision(False, float(max(1, math.ceil(window_end - now))))
+        return await _take(self._store, self._name(key), self.capacity, self.window, now)
+
+    async def give_back(self, now: float, key: str = "") -> None:
+        """Uncount one use taken at ``now`` (of ``key``'s budget)."""
+        await self._store.give_back(self._name(key), math.floor(now / self.window))
+
+    def _name(self, key: str) -> str:
+        return f"{self.name}@{key}" if key else self.name

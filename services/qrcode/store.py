@@ -40,6 +40,15 @@ INDEXES = [
     Index(POOL, [("purge_at", 1)], expire_after_seconds=0, name="pool_purge_ttl"),
     Index(POOL, [("variant", 1), ("state", 1)], name="pool_variant_state"),
     Index(RATES, [("purge_at", 1)], expire_after_seconds=0, name="rates_purge_ttl"),
+    # A typed login code names one scene: a code is unique among the stored scenes (live, and an hour
+    # past their end), and a collision at issue is retried with another code.
+    Index(
+        SCENES,
+        [("login_code_hash", 1)],
+        unique=True,
+        partial={"login_code_hash": {"$type": "string"}},
+        name="scenes_login_code",
+    ),
 ]
 
 LIVE_STATES = ("pending", "scanned", "confirmed")
@@ -185,6 +194,32 @@ class SceneStore:
                 claimed.append(scene_id)
         return claimed
 
+    async def set_login_code(self, scene_id: str, code_hash: str) -> bool:
+        """Give the scene the typed login code whose keyed hash is ``code_hash``; False when another
+        stored scene has that code (the unique index refused it: mint another)."""
+        try:
+            await self._scenes.update_one(
+                {"_id": scene_id}, {"$set": {"login_code_hash": code_hash, "code_entries": 0}}
+            )
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def enter_login_code(self, code_hash: str, *, limit: int) -> tuple[str | None, bool]:
+        """Count one entry of the code whose keyed hash is ``code_hash`` against its scene.
+
+        Returns the scene's id when the code is stored and had entries left (at most ``limit`` are
+        counted), and whether any stored scene has the code at all (False: a miss).
+        """
+        doc = await self._scenes.find_one_and_update(
+            {"login_code_hash": code_hash, "code_entries": {"$lt": limit}},
+            {"$inc": {"code_entries": 1}},
+            projection={"_id": 1},
+        )
+        if doc is not None:
+            return str(doc["_id"]), True
+        return None, await self._scenes.find_one({"login_code_hash": code_hash}, {"_id": 1}) is not None
+
 
 @dataclass(frozen=True, slots=True)
 class PooledCode:
@@ -316,3 +351,8 @@ class RateWindowStore:
             {"_id": key, "count": {"$lt": limit}}, {"$inc": {"count": 1}}
         )
         return doc is not None
+
+    async def give_back(self, name: str, window: int) -> None:
+        """Uncount one use of window ``window`` of ``name`` (one that turned out not to count)."""
+        key = f"{name}:{window}"
+        await self._rates.update_one({"_id": key, "count": {"$gt": 0}}, {"$inc": {"count": -1}})

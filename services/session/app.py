@@ -31,6 +31,7 @@ from shared.messages import (
     ConfirmLogin,
     DecryptData,
     EndSession,
+    EnterLoginCode,
     GetJwks,
     IdentifyScanner,
     LoginMiniProgram,
@@ -174,6 +175,7 @@ def create_app(
             {
                 ConfirmLogin: handlers.confirm,
                 IdentifyScanner: handlers.identify,
+                EnterLoginCode: handlers.enter_code,
                 CompleteLogin: handlers.complete,
                 LoginMiniProgram: handlers.mp_login,
                 RefreshTokens: handlers.refresh,

@@ -44,6 +44,7 @@ from shared.errors import RemoteError, ServiceError
 from shared.logging import bind_context, get_logger
 from shared.messages import (
     BindPhone,
+    CodeScanned,
     CompleteLogin,
     ConfirmLogin,
     ConfirmResult,
@@ -51,6 +52,7 @@ from shared.messages import (
     DecryptData,
     DecryptedData,
     EndSession,
+    EnterLoginCode,
     GetJwks,
     GetSceneStatus,
     Identified,
@@ -63,6 +65,7 @@ from shared.messages import (
     PhoneBound,
     RedeemScene,
     RefreshTokens,
+    ScanLoginCode,
     TokenPair,
     UserCreated,
 )
@@ -107,6 +110,11 @@ def session_key_purpose(openid: str) -> str:
 def mp_login_seed(code_hash: str) -> str:
     """What the session of a mini-program login is derived from: the code's keyed hash."""
     return f"{MP_LOGIN}:{code_hash}"
+
+
+# What a wx.login code sent with a typed login code is claimed for until the code's scene is known;
+# then it is spent on that scene (confirm:<scene>) as a scan's code is.
+ENTER_CODE = "enter_code"
 
 
 def confirm_purpose(scene: str) -> str:
@@ -185,18 +193,48 @@ class SessionHandlers:
         bind_context(scene=request.scene)
         code = request.code.get_secret_value()
         identity = await self._exchange(code, confirm_purpose(request.scene), scan_hash=request.scan_hash)
-        # A returning user (nothing to create or link) is put on the scene now, so the confirm can go
-        # straight to qrcode.confirm.
+        await self._identify_returning(request.scene, request.scan_hash, identity)
+        log.info("scanner_identified")
+        return Identified(identified=True)
+
+    async def enter_code(self, request: EnterLoginCode) -> CodeScanned:
+        """RPC ``session.enter_code``: a phone typed the login code its own browser shows.
+
+        The phone's wx.login code is exchanged first: the qrcode service counts code entries per
+        WeChat user (a keyed hash of the openid, never the openid). Once the typed code's scene is
+        scanned for this phone, the wx.login code is spent on that scene as a scan that sent it would
+        spend it, so the confirm needs no code, and a returning user is put on the scene.
+        """
+        code = request.code.get_secret_value()
+        identity = await self._exchange(code, ENTER_CODE, scan_hash=request.scan_hash)
+        scanned = await self._bus.call(
+            ScanLoginCode(
+                login_code=request.login_code,
+                scan_hash=request.scan_hash,
+                ip=request.ip,
+                entrant=self.entrant_key(identity.openid),
+            )
+        )
+        bind_context(scene=scanned.scene)
+        await self._stores.code_uses.rebind(
+            identity.code_hash,
+            from_purpose=ENTER_CODE,
+            purpose=confirm_purpose(scanned.scene),
+            scan_hash=request.scan_hash,
+        )
+        await self._identify_returning(scanned.scene, request.scan_hash, identity)
+        log.info("scanner_identified", by="login_code")
+        return scanned
+
+    async def _identify_returning(self, scene: str, scan_hash: str, identity: Identity) -> None:
+        """A returning user (nothing to create or link) is put on the scanned scene now, so the
+        confirm can go straight to qrcode.confirm."""
         known = await self._stores.users.by_openid(identity.openid)
         if known is not None and (identity.unionid is None or known.unionid == identity.unionid):
             try:
-                await self._bus.call(
-                    IdentifyScene(scene=request.scene, scan_hash=request.scan_hash, user_id=known.id)
-                )
+                await self._bus.call(IdentifyScene(scene=scene, scan_hash=scan_hash, user_id=known.id))
             except RemoteError as exc:  # the confirm looks the user up instead
                 log.info("scene_not_identified", reason=exc.error_code)
-        log.info("scanner_identified")
-        return Identified(identified=True)
 
     async def confirm(self, request: ConfirmLogin) -> ConfirmResult:
         """RPC ``session.confirm``: identify the phone's user and confirm the scene for them.
@@ -409,6 +447,10 @@ class SessionHandlers:
         return DecryptedData(data=SecretStr(json.dumps(data, ensure_ascii=False)), user=user.view())
 
     # -- helpers --
+
+    def entrant_key(self, openid: str) -> str:
+        """Who enters login codes, for the per-user limit: a keyed hash of the openid (32 hex)."""
+        return hmac.new(self._code_key, b"entrant:" + openid.encode(), hashlib.sha256).hexdigest()[:32]
 
     def code_id(self, code: str) -> str:
         """The id a wx.login code's exchange is stored under: keyed (HMAC-SHA256), so someone who can

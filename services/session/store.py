@@ -304,6 +304,15 @@ class CodeUseStore:
     async def fail(self, code_hash: str, errcode: int) -> None:
         await self._uses.update_one({"_id": code_hash}, {"$set": {"status": "failed", "errcode": errcode}})
 
+    async def rebind(self, code_hash: str, *, from_purpose: str, purpose: str, scan_hash: str) -> bool:
+        """Spend an exchanged code that was claimed for ``from_purpose`` on ``purpose`` instead, for the
+        phone holding ``scan_hash`` (:meth:`for_scan` then finds it); False when it was not so claimed."""
+        result = await self._uses.update_one(
+            {"_id": code_hash, "purpose": from_purpose, "status": "done"},
+            {"$set": {"purpose": purpose, "scan_hash": scan_hash}},
+        )
+        return bool(result.modified_count)
+
     async def release(self, code_hash: str) -> None:
         """Forget a claim whose exchange failed transiently, so a retry may exchange again."""
         await self._uses.delete_one({"_id": code_hash, "status": "exchanging"})

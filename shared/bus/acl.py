@@ -37,8 +37,12 @@ CALLERS: Mapping[str, frozenset[str]] = {
     "qrcode.confirm": frozenset({"session"}),
     "qrcode.identify": frozenset({"session"}),
     "qrcode.redeem": frozenset({"session"}),
+    # A typed login code scans a scene for the WeChat user the session service identified (the
+    # per-user limit counts that user): the gateway cannot enter codes for a user of its choosing.
+    "qrcode.scan_code": frozenset({"session"}),
     "session.confirm": frozenset({"gateway"}),
     "session.identify": frozenset({"gateway"}),
+    "session.enter_code": frozenset({"gateway"}),
     "session.complete": frozenset({"gateway"}),
     "session.jwks": frozenset({"gateway"}),
     "session.mp_login": frozenset({"gateway"}),

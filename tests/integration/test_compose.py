@@ -379,7 +379,8 @@ def test_every_setting_reaches_some_service_in_compose_or_is_excused() -> None:
 def test_each_secret_reaches_only_the_services_that_use_it() -> None:
     holders = {key: {name for name in services() if key in environment(name)} for key in SECRET_SETTINGS}
     assert holders["WXLOGIN_SECRET"] == {"token", "session", "sim"}
-    assert holders["WXLOGIN_DATA_KEY"] == {"token", "session"}  # token: the sealed access_token
+    # token: the sealed access_token; qrcode: the keyed hashes of typed login codes
+    assert holders["WXLOGIN_DATA_KEY"] == {"token", "session", "qrcode"}
     assert holders["WXLOGIN_BUS_KEY"] == set(APP_SERVICES)
     assert "WXLOGIN_MONGO_URL" not in environment("gateway")
 

@@ -59,6 +59,30 @@ SAMPLES: list[m.Message] = [
     m.IdentifyScene(scene=SCENE, scan_hash=HASH, user_id="u_1"),
     m.IdentifyScanner(scene=SCENE, scan_hash=HASH, code=SecretStr("0716AVll20uHk94SLDml27etM946AVlq")),
     m.Identified(identified=True),
+    m.IssueScene(ticket_hash=HASH, ip="10.0.0.1", with_login_code=True, with_url_link=True),
+    m.IssuedScene(
+        scene=SCENE,
+        image="data:image/png;base64,AAAA",
+        expires_at=WHEN,
+        login_code=SecretStr("K7QXM2PA"),
+        url_link="https://wxaurl.cn/AbCdEfGhIjK",
+    ),
+    m.EnterLoginCode(
+        login_code=SecretStr("K7QXM2PA"),
+        code=SecretStr("0716AVll20uHk94SLDml27etM946AVlq"),
+        scan_hash=HASH,
+        ip="10.0.0.1",
+    ),
+    m.ScanLoginCode(login_code=SecretStr("K7QXM2PA"), scan_hash=HASH, ip="10.0.0.1", entrant="0" * 32),
+    m.CodeScanned(
+        scene=SCENE,
+        scan=m.ScanInfo(
+            site="Example",
+            requester=m.Requester(browser="Safari 17", os="iOS", requested_at=WHEN),
+            expires_at=WHEN,
+            launch="unknown",
+        ),
+    ),
     m.CompleteLogin(scene=SCENE, ticket_hash=HASH),
     m.TokenPair(
         access_token=SecretStr("eyJ.a.b"),
