@@ -20,6 +20,12 @@
  * 502/504, a request that got no answer, or a subscribe refused with `retry_after` is asked again
  * after that delay (capped, with a little jitter), while the box shows "reconnecting"; never past the
  * code's expiry. Only other errors reach onError.
+ *
+ * A phone cannot scan its own screen, so the box adapts to where it runs (option `device`, 'auto' by
+ * default, reads the User-Agent): in WeChat's browser the code is shown at 280 px with "长按识别小程序码"
+ * (long-press it); in any other phone browser it offers to save the picture (to scan it from the album
+ * in WeChat), an 8-character login code to type into the mini-program's home page, and "打开微信" when
+ * the service gives a URL Link. When the page comes back to the foreground it asks for the state again.
  */
 (function (root, factory) {
   'use strict';
@@ -46,7 +52,17 @@
       expiresIn: function (s) { return s + ' 秒后过期'; },
       reconnecting: '连接中断，正在重连…',
       busy: '请求太多，正在重试…',
-      lost: '登录未能完成，请刷新二维码后重新扫码'
+      lost: '登录未能完成，请刷新二维码后重新扫码',
+      // A browser inside WeChat (long-press) and one on a phone (save the picture, or type the code).
+      longPress: '长按识别小程序码',
+      scannedHere: '已识别，请在小程序里确认登录',
+      altHere: '微信小程序码，长按识别',
+      save: '保存二维码',
+      saveSteps: '保存图片后，打开微信“扫一扫”，从相册选择这张图片',
+      typeIntro: function (app) {
+        return '或打开微信小程序' + (app ? '「' + app + '」' : '') + '，在首页点“输入网页上的登录码”，输入：';
+      },
+      openWeChat: '打开微信'
     },
     en: {
       loading: 'Loading the code…',
@@ -62,7 +78,17 @@
       expiresIn: function (s) { return 'Expires in ' + s + ' s'; },
       reconnecting: 'Connection lost, reconnecting…',
       busy: 'Busy, retrying…',
-      lost: 'The login could not be finished. Refresh the code and scan again'
+      lost: 'The login could not be finished. Refresh the code and scan again',
+      longPress: 'Press and hold the code to open it in WeChat',
+      scannedHere: 'Recognised. Please confirm in the mini-program',
+      altHere: 'WeChat mini-program code: press and hold it',
+      save: 'Save the code',
+      saveSteps: 'Save the picture, then in WeChat open Scan and pick it from your album',
+      typeIntro: function (app) {
+        return 'Or open the ' + (app ? '"' + app + '" ' : '') +
+          'mini-program in WeChat, tap "Enter the login code" on its home page and type:';
+      },
+      openWeChat: 'Open WeChat'
     }
   };
 
@@ -78,7 +104,16 @@
     ':where(.wxl[data-state="scanned"] .wxl-code){opacity:.35}',
     ':where(.wxl[data-state="cancelled"] .wxl-code,.wxl[data-state="expired"] .wxl-code){opacity:.12}',
     ':where(.wxl-countdown,.wxl-net){font-size:12px;color:#888;margin:0}',
-    ':where(.wxl-status){margin:0;min-height:1.4em}'
+    ':where(.wxl-status){margin:0;min-height:1.4em}',
+    // On the phone itself: a code big enough to long-press (WeChat), or to save and to type (others).
+    ':where(.wxl[data-device="wechat"] .wxl-code){width:280px;height:280px}',
+    ':where(.wxl-phone){contain:inline-size;align-self:stretch;display:flex;flex-direction:column;align-items:center;gap:6px;font-size:13px;color:#555}',
+    ':where(.wxl-phone p){margin:0}',
+    ':where(.wxl-save,.wxl-open){display:inline-block;padding:6px 14px;border:1px solid #07c160;border-radius:4px;color:#07c160;text-decoration:none}',
+    ':where(.wxl-open){background:#07c160;color:#fff}',
+    ':where(.wxl-login-code){font:600 22px/1.3 ui-monospace,Menlo,Consolas,monospace;letter-spacing:2px;color:#111}',
+    // Last: what the box hides stays hidden whatever display the rules above give it.
+    ':where(.wxl [hidden]){display:none}'
   ].join('\n');
   var styled = false;
 
@@ -184,6 +219,26 @@
     return head.slice(1, 4) === 'PNG' && head.slice(12, 16) === 'IHDR' && head.charCodeAt(24) === 1;
   }
 
+  /**
+   * Where the page runs, which decides how the phone can reach the code: 'wechat' (WeChat's own
+   * browser on a phone: long-press the code), 'phone' (any other browser on a phone or tablet: it
+   * cannot scan its own screen, so save the picture or type a code) or 'desktop' (scan the screen).
+   * WeChat for Windows/Mac also says MicroMessenger; there the phone scans the screen as usual.
+   */
+  function deviceOf(ua, touchPoints) {
+    ua = String(ua || '');
+    var onPhone = /Android|iPhone|iPad|iPod|Mobile|HarmonyOS|OpenHarmony/i.test(ua) ||
+      (/Macintosh/.test(ua) && touchPoints > 1); // iPadOS Safari presents itself as a Mac
+    if (/MicroMessenger/i.test(ua) && !/WindowsWechat|MacWechat|wxwork/i.test(ua) && onPhone) return 'wechat';
+    return onPhone ? 'phone' : 'desktop';
+  }
+
+  /** The file extension of a code image in a data: URI (WeChat sends JPEG or PNG, whatever it says). */
+  function imageExt(src) {
+    var data = String(src || '').split(',')[1] || '';
+    return data.indexOf('/9j/') === 0 ? 'jpg' : 'png';
+  }
+
   function mount(target, options) {
     options = options || {};
     var rootEl = typeof target === 'string' ? document.querySelector(target) : target;
@@ -192,6 +247,9 @@
     var t = TEXT[pickLang(options.lang)];
     var transport = options.transport || 'auto'; // 'auto' | 'websocket' | 'longpoll'
     var pollWait = options.pollWait || 25;
+    // 'auto' reads the User-Agent (see deviceOf); a site may say 'desktop', 'phone' or 'wechat'.
+    var device = options.device && options.device !== 'auto' ? options.device
+      : deviceOf(global.navigator && global.navigator.userAgent, global.navigator && global.navigator.maxTouchPoints);
     var clientId = options.clientId ? String(options.clientId) : null;
     // Where a confirmed login is collected: /api/login/complete (tokens), or what the hosted OpenID
     // Connect page says ({path, body, credentials}: it answers where the browser goes next).
@@ -213,7 +271,28 @@
     refresh.type = 'button';
     refresh.textContent = t.refresh;
     refresh.hidden = true;
-    [img, countdown, status, net, refresh].forEach(function (child) { box.appendChild(child); });
+    // On a phone (not in WeChat): open WeChat (a URL Link), save the picture, or type the login code.
+    var phone = el('div', 'wxl-phone');
+    phone.hidden = true;
+    var openLink = el('a', 'wxl-open');
+    openLink.textContent = t.openWeChat;
+    openLink.rel = 'noopener';
+    var saveLink = el('a', 'wxl-save');
+    saveLink.textContent = t.save;
+    var saveSteps = el('p', 'wxl-steps');
+    saveSteps.textContent = t.saveSteps;
+    var typeIntro = el('p', 'wxl-type');
+    typeIntro.textContent = t.typeIntro(options.appName);
+    var loginCode = el('strong', 'wxl-login-code');
+    [openLink, saveLink, saveSteps, typeIntro, loginCode].forEach(function (child) { phone.appendChild(child); });
+    box.setAttribute('data-device', device);
+    if (device === 'wechat') {
+      img.alt = t.altHere;
+      // Big enough to press and hold, whatever size the site's own CSS gives codes on a computer
+      // (set through the CSSOM, which a strict CSP allows).
+      img.style.width = img.style.height = Math.max(280, Number(options.codeSize) || 0) + 'px';
+    }
+    [img, countdown, status, net, phone, refresh].forEach(function (child) { box.appendChild(child); });
     rootEl.textContent = '';
     rootEl.appendChild(box);
 
@@ -231,8 +310,29 @@
       try { fn(arg); } catch (e) { if (global.console) global.console.error(e); }
     }
 
+    /** The status line: on the phone itself, what the user does there instead of scanning. */
+    function textFor(key) {
+      if (device === 'wechat' && key === 'pending') return t.longPress;
+      if (device !== 'desktop' && key === 'scanned') return t.scannedHere;
+      return t[key];
+    }
+
+    /** What a phone shows beside the code: the links and the login code the issue answer gave. */
+    function fillPhone(issued) {
+      var code = String(issued.login_code || '');
+      loginCode.textContent = code.length === 8 ? code.slice(0, 4) + '-' + code.slice(4) : '';
+      loginCode.setAttribute('data-code', code);
+      loginCode.hidden = typeIntro.hidden = !code;
+      saveLink.href = issued.image;
+      saveLink.setAttribute('download', 'wechat-login-code.' + imageExt(issued.image));
+      openLink.hidden = !issued.url_link;
+      if (issued.url_link) openLink.href = issued.url_link;
+      else openLink.removeAttribute('href');
+    }
+
     function show(key) {
-      status.textContent = t[key];
+      status.textContent = textFor(key);
+      phone.hidden = !(device === 'phone' && key === 'pending' && saveLink.hasAttribute('href'));
       box.setAttribute('data-state', key);
       refresh.hidden = !(key === 'expired' || key === 'cancelled' || key === 'error');
       countdown.hidden = !(key === 'pending' || key === 'scanned');
@@ -494,11 +594,12 @@
 
     function poll(session, attempt) {
       if (!alive(session) || session.mode !== 'longpoll') return;
+      var round = session.pollRound; // a resume (see resume()) starts a new round; this one then stops
       // After a busy answer, a quick read first: the box leaves "reconnecting" as soon as it can.
       var path = '/api/login/status?scene=' + encodeURIComponent(session.scene) + '&wait=' + (attempt ? 0 : pollWait) +
         '&since=' + encodeURIComponent(session.state);
       request(session, 'GET', path, null, {'X-Login-Ticket': session.ticket}).then(function (r) {
-        if (!alive(session)) return;
+        if (!alive(session) || round !== session.pollRound) return;
         if (POLL_STATUS[r.status] && r.data && r.data.state) {
           setNet('longpoll');
           onState(session, r.data.state);
@@ -534,13 +635,17 @@
       setNet('idle');
       img.hidden = true;
       img.removeAttribute('src');
+      saveLink.removeAttribute('href');
       box.removeAttribute('data-scene');
       var pending = {timers: [], aborts: [], finished: false};
       current = pending;
       var attempt = 0;
       var until = Date.now() + RETRY.issueFor;
       (function issue() {
-        request(pending, 'POST', '/api/login/qrcode', clientId ? {client_id: clientId} : null).then(function (r) {
+        // A phone cannot scan its own screen: it asks for a code to type and a link to open WeChat.
+        var body = device === 'phone' ? {login_code: true, url_link: true} : null;
+        if (clientId) body = Object.assign(body || {}, {client_id: clientId});
+        request(pending, 'POST', '/api/login/qrcode', body).then(function (r) {
           if (!alive(pending)) return;
           if (r.ok && r.data && r.data.scene) return begin(pending, r.data);
           var wait = retryDelay(r.retryAfter, attempt++);
@@ -561,6 +666,7 @@
       img.setAttribute('data-render', pixelGrid(issued.image) ? 'crisp' : 'smooth');
       img.src = issued.image;
       img.hidden = false;
+      fillPhone(issued);
       box.setAttribute('data-scene', session.scene);
       show('pending');
       setNet('idle');
@@ -569,7 +675,36 @@
       if (session.mode === 'longpoll') { setNet('longpoll'); poll(session, 0); } else connect(session);
     }
 
+    /**
+     * Back from WeChat (after a long-press, a saved picture or a typed code): a phone's browser that
+     * was in the background may hold a socket that died without a close, or a frozen long-poll. Ask
+     * again at once instead of waiting: a subscribe (or a quick read) answers the current state.
+     */
+    function resume() {
+      var session = current;
+      if (document.visibilityState === 'hidden' || !session || !alive(session) || !session.scene) return;
+      if (session.mode !== 'websocket' && session.mode !== 'longpoll') return; // completing: on its way
+      session.timers.forEach(clearTimeout);
+      session.timers = [];
+      if (session.mode === 'websocket') {
+        var ws = session.ws;
+        session.ws = null;
+        if (ws) {
+          ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+          try { ws.close(1000); } catch (e) { /* closed */ }
+        }
+        connect(session);
+      } else {
+        session.pollRound = (session.pollRound || 0) + 1;
+        session.aborts.forEach(function (c) { try { c.abort(); } catch (e) { /* done */ } });
+        poll(session, 1);
+      }
+    }
+    function onPageShow(event) { if (event.persisted) resume(); } // restored from the back-forward cache
+
     refresh.addEventListener('click', function () { start(); });
+    document.addEventListener('visibilitychange', resume);
+    if (global.addEventListener) global.addEventListener('pageshow', onPageShow);
     start();
     return {
       /** Show a new code (what the refresh button does). */
@@ -577,9 +712,15 @@
       /** The state on screen: loading, pending, scanned, confirmed, done, cancelled, expired, error. */
       state: function () { return box.getAttribute('data-state'); },
       /** Stop everything and empty the element. */
-      destroy: function () { end(current); current = null; rootEl.textContent = ''; }
+      destroy: function () {
+        end(current);
+        current = null;
+        document.removeEventListener('visibilitychange', resume);
+        if (global.removeEventListener) global.removeEventListener('pageshow', onPageShow);
+        rootEl.textContent = '';
+      }
     };
   }
 
-  return {mount: mount, version: VERSION, _backoff: backoff, _pixelGrid: pixelGrid};
+  return {mount: mount, version: VERSION, _backoff: backoff, _pixelGrid: pixelGrid, _deviceOf: deviceOf};
 });
