@@ -40,7 +40,8 @@ const MESSAGES = {
   rate_limited: '操作太频繁，请稍后再试',
   missing_scene: '没有读到二维码信息，请重新扫码',
   login_failed: '微信登录失败，请稍后重试',
-  domain_not_listed: '无法连接登录服务，请稍后重试'
+  domain_not_listed: '无法连接登录服务，请稍后重试',
+  login_code_invalid: '登录码不正确，请核对后重新输入'
 };
 
 /** The text for an error (or an error code). */
@@ -166,6 +167,9 @@ function createApi(wx, config) {
     // `launchScene`: how WeChat opened the page (lib/launch.js); left out when the runtime does not say.
     scan: (scene, code, launchScene) =>
       call('POST', '/api/mp/scan', withCode(launchScene ? {scene, launch_scene: launchScene} : {scene}, code)),
+    // A typed login code opens its scene like a scan (the same answer, plus `scene`); the wx.login
+    // code is required: code entries are limited per WeChat user.
+    enterCode: (loginCode, code) => call('POST', '/api/mp/enter_code', {login_code: loginCode, code}),
     confirm: (scene, scanToken, code) => call('POST', '/api/mp/confirm', withCode({scene, scan_token: scanToken}, code)),
     // `reason` 'not_me' (the 不是我 button) tells the browser why; none: a plain 取消 ('declined').
     cancel: (scene, scanToken, reason) =>

@@ -1,8 +1,10 @@
 // The home page (pages/index/index), what opening the mini-program normally shows: how to log in on a
-// web site by scanning, a 扫一扫 button for codes on a screen, and "my account" (lib/mplogin-page.js).
+// web site by scanning, a 扫一扫 button for codes on a screen, 输入网页上的登录码 for a web page open on
+// this phone (which cannot be scanned), and "my account" (lib/mplogin-page.js).
 // Nothing happens before a tap: no login on entry, no personal data asked for.
 'use strict';
 
+const {formatTyping, loginCodeProblem, normalizeLoginCode} = require('./logincode');
 const {createMpLoginPage} = require('./mplogin-page');
 const {noteCameraScan} = require('./launch');
 
@@ -51,7 +53,27 @@ function createHomePage({wx, config, app}) {
   const account = createMpLoginPage({wx, config, app});
 
   return Object.assign({}, account, {
-    data: Object.assign({}, account.data, {scanMessage: ''}),
+    data: Object.assign({}, account.data, {scanMessage: '', loginCode: '', codeMessage: ''}),
+
+    /** The login code input: shown as typed, upper case, a dash after four (the value it returns). */
+    onLoginCodeInput(event) {
+      const loginCode = formatTyping(event && event.detail && event.detail.value);
+      this.setData({loginCode, codeMessage: ''});
+      return loginCode;
+    },
+
+    /** 登录: the typed code opens the same confirm page as a scan of the code would. */
+    onEnterCode() {
+      const code = normalizeLoginCode(this.data.loginCode);
+      if (!code) {
+        this.setData({codeMessage: loginCodeProblem(this.data.loginCode)});
+        return Promise.resolve();
+      }
+      this.setData({codeMessage: ''});
+      return new Promise((resolve) => {
+        wx.navigateTo({url: '/' + LOGIN_PAGE + '?login_code=' + code, complete: () => resolve()});
+      });
+    },
 
     onScan() {
       this.setData({scanMessage: ''});

@@ -6,6 +6,7 @@ const {MESSAGES, RETRY, createApi, messageFor, retryable, withRetry, wxLogin} = 
 const {environment, explain} = require('./explain');
 const {formatTime, sceneFromQuery} = require('./format');
 const {launchScene} = require('./launch');
+const {loginCodeMessage, normalizeLoginCode} = require('./logincode');
 
 /**
  * The Page() definition. `status` is one of:
@@ -41,6 +42,17 @@ function createLoginPage({wx, config, currentPages = () => []}) {
         if (onWait) onWait();
         page.setData({retrying: true, message: MESSAGES.busy});
       }
+    });
+  }
+
+  /**
+   * Enter a typed login code. A limit that lasts longer than a minute (the hourly limits on code
+   * entries) is not waited out: the page says so and the user may scan the saved picture instead.
+   */
+  function enterCode(loginCode, code) {
+    return api.enterCode(loginCode, code).catch((err) => {
+      if (err.status === 429 && err.retryAfter > 60) err.status = 0; // not transient (see api.transient)
+      throw err;
     });
   }
 
@@ -93,11 +105,14 @@ function createLoginPage({wx, config, currentPages = () => []}) {
       // How WeChat opened this page (1047: a camera scan), sent with the scan (lib/launch.js).
       this.launchScene = launchScene(wx, this.scene);
       this.armedAt = 0;
+      // Or the login code the user typed on the home page (a web page open on this phone): entered
+      // like a scan, it tells the page its scene.
+      this.loginCode = this.scene ? '' : normalizeLoginCode(query && query.login_code);
       this.scanToken = '';
       this.identified = false; // whether the gateway exchanged the code sent with the scan (see scan())
       this.expiresAt = null; // the scene's expiry (epoch ms), which no retry goes past
       this.confirmUnheard = false; // a confirm got no (or a busy) answer: it may have landed
-      if (!this.scene) {
+      if (!this.scene && !this.loginCode) {
         // Opened without a code (e.g. from the recent list): the home page explains how to scan.
         this.setData({status: 'failed', message: messageFor('missing_scene'), canRetry: false});
         return Promise.resolve();
@@ -116,8 +131,14 @@ function createLoginPage({wx, config, currentPages = () => []}) {
       // a busy or unanswered scan send the same code (it reaches WeChat only after a scan won).
       return wxLogin(wx)
         .catch((err) => { loginError = err; return undefined; })
-        .then((code) => patiently(this, () => api.scan(this.scene, code, this.launchScene), () => { waited = true; }))
+        .then((code) => {
+          // A typed code needs the wx.login code: entries are counted per WeChat user.
+          if (this.loginCode && !code) throw loginError;
+          const send = this.loginCode ? () => enterCode(this.loginCode, code) : () => api.scan(this.scene, code, this.launchScene);
+          return patiently(this, send, () => { waited = true; });
+        })
         .then((info) => {
+          if (this.loginCode) this.scene = info.scene;
           this.scanToken = info.scan_token;
           // A code WeChat refused does not fail the scan: it answers `identified: false` (and an
           // `identify_error`), and the confirm must bring a code of its own.
@@ -143,7 +164,8 @@ function createLoginPage({wx, config, currentPages = () => []}) {
         }, (err) => {
           // The gateway scans a code once and a repeat gets a new scan token: already_scanned after a
           // scan that got no answer is most likely this phone's own scan, whose token never arrived.
-          const message = waited && err.code === 'already_scanned' ? messageFor('scan_unheard') : say(err);
+          const typed = this.loginCode && loginCodeMessage(err);
+          const message = waited && err.code === 'already_scanned' ? messageFor('scan_unheard') : typed || say(err);
           this.setData({status: 'failed', retrying: false, message, canRetry: retryable(err)});
         });
     },
