@@ -1,9 +1,11 @@
 """A simulated phone: it does what the mini-program login page does, against a real gateway.
 
 It reads the scene out of a code image (as a camera would), gets a ``wx.login()`` code for its user
-from the WeChat simulator, and calls the gateway's scan / confirm / cancel.
+from the WeChat simulator, and calls the gateway's scan / confirm / cancel. Or it types the login code a
+browser on the phone shows (``--login-code``), as the mini-program's home page does.
 
     python -m sim.phone --gateway http://127.0.0.1:8080 --sim http://127.0.0.1:9100 code.png
+    python -m sim.phone --login-code K7QX-M2PA
 """
 
 from __future__ import annotations
@@ -176,11 +178,16 @@ class Phone:
         return scene
 
 
-async def _main(args: argparse.Namespace, image: bytes) -> None:
+async def _main(args: argparse.Namespace, image: bytes | None) -> None:
     async with aiohttp.ClientSession() as session:
         phone = Phone(session, args.gateway.rstrip("/"), args.sim.rstrip("/"), launch_scene=args.launch_scene)
-        scene = decode_scene(image)
-        print(json.dumps({"scene": scene, "scan": await phone.scan(scene)}, ensure_ascii=False))
+        if image is None:  # typed on the home page: the answer names the scene
+            entered = await phone.enter_code(args.login_code)
+            scene = str(entered["scene"])
+            print(json.dumps({"scene": scene, "scan": entered}, ensure_ascii=False))
+        else:
+            scene = decode_scene(image)
+            print(json.dumps({"scene": scene, "scan": await phone.scan(scene)}, ensure_ascii=False))
         if args.cancel or args.not_me:
             print(json.dumps(await phone.cancel(scene, reason="not_me" if args.not_me else None)))
         else:
@@ -191,7 +198,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m sim.phone", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("image", help="a PNG/JPEG of the code (e.g. a screenshot)")
+    parser.add_argument("image", nargs="?", help="a PNG/JPEG of the code (e.g. a screenshot)")
+    parser.add_argument("--login-code", help="type this login code (a browser on the phone shows it) instead")
     parser.add_argument("--gateway", default="http://127.0.0.1:8080")
     parser.add_argument("--sim", default="http://127.0.0.1:9100")
     parser.add_argument("--cancel", action="store_true", help="decline instead of confirming")
@@ -200,8 +208,12 @@ def main() -> None:
         "--launch-scene", type=int, default=1047, help="WeChat's launch scene (1047 camera, 1048 chat image)"
     )
     args = parser.parse_args()
-    with open(args.image, "rb") as f:
-        image = f.read()
+    if (args.image is None) == (args.login_code is None):
+        parser.error("give a code image or --login-code, not both")
+    image = None
+    if args.image is not None:
+        with open(args.image, "rb") as f:
+            image = f.read()
     asyncio.run(_main(args, image))
 
 

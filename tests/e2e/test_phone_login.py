@@ -127,6 +127,7 @@ async def test_in_another_phone_browser_the_page_offers_the_picture_and_a_code_t
     page = await open_on_phone(browser, demo, SAFARI_UA, errors)
     await expect_state(page, "pending")
     await expect(page.locator(".wxl")).to_have_attribute("data-device", "phone")
+    await expect(page.locator(".wxl-status")).to_have_text("在这部手机上登录，请用下面的方法")  # noqa: RUF001
     extras = page.locator(".wxl-phone")
     await expect(extras).to_be_visible()
 

@@ -8,7 +8,10 @@ entries are limited per IP, per WeChat user, per scene and, for misses, all user
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
+import sys
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -263,3 +266,27 @@ async def test_a_url_link_opens_the_scan_page_and_a_personal_mini_program_gets_n
         assert not errors.records, errors.lines()
     finally:
         await stop_stack(stack)
+
+
+async def test_the_simulated_phone_types_a_code_from_the_command_line(stack: Stack) -> None:
+    browser = PhoneBrowser(stack.http, stack.gateway)
+    code = (await browser.issue())["login_code"]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sim.phone",
+        "--login-code",
+        f"{code[:4]}-{code[4:]}",
+        "--gateway",
+        stack.gateway,
+        "--sim",
+        stack.sim.url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    entered, confirmed = (json.loads(line) for line in out.decode().splitlines())
+    assert entered["scene"] == browser.scene and confirmed == {"state": "confirmed"}
+    status, tokens = await browser.complete()
+    assert status == 200 and tokens["user"]["openid"]

@@ -55,6 +55,7 @@
       lost: '登录未能完成，请刷新二维码后重新扫码',
       // A browser inside WeChat (long-press) and one on a phone (save the picture, or type the code).
       longPress: '长按识别小程序码',
+      pendingPhone: '在这部手机上登录，请用下面的方法',
       scannedHere: '已识别，请在小程序里确认登录',
       altHere: '微信小程序码，长按识别',
       save: '保存二维码',
@@ -80,6 +81,7 @@
       busy: 'Busy, retrying…',
       lost: 'The login could not be finished. Refresh the code and scan again',
       longPress: 'Press and hold the code to open it in WeChat',
+      pendingPhone: 'To log in on this phone, use one of the ways below',
       scannedHere: 'Recognised. Please confirm in the mini-program',
       altHere: 'WeChat mini-program code: press and hold it',
       save: 'Save the code',
@@ -313,6 +315,7 @@
     /** The status line: on the phone itself, what the user does there instead of scanning. */
     function textFor(key) {
       if (device === 'wechat' && key === 'pending') return t.longPress;
+      if (device === 'phone' && key === 'pending') return t.pendingPhone;
       if (device !== 'desktop' && key === 'scanned') return t.scannedHere;
       return t[key];
     }
