@@ -88,6 +88,7 @@ TEXT: dict[str, dict[str, str]] = {
         "title": "{site} · 微信扫码登录",
         "lead": "请使用微信扫码登录",
         "back": "登录后将返回 {host}",
+        "cancel": "取消登录",
         "noscript": "请启用 JavaScript 以显示登录二维码。",
         "error_title": "无法登录",
         "unknown_client": "该网站没有注册（未知的 client_id），无法登录。",  # noqa: RUF001
@@ -107,6 +108,7 @@ TEXT: dict[str, dict[str, str]] = {
         "title": "Log in to {site} with WeChat",
         "lead": "Scan with WeChat to log in",
         "back": "After logging in you return to {host}",
+        "cancel": "Cancel",
         "noscript": "Please enable JavaScript to show the login code.",
         "error_title": "Cannot log in",
         "unknown_client": "This site is not registered (unknown client_id).",
@@ -454,6 +456,9 @@ def hosted_page(request: web.Request, valid: ValidRequest) -> web.Response:
     site = valid.client.site_name
     host = urlsplit(valid.request.redirect_uri).netloc
     params = json.dumps(valid.params, ensure_ascii=False, separators=(",", ":"))
+    # The user may decline: back to the client with access_denied (RFC 6749 §4.1.2.1).
+    declined = RedirectRefusal(valid.request.redirect_uri, "access_denied", "the user cancelled", valid.state)
+    cancel = refusal_redirect(request, declined)
     body = (
         f'<main class="card" id="oidc-login" data-client-id="{html.escape(valid.client.client_id)}"\n'
         f'      data-lang="{valid.lang}" data-params="{html.escape(params)}">\n'
@@ -461,6 +466,7 @@ def hosted_page(request: web.Request, valid: ValidRequest) -> web.Response:
         f'  <p class="lead">{html.escape(t["lead"])}</p>\n'
         '  <div id="wxl-box"></div>\n'
         f'  <p class="back">{html.escape(t["back"].format(host=host))}</p>\n'
+        f'  <p class="cancel"><a href="{html.escape(cancel)}">{html.escape(t["cancel"])}</a></p>\n'
         f"  <noscript><p>{html.escape(t['noscript'])}</p></noscript>\n</main>"
     )
     return page(
