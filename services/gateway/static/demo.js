@@ -7,6 +7,8 @@
   var scene = null;      // the code currently shown
   var scanToken = null;  // what the gateway gave this phone when it scanned (confirm/cancel need it)
   var identified = false; // the code sent with the scan identified this phone: the confirm needs none
+  var caution = false;    // a red warning is shown: Confirm needs a second press (security review M4)
+  var armed = false;      // Confirm was pressed once under the warning
   var box = null;
 
   // What the phone says, in both languages of the page, for each answer of the gateway.
@@ -27,6 +29,11 @@
     user_blocked: '该微信账号暂时无法登录 · This WeChat account cannot log in for now',
     confirmed: '已确认 · Confirmed',
     cancelled: '已取消 · Cancelled',
+    notMe: '已告诉网站“不是我” · The site was told "not me"',
+    again: '请看清红色提示，再点一次确认 · Read the red warning, then press Confirm again',
+    mismatch: '电脑和手机不在同一个省份或国家 · The computer and the phone are in different provinces or countries',
+    fromImage: '这个码是从图片里识别的 · This code was recognised in a picture',
+    launch_scene_refused: '请直接扫描屏幕上的码 · Scan the code on the screen itself',
     expired: '二维码已过期 · Expired'
   };
   // Answers after which the code on the left cannot be scanned again: the phone waits for a new one.
@@ -119,15 +126,28 @@
       .then(null, function () { return null; })
       .then(function (code) {
         // The retries of one scan send the same code, as the mini-program's do.
-        return patiently(function () { return post('/api/mp/scan', code ? {scene: scanned, code: code} : {scene: scanned}); });
+        // Launch scene 1047: a camera scan, as WeChat reports it to the mini-program.
+        var body = code ? {scene: scanned, code: code, launch_scene: 1047} : {scene: scanned, launch_scene: 1047};
+        return patiently(function () { return post('/api/mp/scan', body); });
       })
       .then(function (info) {
         scanToken = info.scan_token;
         identified = info.identified === true;
         $('phone-site').textContent = info.site + ' 请求登录 · wants you to log in';
-        $('phone-browser').textContent = info.requester.browser + ' · ' + info.requester.os;
-        $('phone-ip').textContent = 'IP ' + info.requester.ip;
+        // Where the computer and this phone are (never the computer's address); the browser and
+        // system are what the browser said of itself.
+        $('phone-place').textContent = '电脑所在地 · Computer: ' + info.requester.location.label;
+        $('phone-own-place').textContent = '手机所在地 · Phone: ' + info.phone.location.label;
+        $('phone-browser').textContent = '浏览器自报 · Reported by the browser: ' +
+          info.requester.browser + ' · ' + info.requester.os;
         $('phone-time').textContent = new Date(info.requester.requested_at).toLocaleString();
+        var warnings = [];
+        if (info.location_mismatch) warnings.push(TEXT.mismatch);
+        if (info.launch === 'image') warnings.push(TEXT.fromImage);
+        caution = warnings.length > 0;
+        armed = false;
+        $('phone-warning').textContent = warnings.join(' ');
+        $('phone-warning').hidden = !caution;
         $('phone-scan').hidden = true;
         $('phone-scan').disabled = false;
         $('phone-approve').hidden = false;
@@ -154,22 +174,34 @@
 
   function approving(busy) {
     $('phone-confirm').disabled = busy;
+    $('phone-not-me').disabled = busy;
     $('phone-cancel').disabled = busy;
   }
 
   $('phone-confirm').addEventListener('click', function () {
+    if (caution && !armed) { // under a red warning the first press only arms Confirm
+      armed = true;
+      $('phone-result').textContent = TEXT.again;
+      return;
+    }
     approving(true);
     confirmLogin()
       .then(function () { approving(false); phoneReset(TEXT.confirmed, true); $('phone-scan').hidden = true; },
             function (err) { approving(false); phoneFailed(err); });
   });
 
-  $('phone-cancel').addEventListener('click', function () {
+  // 取消, or 不是我 (reason not_me: the site tells its user the phone's owner did not ask).
+  function decline(reason, done) {
     approving(true);
-    patiently(function () { return post('/api/mp/cancel', {scene: scene, scan_token: scanToken}); })
-      .then(function () { approving(false); phoneReset(TEXT.cancelled, true); },
+    var body = {scene: scene, scan_token: scanToken};
+    if (reason) body.reason = reason;
+    patiently(function () { return post('/api/mp/cancel', body); })
+      .then(function () { approving(false); phoneReset(done, true); },
             function (err) { approving(false); phoneFailed(err); });
-  });
+  }
+
+  $('phone-cancel').addEventListener('click', function () { decline(null, TEXT.cancelled); });
+  $('phone-not-me').addEventListener('click', function () { decline('not_me', TEXT.notMe); });
 
   var session = null; // the tokens onSuccess handed over; in memory only, like the SDK's ticket
 

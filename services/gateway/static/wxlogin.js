@@ -45,6 +45,8 @@
       confirmed: '已确认，正在登录…',
       done: '登录成功',
       cancelled: '你已在手机上取消登录',
+      // The phone's 不是我 (cancel reason not_me): somebody else scanned this code (security review M4).
+      notMe: '手机上选择了“不是我”：如果不是你本人在扫码，请不要把二维码发给别人',
       expired: '二维码已过期',
       error: '出错了，请重试',
       refresh: '刷新二维码',
@@ -72,6 +74,7 @@
       confirmed: 'Confirmed, logging in…',
       done: 'Logged in',
       cancelled: 'Login cancelled on the phone',
+      notMe: 'The phone said "not me": if it was not you scanning, do not send the code to anyone',
       expired: 'The code has expired',
       error: 'Something went wrong, please try again',
       refresh: 'Refresh the code',
@@ -441,7 +444,8 @@
       emit('onError', err);
     }
 
-    function onState(session, state) {
+    /** A state pushed or polled; `reason` is why a cancelled login was cancelled (declined, not_me). */
+    function onState(session, state, reason) {
       if (!alive(session)) return;
       if (state === session.state) return;
       session.state = state;
@@ -455,8 +459,10 @@
       } else if (state === 'cancelled') {
         end(session);
         show('cancelled');
+        if (reason === 'not_me') status.textContent = t.notMe;
+        if (reason) box.setAttribute('data-reason', reason);
         setNet('idle');
-        emit('onCancel', {scene: session.scene});
+        emit('onCancel', {scene: session.scene, reason: reason || null});
       } else if (state === 'expired') {
         expire(session);
       }
@@ -552,10 +558,10 @@
         }
         if (msg.type === 'state') {
           session.refusals = 0;
-          onState(session, msg.state);
+          onState(session, msg.state, msg.reason);
         } else if (msg.type === 'error') {
           if (msg.code === 'scene_expired') expire(session);
-          else if (msg.code === 'scene_cancelled') onState(session, 'cancelled');
+          else if (msg.code === 'scene_cancelled') onState(session, 'cancelled', msg.reason);
           else if (msg.retry_after != null || BUSY_CODES[msg.code]) subscribeLater(session, ws, msg.retry_after, msg.code);
           else fail(session, refusal(msg.code));
         }
@@ -605,7 +611,7 @@
         if (!alive(session) || round !== session.pollRound) return;
         if (POLL_STATUS[r.status] && r.data && r.data.state) {
           setNet('longpoll');
-          onState(session, r.data.state);
+          onState(session, r.data.state, r.data.reason);
           poll(session, 0);
         } else if (busy(r) || r.status >= 500) {
           // Until the code expires (the countdown ends the session then).
@@ -640,6 +646,7 @@
       img.removeAttribute('src');
       saveLink.removeAttribute('href');
       box.removeAttribute('data-scene');
+      box.removeAttribute('data-reason');
       var pending = {timers: [], aborts: [], finished: false};
       current = pending;
       var attempt = 0;
