@@ -521,19 +521,23 @@ class SceneHandlers:
             if scene is not None:
                 expired += 1
                 self._metrics.expired.inc()
-                await self._announce_expired(scene_id)
+                await self._announce_expired(scene)
         for scene_id in await self._store.claim_unannounced(now, older_than=ANNOUNCE_RETRY_AFTER):
-            await self._announce_expired(scene_id)
+            unannounced = await self._store.get(scene_id)
+            if unannounced is not None:
+                await self._announce_expired(unannounced)
         return expired
 
-    async def _announce_expired(self, scene_id: str) -> None:
+    async def _announce_expired(self, scene: Scene) -> None:
+        # Whether a phone had scanned it: the webhook service reports only those as failed logins.
+        event = SceneExpiredEvent(scene=scene.id, scanned=scene.scan_hash is not None)
         try:
-            await self._publisher.publish(SceneExpiredEvent(scene=scene_id))
+            await self._publisher.publish(event)
         except Exception:  # the bus is down: the scene stays unannounced and is retried
-            log.exception("scene_expiry_announce_failed", scene=scene_id)
+            log.exception("scene_expiry_announce_failed", scene=scene.id)
             return
-        await self._store.mark_announced(scene_id)
-        log.info("scene_expired", scene=scene_id)
+        await self._store.mark_announced(scene.id)
+        log.info("scene_expired", scene=scene.id)
 
     async def _transition(
         self,
