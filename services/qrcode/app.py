@@ -33,6 +33,7 @@ from shared.messages import (
 )
 from shared.runtime import (
     BUS,
+    CLIENTS,
     DB,
     HTTP,
     READY_CHECKS,
@@ -40,6 +41,7 @@ from shared.runtime import (
     SETTINGS,
     background,
     bus_context,
+    clients_context,
     http_context,
     mongo_context,
     new_app,
@@ -140,7 +142,9 @@ def create_app(
 ) -> web.Application:
     """The qrcode service as an aiohttp app (its HTTP side is only the ops endpoints)."""
     app = new_app(settings)
-    app.cleanup_ctx.extend([mongo_context(INDEXES), bus_context(SERVICE, broker), http_context])
+    app.cleanup_ctx.extend(
+        [clients_context, mongo_context(INDEXES), bus_context(SERVICE, broker), http_context]
+    )
 
     async def handlers_ctx(app: web.Application) -> AsyncIterator[None]:
         settings, bus, db = app[SETTINGS], app[BUS], app[DB]
@@ -192,6 +196,7 @@ def create_app(
                 settings.limit_ipv4_prefixes,
                 settings.limit_ipv6_prefixes,
             ),
+            clients=app[CLIENTS],
             locator=locator,
             metrics=metrics,
             clock=clock,

@@ -110,6 +110,21 @@ class ScanTokenMismatch(ServiceError):
     default_message = "this login code was scanned by another phone"
 
 
+class ClientUnknown(ServiceError):
+    """A login code was asked for (or scanned) for a client that is not registered (any more)."""
+
+    code = "client_unknown"
+    default_message = "no client with this client_id is registered"
+
+
+class ClientMismatch(ServiceError):
+    """The login is being collected by another client than the one that started it (site B
+    completing a scene of site A)."""
+
+    code = "client_mismatch"
+    default_message = "this login was started by another site"
+
+
 class LoginCodeInvalid(ServiceError):
     """No stored scene has this typed login code (mistyped, or purged), or it was entered as often as
     a scene allows; expired and used codes are answered by their scene's state instead."""

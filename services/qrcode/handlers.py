@@ -25,6 +25,8 @@ from services.qrcode.errors import (
     AlreadyConfirmed,
     AlreadyRedeemed,
     AlreadyScanned,
+    ClientMismatch,
+    ClientUnknown,
     IssueRateLimited,
     LaunchSceneRefused,
     LoginCodeInvalid,
@@ -47,6 +49,7 @@ from services.qrcode.pool import IssuedCode, data_uri
 from services.qrcode.store import Scene
 from services.qrcode.useragent import summarize
 from shared.bus import Publisher
+from shared.clients import Client
 from shared.errors import ServiceError, StoreUnavailable
 from shared.logging import bind_context, get_logger
 from shared.messages import (
@@ -194,6 +197,19 @@ class Locator(Protocol):
         ...
 
 
+class Sites(Protocol):
+    """The registered clients (:class:`shared.clients.ClientRegistry`, or a fake)."""
+
+    @property
+    def default(self) -> Client:
+        """The client of logins that name none."""
+        ...
+
+    def get(self, client_id: str | None) -> Client | None:
+        """The client ``client_id`` (the default one for None), or None when unknown."""
+        ...
+
+
 class PrefixLimit(Protocol):
     """The share of the global issue limit one address prefix may take, shared by every replica."""
 
@@ -214,6 +230,7 @@ class SceneHandlers:
         *,
         issue_limit: IssueLimit | None = None,
         prefix_limit: PrefixLimit | None = None,
+        clients: Sites | None = None,
         locator: Locator | None = None,
         metrics: SceneMetrics | None = None,
         clock: Callable[[], float] = time.time,
@@ -226,6 +243,8 @@ class SceneHandlers:
         self._settings = settings
         self._issue_limit = issue_limit
         self._prefix_limit = prefix_limit
+        # Without a registry (tests) every scene belongs to the default client.
+        self._clients = clients
         # Without a database only local addresses are placed; every other one is "unknown".
         self._locator: Locator = locator or IpLocator()
         self._metrics = metrics or SceneMetrics()
@@ -235,7 +254,9 @@ class SceneHandlers:
         self._url_links = url_links
 
     async def issue(self, request: IssueScene) -> IssuedScene:
-        """RPC ``qrcode.issue``: a new pending scene bound to the ticket's hash, with its code."""
+        """RPC ``qrcode.issue``: a new pending scene bound to the ticket's hash and to the client that
+        asked (unknown: ``client_unknown``), with its code."""
+        client_id = self._bound_client(request.client_id)
         # The global limit and the pool claim are independent round trips, so they run together; a
         # refused issue gives its code back, and a code is rendered only once the limit allowed it.
         decision, pooled = await asyncio.gather(self._issue_allowance(request.ip), self._codes.claim())
@@ -253,6 +274,7 @@ class SceneHandlers:
             user_agent=request.user_agent,
             now=self._clock(),
             ttl=self._settings.scene_ttl,
+            client_id=client_id,
         )
         # Stored and announced together: scene.issued is a notice (Mongo is the truth), which no
         # service waits on; should the insert fail, the issue fails and the notice names no scene.
@@ -316,6 +338,7 @@ class SceneHandlers:
             state=state,
             expires_at=_at(scene.expires_at),
             user_id=scene.user_id,
+            client_id=scene.client_id,
             reason=scene.cancel_reason if state == "cancelled" else None,
         )
 
@@ -353,7 +376,7 @@ class SceneHandlers:
         log.info("scene_scanned", launch=launch, location_mismatch=mismatch)
         browser, system = summarize(scene.user_agent)
         return ScanInfo(
-            site=self._settings.site_name,
+            site=self._site_name(scene),
             requester=Requester(
                 browser=browser, os=system, requested_at=_at(scene.requested_at), location=requester_at
             ),
@@ -425,7 +448,7 @@ class SceneHandlers:
         bind_context(scene=request.scene)
         now = self._clock()
         # The transition requires an unexpired scene, so this is also before its expiry + the window.
-        fields: dict[str, object] = {"expires_at": now + self._settings.redeem_window}
+        fields: dict[str, object] = {"expires_at": now + self._settings.redeem_window, "confirmed_at": now}
         if request.user_id is not None:
             fields["user_id"] = request.user_id
         scene = await self._transition(
@@ -447,7 +470,11 @@ class SceneHandlers:
         self._metrics.issue_to_confirm.observe(max(0.0, now - scene.requested_at))
         log.info("scene_confirmed", user_id=scene.user_id)
         return SceneStatus(
-            scene=scene.id, state="confirmed", expires_at=_at(scene.expires_at), user_id=scene.user_id
+            scene=scene.id,
+            state="confirmed",
+            expires_at=_at(scene.expires_at),
+            user_id=scene.user_id,
+            client_id=scene.client_id,
         )
 
     async def identify(self, request: IdentifyScene) -> SceneStatus:
@@ -466,7 +493,8 @@ class SceneHandlers:
         return SceneStatus(scene=scene.id, state="scanned", expires_at=_at(scene.expires_at))
 
     async def redeem(self, request: RedeemScene) -> RedeemedScene:
-        """RPC ``qrcode.redeem``: ``confirmed → redeemed``, by the ticket holder only.
+        """RPC ``qrcode.redeem``: ``confirmed → redeemed``, by the ticket holder only, for the client
+        the scene was issued to (another one: ``client_mismatch``).
 
         Redeeming again with the same ticket before the redeem window ends answers the same user (a
         retry whose first answer was lost); the session service then hands out the same session.
@@ -477,6 +505,15 @@ class SceneHandlers:
             raise SceneNotFound()
         if not hmac.compare_digest(current.ticket_hash, request.ticket_hash):
             raise TicketMismatch()
+        if self._canonical(request.client_id) != self._canonical(current.client_id):
+            log.warning(
+                "redeem_client_mismatch",
+                security=True,
+                scene_client=current.client_id,
+                client=request.client_id,
+            )
+            self._metrics.refused.labels("redeem", ClientMismatch.code).inc()
+            raise ClientMismatch()
         now = self._clock()
         scene = None
         if current.state != "redeemed":
@@ -494,11 +531,42 @@ class SceneHandlers:
                 # The same ticket again within the redeem window: the browser's first answer was lost
                 # (a dropped connection, a gateway that died). The ticket is the proof: same user.
                 log.info("scene_redeemed_again", user_id=current.user_id)
-                return RedeemedScene(scene=current.id, user_id=current.user_id)
+                return self._redeemed(current, current.user_id)
             raise await self._refusal(request.scene, "redeem")
         self._metrics.redeemed.inc()
         log.info("scene_redeemed", user_id=scene.user_id)
-        return RedeemedScene(scene=scene.id, user_id=scene.user_id)
+        return self._redeemed(scene, scene.user_id)
+
+    @staticmethod
+    def _redeemed(scene: Scene, user_id: str) -> RedeemedScene:
+        confirmed_at = _at(scene.confirmed_at) if scene.confirmed_at is not None else None
+        return RedeemedScene(
+            scene=scene.id, user_id=user_id, client_id=scene.client_id, confirmed_at=confirmed_at
+        )
+
+    def _canonical(self, client_id: str | None) -> str | None:
+        """The id a scene stores for ``client_id``: None for the default client, however named."""
+        if self._clients is not None and client_id == self._clients.default.client_id:
+            return None
+        return client_id
+
+    def _bound_client(self, client_id: str | None) -> str | None:
+        """The client a new scene is bound to; raises :class:`ClientUnknown` for an unregistered one."""
+        if client_id is not None and self._clients is not None and self._clients.get(client_id) is None:
+            self._metrics.refused.labels("issue", ClientUnknown.code).inc()
+            raise ClientUnknown()
+        return self._canonical(client_id)
+
+    def _site_name(self, scene: Scene) -> str:
+        """What the phone is told it logs in to: the site name of the scene's client (never a name
+        from the request). A client removed from the file since the issue is refused."""
+        if self._clients is None:
+            return self._settings.site_name
+        client = self._clients.get(scene.client_id)
+        if client is None:
+            log.warning("scan_client_gone", client=scene.client_id)
+            raise ClientUnknown("the site that asked for this login code is no longer registered")
+        return client.site_name
 
     async def sweep(self) -> int:
         """Expire overdue scenes; returns how many this replica expired.

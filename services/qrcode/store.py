@@ -68,12 +68,24 @@ class Scene:
     user_id: str | None = None
     updated_at: float = 0.0
     scan_hash: str | None = None  # SHA-256 of the scan token of the phone that scanned
+    client_id: str | None = None  # the client (site) that asked for it; None: the default client
+    confirmed_at: float | None = None  # when the phone confirmed (the OpenID Connect auth_time)
     cancel_reason: str | None = None  # declined, not_me: set by the cancel, told to the browser
 
     @classmethod
-    def new(cls, id: str, *, ticket_hash: str, ip: str, user_agent: str, now: float, ttl: float) -> Scene:
-        """A fresh ``pending`` scene."""
-        return cls(id, "pending", ticket_hash, ip, user_agent, now, now + ttl, None, now)
+    def new(
+        cls,
+        id: str,
+        *,
+        ticket_hash: str,
+        ip: str,
+        user_agent: str,
+        now: float,
+        ttl: float,
+        client_id: str | None = None,
+    ) -> Scene:
+        """A fresh ``pending`` scene, bound to ``client_id``."""
+        return cls(id, "pending", ticket_hash, ip, user_agent, now, now + ttl, None, now, client_id=client_id)
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> Scene:
@@ -89,6 +101,8 @@ class Scene:
             user_id=doc.get("user_id"),
             updated_at=float(doc.get("updated_at", 0.0)),
             scan_hash=doc.get("scan_hash"),
+            client_id=doc.get("client_id"),
+            confirmed_at=float(doc["confirmed_at"]) if doc.get("confirmed_at") is not None else None,
             cancel_reason=doc.get("cancel_reason"),
         )
 
@@ -105,6 +119,7 @@ class Scene:
             "user_id": self.user_id,
             "updated_at": self.updated_at,
             "scan_hash": self.scan_hash,
+            "client_id": self.client_id,
             "purge_at": datetime.fromtimestamp(self.expires_at + PURGE_AFTER_SECONDS, UTC),
         }
 

@@ -1,10 +1,12 @@
 """``python -m services.session``: the session service alone (``python -m services run session``).
 
-``python -m services.session keys list|rotate|retire [--force] [--now]`` manages the signing keys
-in the configured MongoDB (``WXLOGIN_MONGO_URL``, ``WXLOGIN_MONGO_DB``, ``WXLOGIN_DATA_KEY``).
-``rotate`` publishes a new key at once and signs with it after ``WXLOGIN_SIGNING_KEY_LEAD_SECONDS``;
-``retire`` removes the previous key from the JWKS. Running session replicas adopt the change within
-``WXLOGIN_SIGNING_KEYS_RELOAD_SECONDS`` and tell the gateways, which re-fetch the JWKS; no restart.
+``python -m services.session keys list|rotate|retire [--alg EdDSA|RS256] [--force] [--now]`` manages
+the signing keys in the configured MongoDB (``WXLOGIN_MONGO_URL``, ``WXLOGIN_MONGO_DB``,
+``WXLOGIN_DATA_KEY``): the Ed25519 key that signs access tokens (EdDSA) and the RSA key that signs
+ID tokens (RS256), both unless ``--alg`` names one. ``rotate`` publishes a new key at once and signs
+with it after ``WXLOGIN_SIGNING_KEY_LEAD_SECONDS``; ``retire`` removes the previous key from the JWKS.
+Running session replicas adopt the change within ``WXLOGIN_SIGNING_KEYS_RELOAD_SECONDS`` and tell the
+gateways, which re-fetch the JWKS; no restart.
 
 ``python -m services.session refresh-tokens migrate`` re-keys, once at the upgrade, the refresh tokens
 an earlier version stored under a bare SHA-256 (they are not accepted as they are).
@@ -21,7 +23,7 @@ from typing import Any
 
 from services.__main__ import main as services_main
 from services.session.app import data_sealer, successor_keys
-from services.session.keys import RotationRefused, retire_previous_key, rotate_keys
+from services.session.keys import ALGORITHMS, RotationRefused, retire_previous_key, rotate_keys
 from services.session.refresh import migrate_legacy_tokens
 from services.session.store import INDEXES, RefreshTokenStore, SigningKeyStore
 from shared.config import Settings
@@ -30,9 +32,15 @@ from shared.mongo import ensure_indexes, make_client, wait_ready
 
 
 async def keys_command(
-    settings: Settings, action: str, *, force: bool = False, now_: bool = False
+    settings: Settings,
+    action: str,
+    *,
+    force: bool = False,
+    now_: bool = False,
+    algorithms: tuple[str, ...] = ALGORITHMS,
 ) -> dict[str, Any]:
-    """Run one ``keys`` action against the configured database; returns what to print."""
+    """Run one ``keys`` action, for each of ``algorithms``, against the configured database; returns
+    what to print."""
     if not settings.mongo_url:
         raise SystemExit("set WXLOGIN_MONGO_URL to the database the session service uses")
     client = make_client(settings.mongo_url)
@@ -41,24 +49,34 @@ async def keys_command(
         db = client[settings.mongo_db]
         await ensure_indexes(db, INDEXES)
         store = SigningKeyStore(db)
+        await store.upgrade()
         now, min_age = time.time(), float(settings.access_token_ttl_seconds)
         result: dict[str, Any] = {"action": action}
         if action == "rotate":
             lead = 0.0 if now_ else settings.signing_key_lead_seconds
-            rotated = await rotate_keys(
-                store, data_sealer(settings), now=now, min_age=min_age, lead=lead, force=force
-            )
-            result.update(
-                current=rotated.current,
-                signs_from=round(rotated.active_from),
-                previous=rotated.previous,
-                retired=rotated.retired,
-            )
+            result["rotated"] = []
+            for alg in algorithms:
+                rotated = await rotate_keys(
+                    store, data_sealer(settings), now=now, min_age=min_age, lead=lead, force=force, alg=alg
+                )
+                result["rotated"].append(
+                    {
+                        "alg": alg,
+                        "current": rotated.current,
+                        "signs_from": round(rotated.active_from),
+                        "previous": rotated.previous,
+                        "retired": rotated.retired,
+                    }
+                )
         elif action == "retire":
-            result["retired"] = await retire_previous_key(store, now=now, min_age=min_age, force=force)
+            result["retired"] = {
+                alg: await retire_previous_key(store, now=now, min_age=min_age, force=force, alg=alg)
+                for alg in algorithms
+            }
         result["keys"] = [
             {
                 "kid": record.kid,
+                "alg": record.alg,
                 "status": record.status,
                 "created_at": round(record.created_at),
                 "active_from": round(record.active_from),
@@ -73,9 +91,14 @@ async def keys_command(
 
 
 def keys_main(argv: list[str]) -> None:
-    """``keys list|rotate|retire [--force]``."""
+    """``keys list|rotate|retire [--alg EdDSA|RS256] [--force] [--now]``."""
     parser = argparse.ArgumentParser(prog="python -m services.session keys", description=__doc__)
     parser.add_argument("action", choices=["list", "rotate", "retire"])
+    parser.add_argument(
+        "--alg",
+        choices=list(ALGORITHMS),
+        help="only the keys of this kind (EdDSA signs access tokens, RS256 ID tokens); default: both",
+    )
     parser.add_argument(
         "--force",
         action="store_true",
@@ -90,8 +113,11 @@ def keys_main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     settings = Settings.for_command_line()
     configure_logging(service="session-keys", fmt=settings.log_format, level="WARNING")
+    algorithms = (args.alg,) if args.alg else ALGORITHMS
     try:
-        result = asyncio.run(keys_command(settings, args.action, force=args.force, now_=args.now))
+        result = asyncio.run(
+            keys_command(settings, args.action, force=args.force, now_=args.now, algorithms=algorithms)
+        )
     except RotationRefused as exc:
         print(f"refused: {exc}", file=sys.stderr)
         sys.exit(2)

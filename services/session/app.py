@@ -11,13 +11,17 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pymongo.errors import PyMongoError
 
+from services.session.backchannel import BackchannelLogout
 from services.session.handlers import SessionHandlers, SessionStores
 from services.session.keys import Signer
+from services.session.oidc import OidcHandlers
 from services.session.refresh import RefreshFamilies
 from services.session.store import (
     INDEXES,
     CodeUseStore,
     MpSessionStore,
+    OidcCodeStore,
+    OpSessionStore,
     RefreshTokenStore,
     SigningKeyStore,
     UserStore,
@@ -26,30 +30,38 @@ from shared.bus import Bus, MemoryBroker
 from shared.config import Settings
 from shared.logging import get_logger
 from shared.messages import (
+    Authorize,
     BindPhone,
     CompleteLogin,
     ConfirmLogin,
     DecryptData,
+    EndOpSession,
     EndSession,
     EnterLoginCode,
+    ExchangeGrant,
     GetJwks,
+    GetUserInfo,
     IdentifyScanner,
     LoginMiniProgram,
     RefreshTokens,
+    RevokeToken,
     SigningKeysChanged,
 )
 from shared.runtime import (
     BUS,
+    CLIENTS,
     DB,
     HTTP,
     SETTINGS,
     bus_context,
+    clients_context,
     http_context,
     mongo_context,
     new_app,
     stop_task,
 )
 from shared.sealing import Sealer, decode_keys
+from shared.subjects import subject_key
 from shared.tokens import TokenCache
 from shared.wechat import WeChatClient
 
@@ -77,6 +89,13 @@ def successor_keys(settings: Settings) -> list[bytes]:
     key with HKDF: one per ``WXLOGIN_DATA_KEY`` listed, the current one first."""
     keys = decode_keys(settings.data_key.get_secret_value())
     return [_derive(key, b"wxlogin refresh-token successor v1") for key in keys]
+
+
+def oidc_keys(settings: Settings) -> list[bytes]:
+    """The keys of authorization-code and OP-session ids (HMAC), separated from the data key with HKDF:
+    one per ``WXLOGIN_DATA_KEY`` listed, the current one first (OP sessions outlive a key rotation)."""
+    keys = decode_keys(settings.data_key.get_secret_value())
+    return [_derive(key, b"wxlogin openid connect ids v1") for key in keys]
 
 
 def code_key(settings: Settings) -> bytes:
@@ -120,7 +139,9 @@ def create_app(
     """The session service as an aiohttp app (its HTTP side is only the ops endpoints)."""
     sealer = data_sealer(settings)  # fail at start-up, not at the first login
     app = new_app(settings)
-    app.cleanup_ctx.extend([mongo_context(INDEXES), bus_context(SERVICE, broker), http_context])
+    app.cleanup_ctx.extend(
+        [clients_context, mongo_context(INDEXES), bus_context(SERVICE, broker), http_context]
+    )
 
     async def handlers_ctx(app: web.Application) -> AsyncIterator[None]:
         settings, db, bus = app[SETTINGS], app[DB], app[BUS]
@@ -135,8 +156,10 @@ def create_app(
         # condition: logins and tokens work without it, phone binding waits for it (bounded).
         access_tokens = TokenCache(bus, clock=clock, renew_seconds=settings.rpc_timeout_seconds / 2)
         await access_tokens.start()
+        key_store = SigningKeyStore(db)
+        await key_store.upgrade()  # records and indexes of a version with Ed25519 keys only
         signer = Signer(
-            SigningKeyStore(db),
+            key_store,
             sealer,
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
@@ -157,7 +180,24 @@ def create_app(
             clock=clock,
         )
         await warn_of_legacy_tokens(refresh_store)
-        stores = SessionStores(UserStore(db), CodeUseStore(db), MpSessionStore(db))
+        clients, users, subjects = app[CLIENTS], UserStore(db), subject_key(settings)
+        backchannel = BackchannelLogout(app[HTTP], signer, issuer=settings.issuer, subject_key=subjects)
+        oidc = OidcHandlers(
+            clients,
+            users,
+            OidcCodeStore(db),
+            OpSessionStore(db),
+            families,
+            signer,
+            bus,
+            backchannel,
+            issuer=settings.issuer,
+            keys=oidc_keys(settings),
+            subject_key=subjects,
+            op_session_ttl=float(settings.session_max_seconds),
+            clock=clock,
+        )
+        stores = SessionStores(users, CodeUseStore(db), MpSessionStore(db))
         handlers = SessionHandlers(
             stores,
             signer,
@@ -169,6 +209,7 @@ def create_app(
             sealer,
             code_key=code_key(settings),
             clock=clock,
+            end_op_sessions=oidc.end_user_sessions,
         )
         app[HANDLERS] = handlers
         await bus.serve(
@@ -183,6 +224,11 @@ def create_app(
                 BindPhone: handlers.bind_phone,
                 DecryptData: handlers.decrypt,
                 GetJwks: handlers.jwks,
+                Authorize: oidc.authorize,
+                ExchangeGrant: oidc.token,
+                GetUserInfo: oidc.userinfo,
+                EndOpSession: oidc.end_session,
+                RevokeToken: oidc.revoke,
             }
         )
         reloader = asyncio.ensure_future(
@@ -192,6 +238,8 @@ def create_app(
             yield
         finally:
             await stop_task(reloader)
+            # Logout tokens still on their way: a bounded wait, before the HTTP client closes.
+            await backchannel.close(timeout=min(5.0, settings.shutdown_timeout_seconds))
 
     app.cleanup_ctx.append(handlers_ctx)
     return app

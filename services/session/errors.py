@@ -133,3 +133,50 @@ class WatermarkInvalid(ServiceError):
 
     code = "watermark_invalid"
     default_message = "the data was not issued for this mini-program"
+
+
+# --- OpenID Connect (the gateway's OAuth endpoints answer these codes as RFC 6749 error bodies) ------
+
+
+class ClientUnknown(ServiceError):
+    """The request names a client that is not registered."""
+
+    code = "client_unknown"
+    default_message = "no client with this client_id is registered"
+
+
+class InvalidClient(ServiceError):
+    """The token endpoint was called for a client that is not registered (OAuth ``invalid_client``)."""
+
+    code = "invalid_client"
+    default_message = "unknown client"
+
+
+class OidcInvalidRequest(ServiceError):
+    """An authorization request the registered client does not allow (a redirect URI not registered,
+    a public client without PKCE), or a call without what it needs."""
+
+    code = "invalid_request"
+    default_message = "the request is not valid for this client"
+
+
+class InvalidScope(ServiceError):
+    """A scope the client may not ask for, or a request without ``openid``."""
+
+    code = "invalid_scope"
+    default_message = "the requested scope is not allowed for this client"
+
+
+class InvalidGrant(ServiceError):
+    """OAuth ``invalid_grant``: the code or refresh token is unknown, expired, used already, of another
+    client, or its ``redirect_uri`` or PKCE verifier does not match."""
+
+    code = "invalid_grant"
+    default_message = "the authorization code or refresh token is not valid"
+
+
+class LoginRequired(ServiceError):
+    """No live OP session to log in from silently (unknown, ended, expired, or older than ``max_age``)."""
+
+    code = "login_required"
+    default_message = "the user must log in again"

@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from pydantic import SecretStr
@@ -29,7 +29,7 @@ from services.session.errors import (
     WeChatUnavailable,
 )
 from services.session.keys import Signer
-from services.session.refresh import RefreshFamilies
+from services.session.refresh import Binding, RefreshFamilies
 from services.session.store import (
     CODE_LIFETIME,
     CodeUse,
@@ -166,6 +166,7 @@ class SessionHandlers:
         clock: Callable[[], float] = time.time,
         claim_wait: float = 5.0,
         mp_login_retry: float = MP_LOGIN_RETRY_SECONDS,
+        end_op_sessions: Callable[[str], Awaitable[object]] | None = None,
     ) -> None:
         self._stores = stores
         self._signer = signer
@@ -179,6 +180,8 @@ class SessionHandlers:
         self._clock = clock
         self._claim_wait = claim_wait
         self._mp_login_retry = mp_login_retry
+        # "Log out everywhere" ends the user's OpenID Connect OP sessions too (and tells their clients).
+        self._end_op_sessions = end_op_sessions
 
     # -- logins --
 
@@ -283,13 +286,13 @@ class SessionHandlers:
         if confirmed.user_id is None:
             raise RuntimeError("qrcode.confirm named no user")
         identity = await self._scanner_identity(request, purpose)
-        await self._announce(request.scene, identity, confirmed.user_id)
+        await self._announce(request.scene, identity, confirmed.user_id, confirmed.client_id)
         return ConfirmResult(scene=request.scene, state="confirmed")
 
     async def _confirm_for(self, request: ConfirmLogin, identity: Identity, user_id: str) -> ConfirmResult:
         """``qrcode.confirm`` for ``user_id``, then announce the login."""
         try:
-            await self._bus.call(
+            confirmed = await self._bus.call(
                 ConfirmScene(scene=request.scene, scan_hash=request.scan_hash, user_id=user_id)
             )
         except RemoteError as exc:
@@ -299,13 +302,14 @@ class SessionHandlers:
                 await self._note_login(identity, user_id)
                 return ConfirmResult(scene=request.scene, state="confirmed")
             raise
-        await self._announce(request.scene, identity, user_id)
+        await self._announce(request.scene, identity, user_id, confirmed.client_id)
         return ConfirmResult(scene=request.scene, state="confirmed")
 
-    async def _announce(self, scene: str, identity: Identity, user_id: str) -> None:
-        """After qrcode.confirm (which pushed already): login.confirmed, beside the login's bookkeeping."""
+    async def _announce(self, scene: str, identity: Identity, user_id: str, client_id: str | None) -> None:
+        """After qrcode.confirm (which pushed already): login.confirmed (naming the scene's client),
+        beside the login's bookkeeping."""
         await asyncio.gather(
-            self._publisher.publish(LoginConfirmed(scene=scene, user_id=user_id)),
+            self._publisher.publish(LoginConfirmed(scene=scene, user_id=user_id, client_id=client_id)),
             self._note_login(identity, user_id),
         )
         log.info("login_confirmed", user_id=user_id)
@@ -326,16 +330,21 @@ class SessionHandlers:
 
         Idempotent within the redeem window: the same scene and ticket get the same session (same
         refresh token and ``sid``), so a browser whose answer was lost loses no login and makes no
-        second one.
+        second one. The scene must belong to ``client_id`` (``client_mismatch`` otherwise), which is
+        the access token's audience.
         """
         bind_context(scene=request.scene)
-        redeemed = await self._bus.call(RedeemScene(scene=request.scene, ticket_hash=request.ticket_hash))
+        redeemed = await self._bus.call(
+            RedeemScene(scene=request.scene, ticket_hash=request.ticket_hash, client_id=request.client_id)
+        )
         user = await self._stores.users.get(redeemed.user_id)
         if user is None:
             raise UserNotFound()
-        log.info("login_completed", user_id=user.id)
+        log.info("login_completed", user_id=user.id, client=redeemed.client_id)
         # One scan login, one session: a retry whose first answer was lost gets the same session.
-        return await self._new_session(user, once_for=f"{request.scene}:{request.ticket_hash}")
+        return await self._new_session(
+            user, once_for=f"{request.scene}:{request.ticket_hash}", client_id=redeemed.client_id
+        )
 
     async def mp_login(self, request: LoginMiniProgram) -> TokenPair:
         """RPC ``session.mp_login``: plain in-mini-program login with a wx.login code.
@@ -359,7 +368,7 @@ class SessionHandlers:
         user = await self._stores.users.get(grant.user_id)
         if user is None:
             raise UserNotFound()
-        return self._pair(user, grant.family, grant.token)
+        return self._pair(user, grant.family, grant.token, client_id=grant.binding.client_id)
 
     async def logout(self, request: EndSession) -> LoggedOut:
         """RPC ``session.logout``: revoke the family of a verified access token or a refresh token;
@@ -374,7 +383,10 @@ class SessionHandlers:
                 owner = await self._families.live_owner(request.refresh_token.get_secret_value())
             if owner is None:
                 return LoggedOut(revoked=False)
-            return LoggedOut(revoked=await self._families.revoke_user(owner, "logout_everywhere") > 0)
+            revoked = await self._families.revoke_user(owner, "logout_everywhere") > 0
+            if self._end_op_sessions is not None:  # OpenID Connect: the OP sessions, and their clients told
+                await self._end_op_sessions(owner)
+            return LoggedOut(revoked=revoked)
         if request.sid and request.user_id:
             family = request.sid
             await self._families.check_live(family, request.user_id)
@@ -397,6 +409,7 @@ class SessionHandlers:
         WeChat → replaces it; a number another user has → ``phone_taken``.
         """
         user = await self._live_user(request.user_id, request.sid)
+        family = await self._families.live_family(request.sid)
         code = request.code.get_secret_value()
         info = await self._phone_info(code, user.openid)
         phone = e164(info)
@@ -417,7 +430,9 @@ class SessionHandlers:
             raise WeChatUnavailable("the account changed during the request; try again", retry_after=1)
         return PhoneBound(
             user=user.view(),
-            access_token=SecretStr(self._signer.issue(user, request.sid)),
+            access_token=SecretStr(
+                self._signer.issue(user, request.sid, audience=family.client_id if family else None)
+            ),
             expires_in=self._signer.ttl,
         )
 
@@ -457,13 +472,18 @@ class SessionHandlers:
         write to MongoDB cannot plant the outcome of a code they will send."""
         return hmac.new(self._code_key, b"wx-code:" + code.encode(), hashlib.sha256).hexdigest()
 
-    async def _new_session(self, user: User, *, once_for: str | None = None) -> TokenPair:
-        grant = await self._families.start(user.id, once_for=once_for)
-        return self._pair(user, grant.family, grant.token)
+    async def _new_session(
+        self, user: User, *, once_for: str | None = None, client_id: str | None = None
+    ) -> TokenPair:
+        grant = await self._families.start(user.id, once_for=once_for, binding=Binding(client_id))
+        return self._pair(user, grant.family, grant.token, client_id=client_id)
 
-    def _pair(self, user: User, family: str, refresh_token: str) -> TokenPair:
+    def _pair(
+        self, user: User, family: str, refresh_token: str, *, client_id: str | None = None
+    ) -> TokenPair:
+        """Tokens of the browser and mini-program API; the access token's audience is the client."""
         return TokenPair(
-            access_token=SecretStr(self._signer.issue(user, family)),
+            access_token=SecretStr(self._signer.issue(user, family, audience=client_id)),
             expires_in=self._signer.ttl,
             refresh_token=SecretStr(refresh_token),
             user=user.view(),

@@ -48,9 +48,12 @@ def keyed_id(key: bytes, digest_hex: str) -> str:
 
 
 def record_mac(key: bytes, record: RefreshRecord) -> str:
-    """The MAC binding a stored token to its family, user and lifetime."""
+    """The MAC binding a stored token to its family, user and lifetime (and its client and grant)."""
     fields = [record.token_hash, record.family, record.user_id, repr(record.session_started_at)]
     fields.append(repr(record.expires_at))
+    if record.client_id is not None or record.scope is not None:
+        # Only then, so the MAC of a record stored before clients existed still verifies.
+        fields += [record.client_id or "", record.scope or "", repr(record.auth_time)]
     return hmac.new(key, ("refresh-mac:" + "|".join(fields)).encode(), hashlib.sha256).hexdigest()
 
 
@@ -62,8 +65,24 @@ class RefreshStore(Protocol):
     async def spend(self, token_hash: str, successor: str, now: float) -> bool: ...
     async def family_revoked(self, family: str) -> bool: ...
     async def family_owner(self, family: str) -> str | None: ...
+    async def family_record(self, family: str) -> RefreshRecord | None: ...
     async def revoke_family(self, family: str, reason: str, now: float) -> int: ...
     async def revoke_user(self, user_id: str, reason: str, now: float) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """What a family is bound to: its client (None: the default client) and, for an OpenID Connect
+    grant, its scope and the ``auth_time`` of its login (None for the browser and mini-program API)."""
+
+    client_id: str | None = None
+    scope: str | None = None
+    auth_time: float | None = None
+
+    @property
+    def oidc(self) -> bool:
+        """True for a family issued by the token endpoint."""
+        return self.scope is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +92,7 @@ class Grant:
     token: str
     family: str
     user_id: str
+    binding: Binding = Binding()
 
 
 class RefreshFamilies:
@@ -105,7 +125,9 @@ class RefreshFamilies:
         """The id a token is stored under (keyed with the current server key)."""
         return keyed_id(self._key, sha256_hex(token))
 
-    def _record(self, token: str, family: str, user_id: str, *, now: float, started: float) -> RefreshRecord:
+    def _record(
+        self, token: str, family: str, user_id: str, *, now: float, started: float, binding: Binding
+    ) -> RefreshRecord:
         expires = now + self._ttl
         if self._max_age is not None:
             expires = min(expires, started + self._max_age)
@@ -116,6 +138,9 @@ class RefreshFamilies:
             created_at=now,
             expires_at=expires,
             session_started_at=started,
+            client_id=binding.client_id,
+            scope=binding.scope,
+            auth_time=binding.auth_time,
         )
         return dataclasses.replace(record, mac=record_mac(self._key, record))
 
@@ -139,21 +164,29 @@ class RefreshFamilies:
         """The token a refresh with ``token`` hands out (deterministic, unguessable without the key)."""
         return self._derive("refresh-successor:", token)
 
-    async def start(self, user_id: str, *, once_for: str | None = None) -> Grant:
-        """A new family (one login) with its first token.
+    async def start(
+        self,
+        user_id: str,
+        *,
+        once_for: str | None = None,
+        family: str | None = None,
+        binding: Binding = Binding(),
+    ) -> Grant:
+        """A new family (one login) with its first token, bound to ``binding``'s client and grant.
 
         With ``once_for`` (a scan login: its scene and ticket hash; a mini-program login: its code's
         keyed hash), the family and its first token are derived from it with the server key, so a
         retried completion of the same login gets the same session back instead of a second one.
+        With ``family`` (an authorization code names the family it starts), that id is used.
         """
         now = self._clock()
-        if once_for is None:
-            token, family = secrets.token_urlsafe(32), secrets.token_urlsafe(12)
-        else:
+        if once_for is not None:
             token, family = self._derive("refresh-first:", once_for), self.family_for(once_for)
+        else:
+            token, family = secrets.token_urlsafe(32), family or secrets.token_urlsafe(12)
         # False for a retry: the record is already there
-        await self._store.insert(self._record(token, family, user_id, now=now, started=now))
-        return Grant(token, family, user_id)
+        await self._store.insert(self._record(token, family, user_id, now=now, started=now, binding=binding))
+        return Grant(token, family, user_id, binding)
 
     def family_for(self, once_for: str) -> str:
         """The family :meth:`start` derives from ``once_for`` (to revoke what a login started)."""
@@ -163,10 +196,24 @@ class RefreshFamilies:
         mac = hmac.new(self._key, label.encode() + value.encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(mac).decode().rstrip("=")
 
-    async def rotate(self, presented: str) -> Grant:
-        """Spend ``presented`` and return its successor (see the module docstring for the rules)."""
+    async def rotate(self, presented: str, *, oidc_client: str | None = None) -> Grant:
+        """Spend ``presented`` and return its successor (see the module docstring for the rules).
+
+        With ``oidc_client`` (the token endpoint), only a token of that client's OpenID Connect grant
+        is accepted; without it (``/api/token/refresh``), only a token of the browser and mini-program
+        API. Either refusal spends nothing.
+        """
         now = self._clock()
         record = await self._find(presented)
+        if record is not None and not self._bound_as_asked(record, oidc_client):
+            log.warning(
+                "refresh_token_of_another_client",
+                security=True,
+                family=record.family,
+                client=oidc_client,
+                token_client=record.client_id,
+            )
+            raise RefreshInvalid("this refresh token was issued to another client")
         if (
             record is not None
             and self._max_age is not None
@@ -180,8 +227,14 @@ class RefreshFamilies:
             raise RefreshInvalid("this session has ended; log in again")
         spent_hash = record.token_hash
         successor = self.successor_of(presented)
+        binding = Binding(record.client_id, record.scope, record.auth_time)
         successor_record = self._record(
-            successor, record.family, record.user_id, now=now, started=record.session_started_at
+            successor,
+            record.family,
+            record.user_id,
+            now=now,
+            started=record.session_started_at,
+            binding=binding,
         )
         successor_hash = successor_record.token_hash
         if record.rotated_at is None:
@@ -191,7 +244,7 @@ class RefreshFamilies:
             if await self._store.spend(spent_hash, successor_hash, now):
                 if await self._store.family_revoked(record.family):  # a logout raced us
                     raise RefreshInvalid("this session has ended; log in again")
-                return Grant(successor, record.family, record.user_id)
+                return Grant(successor, record.family, record.user_id, binding)
             record = await self._store.get(spent_hash)
             if record is None or record.revoked or record.rotated_at is None:
                 raise RefreshInvalid("this session has ended; log in again")
@@ -200,7 +253,7 @@ class RefreshFamilies:
             live = nxt is not None and nxt.rotated_at is None and not nxt.revoked and nxt.expires_at > now
             if live and not await self._store.family_revoked(record.family):
                 log.info("refresh_within_grace", family=record.family, user_id=record.user_id)
-                return Grant(successor, record.family, record.user_id)
+                return Grant(successor, record.family, record.user_id, binding)
         revoked = await self._store.revoke_family(record.family, "reuse", now)
         log.warning(
             "refresh_token_reuse_detected",
@@ -211,6 +264,16 @@ class RefreshFamilies:
             tokens_revoked=revoked,
         )
         raise RefreshReused()
+
+    @staticmethod
+    def _bound_as_asked(record: RefreshRecord, oidc_client: str | None) -> bool:
+        if oidc_client is None:
+            return record.scope is None
+        return record.scope is not None and record.client_id == oidc_client
+
+    async def record_of(self, presented: str) -> RefreshRecord | None:
+        """The stored record of a refresh token (spent or not), for revocation by its client."""
+        return await self._find(presented)
 
     async def revoke(self, family: str, reason: str) -> bool:
         """End a family; False when it was already ended (or unknown)."""
@@ -238,6 +301,16 @@ class RefreshFamilies:
         if record.expires_at <= self._clock() or await self._store.family_revoked(record.family):
             return None
         return record.user_id
+
+    async def live_family(self, family: str) -> RefreshRecord | None:
+        """A stored record of ``family`` (its user, client and grant) while the session is live: not
+        revoked, not past its maximum lifetime; else None."""
+        record = await self._store.family_record(family)
+        if record is None or self._past_max_age(record, self._clock()):
+            return None
+        if await self._store.family_revoked(family):
+            return None
+        return record
 
     async def check_live(self, family: str, user_id: str) -> None:
         """Raise :class:`SessionEnded` unless ``family`` is ``user_id``'s and not revoked."""

@@ -1,5 +1,6 @@
 """Collections of the session service: ``users``, ``code_uses``, ``mp_sessions``, ``refresh_tokens``,
-``signing_keys``. Times are epoch seconds; ``purge_at`` dates (written at insert) drive TTL indexes.
+``signing_keys``, and for OpenID Connect ``oidc_codes`` and ``op_sessions``. Times are epoch seconds;
+``purge_at`` dates (written at insert) drive TTL indexes.
 """
 
 from __future__ import annotations
@@ -13,17 +14,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import ReturnDocument
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
+from shared.logging import get_logger
 from shared.messages import UserView
 from shared.mongo import Index
 from shared.runtime import Database
+
+log = get_logger(__name__)
 
 USERS = "users"
 CODE_USES = "code_uses"
 MP_SESSIONS = "mp_sessions"
 REFRESH_TOKENS = "refresh_tokens"
 SIGNING_KEYS = "signing_keys"
+OIDC_CODES = "oidc_codes"
+OP_SESSIONS = "op_sessions"
 
 INDEXES = [
     Index(USERS, [("openid", 1)], unique=True, name="users_openid"),
@@ -38,11 +44,15 @@ INDEXES = [
     Index(REFRESH_TOKENS, [("user_id", 1)], name="refresh_tokens_user"),
     Index(
         SIGNING_KEYS,
-        [("status", 1)],
+        [("current_alg", 1)],
         unique=True,
-        partial={"status": "current"},
-        name="signing_keys_one_current",
+        partial={"current_alg": {"$type": "string"}},
+        name="signing_keys_one_current_per_alg",
     ),
+    Index(OIDC_CODES, [("purge_at", 1)], expire_after_seconds=0, name="oidc_codes_ttl"),
+    Index(OP_SESSIONS, [("purge_at", 1)], expire_after_seconds=0, name="op_sessions_ttl"),
+    Index(OP_SESSIONS, [("grants.sid", 1)], name="op_sessions_sid"),
+    Index(OP_SESSIONS, [("user_id", 1)], name="op_sessions_user"),
 ]
 
 
@@ -360,6 +370,10 @@ class RefreshRecord:
     record inserted concurrently is caught by the same "any revoked" check. ``session_started_at``
     is the family's login (its absolute lifetime counts from there); ``mac`` binds the id, family,
     user and lifetime with the server key (:func:`services.session.refresh.record_mac`).
+
+    ``client_id`` is the client the family was issued to (None: the default client). An OpenID
+    Connect grant also carries its ``scope`` and the ``auth_time`` of its login (None for the browser
+    and mini-program API); both are under the MAC then, like the client.
     """
 
     token_hash: str
@@ -372,6 +386,9 @@ class RefreshRecord:
     revoked: bool = False
     session_started_at: float = 0.0
     mac: str = ""
+    client_id: str | None = None
+    scope: str | None = None
+    auth_time: float | None = None
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> RefreshRecord:
@@ -387,6 +404,9 @@ class RefreshRecord:
             revoked=bool(doc.get("revoked", False)),
             session_started_at=float(doc.get("session_started_at", doc["created_at"])),
             mac=str(doc.get("mac", "")),
+            client_id=doc.get("client_id"),
+            scope=doc.get("scope"),
+            auth_time=float(doc["auth_time"]) if doc.get("auth_time") is not None else None,
         )
 
     def to_doc(self) -> dict[str, Any]:
@@ -401,6 +421,9 @@ class RefreshRecord:
             "revoked": self.revoked,
             "session_started_at": self.session_started_at,
             "mac": self.mac,
+            "client_id": self.client_id,
+            "scope": self.scope,
+            "auth_time": self.auth_time,
             "purge_at": _date(self.expires_at),
         }
 
@@ -439,6 +462,11 @@ class RefreshTokenStore:
         """The user a family belongs to (None when no token of it is stored)."""
         doc = await self._tokens.find_one({"family": family}, {"user_id": 1})
         return str(doc["user_id"]) if doc else None
+
+    async def family_record(self, family: str) -> RefreshRecord | None:
+        """A stored token of the family (its user, client and grant are the same on every one)."""
+        doc = await self._tokens.find_one({"family": family})
+        return RefreshRecord.from_doc(doc) if doc else None
 
     async def revoke_family(self, family: str, reason: str, now: float) -> int:
         """Revoke every token of the family; returns how many were live-flagged until now."""
@@ -498,11 +526,12 @@ KEY_STATUSES = ("pending", "current", "previous", "retired")
 
 @dataclass(frozen=True, slots=True)
 class SigningKeyRecord:
-    """An Ed25519 signing key; the private half is sealed with the data key (and dropped at retirement).
+    """A signing key of ``alg`` (``EdDSA``: Ed25519, ``RS256``: RSA); the private half is sealed with
+    the data key (and dropped at retirement). Records of earlier versions have no ``alg``: Ed25519.
 
-    Lifecycle: ``pending`` (being installed by a rotation) → ``current`` (published; signs from
-    ``active_from``) → ``previous`` (published; signs only until the new current's ``active_from``,
-    which is its ``demoted_at``) → ``retired`` (not published: its tokens fail).
+    Lifecycle, per ``alg``: ``pending`` (being installed by a rotation) → ``current`` (published;
+    signs from ``active_from``) → ``previous`` (published; signs only until the new current's
+    ``active_from``, which is its ``demoted_at``) → ``retired`` (not published: its tokens fail).
     """
 
     kid: str
@@ -513,6 +542,7 @@ class SigningKeyRecord:
     active_from: float = 0.0
     demoted_at: float | None = None
     retired_at: float | None = None
+    alg: str = "EdDSA"
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> SigningKeyRecord:
@@ -526,6 +556,7 @@ class SigningKeyRecord:
             active_from=float(doc.get("active_from", doc["created_at"])),
             demoted_at=float(demoted_at) if demoted_at is not None else None,
             retired_at=float(retired_at) if retired_at is not None else None,
+            alg=str(doc.get("alg") or "EdDSA"),
         )
 
     def to_doc(self) -> dict[str, Any]:
@@ -535,28 +566,56 @@ class SigningKeyRecord:
             "created_at": self.created_at,
             "active_from": self.active_from,
             "public_jwk": self.public_jwk,
+            "alg": self.alg,
         }
+        if self.status == "current":  # held only while current: one current key per alg (unique)
+            doc["current_alg"] = self.alg
         if self.sealed_private_key is not None:
             doc["private_key"] = self.sealed_private_key
         return doc
 
 
 class SigningKeyStore:
-    """Signing keys; a partial unique index keeps at most one ``current``."""
+    """Signing keys; a partial unique index on ``current_alg`` keeps at most one ``current`` per alg."""
 
     def __init__(self, db: Database) -> None:
         self._keys = db[SIGNING_KEYS]
 
-    async def current(self) -> SigningKeyRecord | None:
-        doc = await self._keys.find_one({"status": "current"})
+    async def upgrade(self) -> None:
+        """Bring records and indexes of an earlier version (Ed25519 only) up to date; idempotent.
+
+        Records without ``alg`` are Ed25519; the current one gets ``current_alg``; the earlier index
+        that allowed one ``current`` key of any kind (``signing_keys_one_current``) is dropped, since an
+        RSA key is current beside the Ed25519 one.
+        """
+        await self._keys.update_many({"alg": {"$exists": False}}, {"$set": {"alg": "EdDSA"}})
+        async for doc in self._keys.find({"status": "current", "current_alg": {"$exists": False}}):
+            try:
+                await self._keys.update_one(
+                    {"_id": doc["_id"], "status": "current"},
+                    {"$set": {"current_alg": doc.get("alg") or "EdDSA"}},
+                )
+            except DuplicateKeyError:
+                log.warning("signing_key_two_current", kid=doc["_id"])
+        for name, spec in (await self._keys.index_information()).items():
+            if [field for field, _ in spec.get("key", [])] == ["status"]:
+                try:
+                    await self._keys.drop_index(name)
+                except OperationFailure:
+                    pass  # another replica dropped it a moment ago
+                else:
+                    log.info("signing_keys_index_dropped", index=name)
+
+    async def current(self, alg: str = "EdDSA") -> SigningKeyRecord | None:
+        doc = await self._keys.find_one({"status": "current", "alg": alg})
         return SigningKeyRecord.from_doc(doc) if doc else None
 
-    async def previous(self) -> SigningKeyRecord | None:
-        doc = await self._keys.find_one({"status": "previous"})
+    async def previous(self, alg: str = "EdDSA") -> SigningKeyRecord | None:
+        doc = await self._keys.find_one({"status": "previous", "alg": alg})
         return SigningKeyRecord.from_doc(doc) if doc else None
 
     async def published(self) -> list[SigningKeyRecord]:
-        """The keys whose public half verifies tokens: current and previous."""
+        """The keys whose public half verifies tokens: current and previous, of every alg."""
         cursor = self._keys.find({"status": {"$in": ["current", "previous"]}})
         return [SigningKeyRecord.from_doc(doc) async for doc in cursor]
 
@@ -566,7 +625,7 @@ class SigningKeyStore:
         return sorted(records, key=lambda r: r.created_at)
 
     async def insert_current(self, record: SigningKeyRecord) -> bool:
-        """Insert ``record`` as the current key; False when another replica's key won."""
+        """Insert ``record`` as the current key of its alg; False when another replica's key won."""
         try:
             await self._keys.insert_one(record.to_doc())
         except DuplicateKeyError:
@@ -577,9 +636,10 @@ class SigningKeyStore:
         """Insert a key in its stated status (rotation inserts ``pending`` keys)."""
         await self._keys.insert_one(record.to_doc())
 
-    async def retire_previous(self, now: float) -> list[str]:
-        """Retire every ``previous`` key (its private half is deleted); returns their kids."""
-        kids = [str(doc["_id"]) async for doc in self._keys.find({"status": "previous"}, {"_id": 1})]
+    async def retire_previous(self, now: float, alg: str = "EdDSA") -> list[str]:
+        """Retire every ``previous`` key of ``alg`` (its private half is deleted); returns their kids."""
+        query = {"status": "previous", "alg": alg}
+        kids = [str(doc["_id"]) async for doc in self._keys.find(query, {"_id": 1})]
         for kid in kids:
             await self._keys.update_one(
                 {"_id": kid, "status": "previous"},
@@ -590,15 +650,16 @@ class SigningKeyStore:
     async def demote_current(self, kid: str, until: float) -> bool:
         """``current → previous`` for ``kid``, signing ``until`` its successor takes over."""
         result = await self._keys.update_one(
-            {"_id": kid, "status": "current"}, {"$set": {"status": "previous", "demoted_at": until}}
+            {"_id": kid, "status": "current"},
+            {"$set": {"status": "previous", "demoted_at": until}, "$unset": {"current_alg": ""}},
         )
         return result.modified_count == 1
 
-    async def promote(self, kid: str) -> bool:
-        """``pending → current``; False when another key became current first."""
+    async def promote(self, kid: str, alg: str = "EdDSA") -> bool:
+        """``pending → current``; False when another key of ``alg`` became current first."""
         try:
             result = await self._keys.update_one(
-                {"_id": kid, "status": "pending"}, {"$set": {"status": "current"}}
+                {"_id": kid, "status": "pending"}, {"$set": {"status": "current", "current_alg": alg}}
             )
         except DuplicateKeyError:
             return False
@@ -607,3 +668,188 @@ class SigningKeyStore:
     async def delete(self, kid: str) -> None:
         """Remove a key that never became current."""
         await self._keys.delete_one({"_id": kid, "status": "pending"})
+
+
+# --- OpenID Connect: authorization codes and OP sessions ---------------------------------------------
+
+# A spent or expired code is kept this long, so a reuse is recognised (and revokes what it issued).
+CODE_KEEP_SECONDS = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class OidcCode:
+    """An authorization code as stored: only its keyed hash (``code_id``), never the code.
+
+    ``sid`` names the refresh family the exchange starts (known in advance, so a second use can
+    revoke it); ``op_session`` the keyed id of the OP session it came from (the family is recorded
+    there for logout). ``used_at`` is set by the one conditional update that spends it;
+    ``reused_at`` by a second use, which the first exchange checks before it answers.
+    """
+
+    code_id: str
+    client_id: str
+    redirect_uri: str
+    scope: str
+    user_id: str
+    sid: str
+    auth_time: float
+    created_at: float
+    expires_at: float
+    nonce: str | None = None
+    code_challenge: str | None = None
+    op_session: str | None = None
+    used_at: float | None = None
+    reused_at: float | None = None
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> OidcCode:
+        used_at, reused_at = doc.get("used_at"), doc.get("reused_at")
+        return cls(
+            code_id=str(doc["_id"]),
+            client_id=str(doc["client_id"]),
+            redirect_uri=str(doc["redirect_uri"]),
+            scope=str(doc["scope"]),
+            user_id=str(doc["user_id"]),
+            sid=str(doc["sid"]),
+            auth_time=float(doc["auth_time"]),
+            created_at=float(doc["created_at"]),
+            expires_at=float(doc["expires_at"]),
+            nonce=doc.get("nonce"),
+            code_challenge=doc.get("code_challenge"),
+            op_session=doc.get("op_session"),
+            used_at=float(used_at) if used_at is not None else None,
+            reused_at=float(reused_at) if reused_at is not None else None,
+        )
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "_id": self.code_id,
+            "client_id": self.client_id,
+            "redirect_uri": self.redirect_uri,
+            "scope": self.scope,
+            "user_id": self.user_id,
+            "sid": self.sid,
+            "auth_time": self.auth_time,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "nonce": self.nonce,
+            "code_challenge": self.code_challenge,
+            "op_session": self.op_session,
+            "used_at": self.used_at,
+            "reused_at": self.reused_at,
+            "purge_at": _date(self.expires_at + CODE_KEEP_SECONDS),
+        }
+
+
+class OidcCodeStore:
+    """Authorization codes by keyed hash; spending one is one conditional update."""
+
+    def __init__(self, db: Database) -> None:
+        self._codes = db[OIDC_CODES]
+
+    async def insert(self, code: OidcCode) -> None:
+        await self._codes.insert_one(code.to_doc())
+
+    async def get(self, code_id: str) -> OidcCode | None:
+        doc = await self._codes.find_one({"_id": code_id})
+        return OidcCode.from_doc(doc) if doc else None
+
+    async def spend(self, code_id: str, now: float) -> OidcCode | None:
+        """Mark the code used; the code as it was, or None when it is unknown or was used already."""
+        doc = await self._codes.find_one_and_update(
+            {"_id": code_id, "used_at": None},
+            {"$set": {"used_at": now}},
+            return_document=ReturnDocument.BEFORE,
+        )
+        return OidcCode.from_doc(doc) if doc else None
+
+    async def mark_reused(self, code_id: str, now: float) -> None:
+        """Record that a used code came back (the exchange that spent it checks this before answering)."""
+        await self._codes.update_one({"_id": code_id, "reused_at": None}, {"$set": {"reused_at": now}})
+
+
+@dataclass(frozen=True, slots=True)
+class OpSession:
+    """The OP session of one browser (its cookie's keyed hash is ``op_id``): who logged in and when,
+    and the refresh families (``grants``: client and ``sid``) issued from it, for logout."""
+
+    op_id: str
+    user_id: str
+    auth_time: float
+    created_at: float
+    expires_at: float
+    ended_at: float | None = None
+    grants: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> OpSession:
+        ended_at = doc.get("ended_at")
+        return cls(
+            op_id=str(doc["_id"]),
+            user_id=str(doc["user_id"]),
+            auth_time=float(doc["auth_time"]),
+            created_at=float(doc["created_at"]),
+            expires_at=float(doc["expires_at"]),
+            ended_at=float(ended_at) if ended_at is not None else None,
+            grants=tuple((str(g["client_id"]), str(g["sid"])) for g in doc.get("grants", [])),
+        )
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "_id": self.op_id,
+            "user_id": self.user_id,
+            "auth_time": self.auth_time,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "ended_at": self.ended_at,
+            "grants": [{"client_id": client_id, "sid": sid} for client_id, sid in self.grants],
+            "purge_at": _date(self.expires_at),
+        }
+
+    def live(self, now: float) -> bool:
+        """Not ended and not past its lifetime."""
+        return self.ended_at is None and self.expires_at > now
+
+
+class OpSessionStore:
+    """OP sessions by the keyed hash of their cookie."""
+
+    def __init__(self, db: Database) -> None:
+        self._sessions = db[OP_SESSIONS]
+
+    async def insert(self, session: OpSession) -> bool:
+        """Store a new OP session; False when it exists (a retried scan login derives the same id)."""
+        try:
+            await self._sessions.insert_one(session.to_doc())
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def get(self, op_id: str) -> OpSession | None:
+        doc = await self._sessions.find_one({"_id": op_id})
+        return OpSession.from_doc(doc) if doc else None
+
+    async def add_grant(self, op_id: str, client_id: str, sid: str) -> None:
+        """Record a refresh family issued from the OP session."""
+        await self._sessions.update_one(
+            {"_id": op_id}, {"$addToSet": {"grants": {"client_id": client_id, "sid": sid}}}
+        )
+
+    async def end(self, op_id: str, now: float) -> OpSession | None:
+        """End the OP session; the session as it was, or None when unknown or ended already."""
+        doc = await self._sessions.find_one_and_update(
+            {"_id": op_id, "ended_at": None},
+            {"$set": {"ended_at": now}},
+            return_document=ReturnDocument.BEFORE,
+        )
+        return OpSession.from_doc(doc) if doc else None
+
+    async def by_sid(self, sid: str) -> OpSession | None:
+        """The OP session that issued the refresh family ``sid``."""
+        doc = await self._sessions.find_one({"grants.sid": sid})
+        return OpSession.from_doc(doc) if doc else None
+
+    async def live_of_user(self, user_id: str, now: float) -> list[OpSession]:
+        """The OP sessions of ``user_id`` that have not ended."""
+        cursor = self._sessions.find({"user_id": user_id, "ended_at": None})
+        return [s for doc in [d async for d in cursor] if (s := OpSession.from_doc(doc)).live(now)]

@@ -42,10 +42,10 @@ def kid(token: str) -> str:
     return str(jwt.get_unverified_header(token)["kid"])
 
 
-async def published(stack: IdentityStack) -> list[str]:
+async def published(stack: IdentityStack, alg: str = "EdDSA") -> list[str]:
     status, document = await stack.request("GET", "/.well-known/jwks.json")
     assert status == 200
-    return [k["kid"] for k in document["keys"]]
+    return [k["kid"] for k in document["keys"] if k["alg"] == alg]
 
 
 def site_verifies(gateway: str, token: str, audience: str, issuer: str) -> dict[str, Any]:
@@ -106,8 +106,10 @@ async def test_rotating_again_before_the_previous_key_aged_out_needs_force(stack
         await rotate_keys(store, sealer, now=time.time(), min_age=900)
     later = await rotate_keys(store, sealer, now=time.time() + 901, min_age=900)
     assert later.previous == first.current and later.retired == [first.previous]
-    statuses = {r.kid: r.status for r in await store.all()}
+    statuses = {r.kid: r.status for r in await store.all() if r.alg == "EdDSA"}
     assert statuses == {first.previous: "retired", first.current: "previous", later.current: "current"}
+    rsa = [r.status for r in await store.all() if r.alg == "RS256"]
+    assert rsa == ["current"]  # an Ed25519 rotation leaves the RSA key alone
 
 
 def _keys_cli(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
@@ -134,20 +136,30 @@ async def test_the_keys_command_rotates_and_retires_in_the_configured_database(
     try:
         code, out, _ = await asyncio.to_thread(_keys_cli, ["rotate"], env)
         assert code == 0, out
-        first = json.loads(out)
-        assert first["previous"] is None and [k["status"] for k in first["keys"]] == ["current"]
+        first = {r["alg"]: r for r in json.loads(out)["rotated"]}
+        assert set(first) == {"EdDSA", "RS256"}  # both kinds, from an empty database
+        assert all(r["previous"] is None for r in first.values())
+        assert sorted((k["alg"], k["status"]) for k in json.loads(out)["keys"]) == [
+            ("EdDSA", "current"),
+            ("RS256", "current"),
+        ]
 
-        code, out, _ = await asyncio.to_thread(_keys_cli, ["rotate"], env)
-        assert code == 0
-        second = json.loads(out)
-        assert second["previous"] == first["current"]
+        code, out, _ = await asyncio.to_thread(_keys_cli, ["rotate", "--alg", "RS256"], env)
+        assert code == 0, out
+        (second,) = json.loads(out)["rotated"]
+        assert second["alg"] == "RS256" and second["previous"] == first["RS256"]["current"]
 
         code, _, err = await asyncio.to_thread(_keys_cli, ["retire"], env)
-        assert code == 2 and "--force" in err
+        assert code == 2 and "--force" in err and "RS256" in err
 
         code, out, _ = await asyncio.to_thread(_keys_cli, ["retire", "--force"], env)
         assert code == 0
+        assert json.loads(out)["retired"] == {"EdDSA": [], "RS256": [first["RS256"]["current"]]}
         listed = {k["kid"]: k["status"] for k in json.loads(out)["keys"]}
-        assert listed == {first["current"]: "retired", second["current"]: "current"}
+        assert listed == {
+            first["EdDSA"]["current"]: "current",
+            first["RS256"]["current"]: "retired",
+            second["current"]: "current",
+        }
     finally:
         await drop_database(make_settings(mongo_url=mongo_server.url, mongo_db=f"t_{unique}"))

@@ -13,7 +13,14 @@ import os
 import pytest
 
 from services.session.errors import RefreshInvalid, RefreshReused, SessionEnded
-from services.session.refresh import KEYED_PREFIX, RefreshFamilies, keyed_id, record_mac, sha256_hex
+from services.session.refresh import (
+    KEYED_PREFIX,
+    Binding,
+    RefreshFamilies,
+    keyed_id,
+    record_mac,
+    sha256_hex,
+)
 from services.session.store import RefreshRecord
 
 TTL, GRACE = 30 * 86400.0, 10.0
@@ -51,6 +58,10 @@ class DictStore:
     async def family_owner(self, family: str) -> str | None:
         await asyncio.sleep(0)
         return next((r.user_id for r in self.records.values() if r.family == family), None)
+
+    async def family_record(self, family: str) -> RefreshRecord | None:
+        await asyncio.sleep(0)
+        return next((r for r in self.records.values() if r.family == family), None)
 
     async def revoke_family(self, family: str, reason: str, now: float) -> int:
         await asyncio.sleep(0)
@@ -303,3 +314,60 @@ def test_successors_depend_on_the_server_key(store: DictStore) -> None:
 def test_a_short_successor_key_is_refused(store: DictStore) -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         RefreshFamilies(store, b"short", ttl=TTL, grace=GRACE)
+
+
+# --- clients and OpenID Connect grants ----------------------------------------------------------------
+
+OIDC_A = Binding("site-a", "openid profile", 999_000.0)
+
+
+async def test_a_family_keeps_its_client_and_grant_through_rotations(families: RefreshFamilies) -> None:
+    grant = await families.start("u_1", family="fam_of_the_code", binding=OIDC_A)
+    assert grant.family == "fam_of_the_code"
+    for _ in range(3):
+        grant = await families.rotate(grant.token, oidc_client="site-a")
+    assert grant.binding == OIDC_A and grant.family == "fam_of_the_code"
+    record = await families.live_family("fam_of_the_code")
+    assert record is not None and (record.client_id, record.scope, record.auth_time) == (
+        "site-a",
+        "openid profile",
+        999_000.0,
+    )
+
+
+async def test_the_token_endpoint_refuses_another_clients_refresh_token_and_spends_nothing(
+    families: RefreshFamilies, store: DictStore
+) -> None:
+    grant = await families.start("u_1", binding=OIDC_A)
+    with pytest.raises(RefreshInvalid, match="another client"):
+        await families.rotate(grant.token, oidc_client="site-b")
+    assert [r.rotated_at for r in store.records.values()] == [None]
+    assert (await families.rotate(grant.token, oidc_client="site-a")).family == grant.family
+
+
+async def test_browser_api_and_token_endpoint_tokens_do_not_cross(families: RefreshFamilies) -> None:
+    oidc = await families.start("u_1", binding=OIDC_A)
+    browser = await families.start("u_1", binding=Binding("site-a"))
+    with pytest.raises(RefreshInvalid):  # /api/token/refresh: an OIDC token would lose its scope
+        await families.rotate(oidc.token)
+    with pytest.raises(RefreshInvalid):  # the token endpoint: not a grant of the code flow
+        await families.rotate(browser.token, oidc_client="site-a")
+    assert (await families.rotate(browser.token)).binding.client_id == "site-a"
+
+
+async def test_a_stored_token_moved_to_another_client_is_refused(
+    families: RefreshFamilies, store: DictStore
+) -> None:
+    grant = await families.start("u_1", binding=OIDC_A)
+    (token_hash,) = store.records
+    store.records[token_hash] = dataclasses.replace(store.records[token_hash], client_id="site-b")
+    with pytest.raises(RefreshInvalid):
+        await families.rotate(grant.token, oidc_client="site-b")
+
+
+async def test_a_revoked_family_is_not_live(families: RefreshFamilies) -> None:
+    grant = await families.start("u_1", binding=OIDC_A)
+    assert await families.live_family(grant.family) is not None
+    await families.revoke(grant.family, "logout")
+    assert await families.live_family(grant.family) is None
+    assert await families.live_family("never-issued") is None
