@@ -58,6 +58,9 @@ DEPENDS_ON: dict[str, tuple[str, ...]] = {
 }
 # Callers before callees, like compose stops dependants first: nothing calls a stopped service.
 STOP_ORDER = ("gateway", "webhook", "qrcode", "session", "token")
+# Replicas a library caller gets of a service it does not name: the webhook service (optional: only
+# sites with webhook endpoints need it) runs only when asked; ``launch`` asks for one by default.
+DEFAULT_REPLICAS = {"token": 1, "qrcode": 1, "session": 1, "gateway": 1, "webhook": 0}
 
 
 def start_tiers() -> list[list[str]]:
@@ -226,7 +229,7 @@ class Launcher:
         unknown = set(counts) - set(SERVICES)
         if unknown:
             raise ValueError(f"unknown service(s): {', '.join(sorted(unknown))}")
-        self.counts = {name: counts.get(name, 1) for name in SERVICES}
+        self.counts = {name: counts.get(name, DEFAULT_REPLICAS[name]) for name in SERVICES}
         self.env: dict[str, str] = dict(env or {})
         self.service_env = {name: dict(values) for name, values in (service_env or {}).items()}
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="wxlogin-launch-"))

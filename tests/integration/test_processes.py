@@ -31,7 +31,7 @@ def cluster(
     amqp_base_url: str, mongo_server: EmbeddedMongo, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
     running = start_cluster(
-        {"gateway": 2, "qrcode": 2, "session": 1, "token": 1},
+        {"gateway": 2, "qrcode": 2, "session": 1, "token": 1, "webhook": 1},
         amqp_base_url=amqp_base_url,
         mongo=mongo_server,
         workdir=tmp_path_factory.mktemp("processes"),
@@ -45,7 +45,13 @@ def cluster(
 
 def test_every_replica_is_its_own_process(cluster: Cluster) -> None:
     replicas = cluster.launcher.replicas()
-    assert Counter(r.service for r in replicas) == {"gateway": 2, "qrcode": 2, "session": 1, "token": 1}
+    assert Counter(r.service for r in replicas) == {
+        "gateway": 2,
+        "qrcode": 2,
+        "session": 1,
+        "token": 1,
+        "webhook": 1,
+    }
     assert len({r.pid for r in replicas}) == len(replicas) and all(r.running for r in replicas)
     assert len({r.port for r in replicas}) == len(replicas)
 
@@ -130,8 +136,9 @@ def test_every_binding_the_running_services_made_is_allowed_by_their_broker_user
     made = [(src, dst) for src, dst, kind in bindings(cluster.users.vhost) if dst.startswith(prefix) and src]
     owners = Counter(dst[len(prefix) :].split(".", 1)[0] for _, dst in made)
     # token binds token.invalidated, qrcode and session their token broadcast queues (session needs the
-    # access_token for phone numbers), each gateway its push queue and its signing-key queue.
-    assert set(owners) == {"token", "qrcode", "session", "gateway"}
+    # access_token for phone numbers), each gateway its push queue and its signing-key queue, the
+    # webhook service its durable queue of each event it turns into webhooks.
+    assert set(owners) == {"token", "qrcode", "session", "gateway", "webhook"}
     for source, destination in made:
         owner = destination[len(prefix) :].split(".", 1)[0]
         permissions = cluster.users.permissions[owner]
