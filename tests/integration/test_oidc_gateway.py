@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,9 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aiohttp
 import pytest
+import pytest_asyncio
 
+from services.gateway.origins import origin_of
 from shared.bus import MemoryBroker
 from shared.clients import hash_secret
 from shared.config import Settings
@@ -43,57 +48,109 @@ clients:
     site_name: SPA B
     redirect_uris: ["{SPA}/cb"]
     web_origins: ["{SPA}"]
+  - client_id: site-ed
+    client_secret_hash: "{hash_secret(SECRET)}"
+    site_name: Ed
+    redirect_uris: ["{RP}/ed"]
+    id_token_signed_response_alg: EdDSA
 """
 CHALLENGE = base64.urlsafe_b64encode(b"\x01" * 32).decode().rstrip("=")  # the shape of an S256 challenge
 
 
 @dataclass
 class Op:
-    """The running stack, its issuer and an HTTP client that follows no redirects."""
+    """The running stack, its issuer and an HTTP client that follows no redirects (and keeps no
+    cookies: a test sends the OP session cookie itself)."""
 
     system: System
     sim: Sim
     settings: Settings
     http: aiohttp.ClientSession
+    base: str  # where the gateway listens (the issuer, unless the issuer is a public https URL)
 
     @property
     def issuer(self) -> str:
         return self.settings.issuer
 
     async def get(self, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
-        resp = await self.http.get(f"{self.issuer}{path}", allow_redirects=False, **kwargs)
+        resp = await self.http.get(f"{self.base}{path}", allow_redirects=False, **kwargs)
         await resp.read()
         return resp
 
     async def post(self, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
-        resp = await self.http.post(f"{self.issuer}{path}", allow_redirects=False, **kwargs)
+        resp = await self.http.post(f"{self.base}{path}", allow_redirects=False, **kwargs)
         await resp.read()
         return resp
 
 
-@pytest.fixture
-async def op(mongo_server: EmbeddedMongo, unique: str, tmp_path: Path) -> AsyncIterator[Op]:
+# One stack serves the module's tests (each uses its own phone and user), so the per-IP limits are
+# off there; test_the_oauth_endpoints_answer_a_rate_limit_in_their_own_format has its own.
+NO_LIMITS: dict[str, Any] = {
+    **{f"limit_{kind}_per_ip_per_minute": 0 for kind in ("issue", "mp", "ws", "poll", "login", "session")},
+    "limit_user_per_minute": 0,
+    "limit_issue_prefix_share_percent": 100,
+}
+
+
+async def running_op(
+    mongo: EmbeddedMongo, tmp_path: Path, *, issuer: str | None = None, **overrides: Any
+) -> Op:
     clients = tmp_path / "clients.yaml"
     clients.write_text(CLIENTS_YAML, encoding="utf-8")
     port = free_port()
     base = make_settings(
-        mongo_url=mongo_server.url,
-        mongo_db=f"t_{unique}",
+        mongo_url=mongo.url,
+        mongo_db=f"t_{uuid.uuid4().hex[:10]}",
         clients_file=str(clients),
-        issuer_url=f"http://127.0.0.1:{port}",
+        issuer_url=issuer or f"http://127.0.0.1:{port}",
         code_pool_size=2,
+        **overrides,
     )
     sim = await start_sim(base)
     settings = base.model_copy(update={"wechat_api_base": sim.url})
     system = await System(settings).start(broker=MemoryBroker(), ports={"gateway": port})
-    http = aiohttp.ClientSession()
+    jar = aiohttp.DummyCookieJar()
+    return Op(system, sim, settings, aiohttp.ClientSession(cookie_jar=jar), f"http://127.0.0.1:{port}")
+
+
+async def stop_op(op: Op) -> None:
+    await op.http.close()
+    await op.system.stop()
+    await op.sim.stop()
+    await drop_database(op.settings)
+
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def op(mongo_server: EmbeddedMongo, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Op]:
+    running = await running_op(mongo_server, tmp_path_factory.mktemp("op"), **NO_LIMITS)
     try:
-        yield Op(system, sim, settings, http)
+        yield running
     finally:
-        await http.close()
-        await system.stop()
-        await sim.stop()
-        await drop_database(settings)
+        await stop_op(running)
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def https_op(mongo_server: EmbeddedMongo, tmp_path: Path) -> AsyncIterator[Op]:
+    """An OP whose issuer is a public https URL (as behind a TLS-terminating load balancer)."""
+    running = await running_op(mongo_server, tmp_path, issuer="https://login.example.test")
+    try:
+        yield running
+    finally:
+        await stop_op(running)
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def limited_op(mongo_server: EmbeddedMongo, tmp_path: Path) -> AsyncIterator[Op]:
+    """An OP with small per-IP limits."""
+    limits: dict[str, Any] = {f"limit_{kind}_per_ip_burst": 2 for kind in ("login", "session")}
+    running = await running_op(mongo_server, tmp_path, **limits)
+    try:
+        yield running
+    finally:
+        await stop_op(running)
 
 
 def authorize_query(**overrides: str | None) -> str:
@@ -289,6 +346,17 @@ async def test_the_hosted_page_shows_the_client_in_either_language_and_runs_no_i
     assert [s.get("src") for s in parsed.scripts] == ["/sdk/wxlogin.js", "/static/oidc-login.js"]
     assert parsed.script_bodies == [] and parsed.inline_handlers == []
     assert parsed.attrs["data-client-id"] == "site-a"
+    # The user may decline: a link back to the client with access_denied, state and iss.
+    found = re.search(r'<p class="cancel"><a href="([^"]+)">取消登录</a>', html)
+    assert found is not None
+    declined = urlsplit(unescape(found.group(1)))
+    assert f"{declined.scheme}://{declined.netloc}{declined.path}" == f"{RP}/cb"
+    assert parse_qs(declined.query) | {"error_description": []} == {
+        "error": ["access_denied"],
+        "error_description": [],
+        "state": ["st-123"],
+        "iss": [op.issuer],
+    }
     params = json.loads(parsed.attrs["data-params"])
     assert params["state"] == "st-123" and params["nonce"] == "n-456"
     policy = csp(resp)
@@ -548,3 +616,156 @@ async def test_a_code_is_issued_for_a_registered_client_from_its_origins_or_the_
     assert token_preflight.headers["Access-Control-Allow-Origin"] == SPA
     foreign = await op.post("/oidc/token", data=CODE_GRANT, headers={"Origin": "https://evil.example.com"})
     assert foreign.status == 401 and "Access-Control-Allow-Origin" not in foreign.headers
+
+
+# --- with a scan login: the cookie, userinfo, logout and revocation with real tokens ---------------
+
+
+async def hosted_login(op: Op, **overrides: str | None) -> aiohttp.ClientResponse:
+    """What the hosted page does, by hand: a code for the client from the issuer's own origin, the
+    phone scans and confirms, then ``/oidc/authorize/complete`` with the authorization request."""
+    params = {k: v[0] for k, v in parse_qs(authorize_query(**overrides)).items()}
+    own = {"Origin": origin_of(op.issuer)}
+    issued = await op.post("/api/login/qrcode", json={"client_id": params["client_id"]}, headers=own)
+    assert issued.status == 201, await issued.text()
+    scene = (await issued.json())["scene"]
+    phone = Phone(op.http, op.base, op.sim.url)
+    await phone.register()
+    assert (await phone.scan(scene))["site"] in ("站点甲", "Ed")
+    await phone.confirm(scene)
+    ticket = (await issued.json())["ticket"]
+    return await op.post(
+        "/oidc/authorize/complete", json={"scene": scene, "ticket": ticket, "params": params}, headers=own
+    )
+
+
+def op_cookie(resp: aiohttp.ClientResponse) -> tuple[str, str, dict[str, str]]:
+    """The OP session cookie a response sets: name, value, attributes (lower-case names)."""
+    (header,) = resp.headers.getall("Set-Cookie")
+    pair, *attributes = [part.strip() for part in header.split(";")]
+    name, _, value = pair.partition("=")
+    attrs = {}
+    for attribute in attributes:
+        key, _, val = attribute.partition("=")
+        attrs[key.lower()] = val
+    return name, value, attrs
+
+
+async def tokens_for(
+    op: Op, code: str, *, client_id: str = "site-a", redirect: str = f"{RP}/cb"
+) -> dict[str, Any]:
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect}
+    resp = await op.post("/oidc/token", data=form, headers=basic(client_id, SECRET))
+    body: dict[str, Any] = await resp.json()
+    assert resp.status == 200, body
+    assert resp.headers["Cache-Control"] == "no-store" and resp.headers["Pragma"] == "no-cache"
+    return body
+
+
+async def test_a_completed_scan_sets_the_op_session_cookie_and_sends_the_browser_back(op: Op) -> None:
+    resp = await hosted_login(op)
+    assert resp.status == 200
+    where = urlsplit((await resp.json())["redirect_to"])
+    query = parse_qs(where.query)
+    assert f"{where.scheme}://{where.netloc}{where.path}" == f"{RP}/cb"
+    assert query["state"] == ["st-123"] and query["iss"] == [op.issuer] and len(query["code"][0]) >= 32
+    name, value, attrs = op_cookie(resp)
+    assert name == "wxlogin_op"  # a plain-http issuer: no __Host- (browsers refuse it without Secure)
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43,}", value)
+    assert "httponly" in attrs and attrs["samesite"] == "Lax" and attrs["path"] == "/"
+    assert "secure" not in attrs and "domain" not in attrs
+    assert attrs["max-age"] == str(op.settings.session_max_seconds)
+    # The cookie gives the next authorization without a scan; prompt=login insists on one.
+    cookie = {"Cookie": f"{name}={value}"}
+    where_to, silent = redirect_params(
+        await op.get(f"/oidc/authorize?{authorize_query(prompt='none')}", headers=cookie)
+    )
+    assert where_to == f"{RP}/cb" and silent["state"] == "st-123" and "code" in silent
+    fresh = await op.get(f"/oidc/authorize?{authorize_query(prompt='login')}", headers=cookie)
+    assert fresh.status == 200 and fresh.content_type == "text/html"
+
+
+async def test_with_an_https_issuer_the_cookie_is_host_prefixed_and_secure(https_op: Op) -> None:
+    resp = await hosted_login(https_op)
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["redirect_to"].endswith("&iss=https%3A%2F%2Flogin.example.test")
+    name, _, attrs = op_cookie(resp)
+    assert name == "__Host-wxlogin_op"
+    assert "secure" in attrs and "httponly" in attrs and attrs["samesite"] == "Lax" and attrs["path"] == "/"
+    assert "domain" not in attrs
+    discovery = await (await https_op.get("/.well-known/openid-configuration")).json()
+    assert discovery["issuer"] == "https://login.example.test"
+    assert discovery["token_endpoint"] == "https://login.example.test/oidc/token"
+
+
+async def test_userinfo_answers_for_an_oidc_access_token_and_never_for_an_id_token(op: Op) -> None:
+    resp = await hosted_login(op)
+    code = parse_qs(urlsplit((await resp.json())["redirect_to"]).query)["code"][0]
+    tokens = await tokens_for(op, code)
+    bearer = {"Authorization": f"Bearer {tokens['access_token']}"}
+    got = await op.get("/oidc/userinfo", headers=bearer)
+    assert got.status == 200 and got.headers["Cache-Control"] == "no-store"
+    claims = await got.json()
+    assert next(iter(claims)) == "sub" and "preferred_username" in claims
+    posted = await op.post("/oidc/userinfo", data={"access_token": tokens["access_token"]})
+    assert posted.status == 200 and await posted.json() == claims
+    # An ID token is no access token: not at userinfo, not at the browser API.
+    for id_token in (tokens["id_token"], (await ed_tokens(op))["id_token"]):
+        refused = await op.get("/oidc/userinfo", headers={"Authorization": f"Bearer {id_token}"})
+        assert refused.status == 401 and await oauth_error(refused) == "invalid_token"
+        assert (await op.get("/api/me", headers={"Authorization": f"Bearer {id_token}"})).status == 401
+
+
+async def ed_tokens(op: Op) -> dict[str, Any]:
+    """Tokens of the client whose ID tokens are EdDSA (signed by the keys that sign access tokens)."""
+    resp = await hosted_login(op, client_id="site-ed", redirect_uri=f"{RP}/ed")
+    code = parse_qs(urlsplit((await resp.json())["redirect_to"]).query)["code"][0]
+    tokens = await tokens_for(op, code, client_id="site-ed", redirect=f"{RP}/ed")
+    header = json.loads(base64.urlsafe_b64decode(tokens["id_token"].split(".")[0] + "=="))
+    assert header["alg"] == "EdDSA"
+    return tokens
+
+
+async def test_logout_with_a_hint_ends_the_op_session_and_revocation_ends_a_refresh_token(op: Op) -> None:
+    resp = await hosted_login(op)
+    name, value, _ = op_cookie(resp)
+    cookie = {"Cookie": f"{name}={value}"}
+    code = parse_qs(urlsplit((await resp.json())["redirect_to"]).query)["code"][0]
+    tokens = await tokens_for(op, code)
+    revoked = await op.post(
+        "/oidc/revoke", data={"token": tokens["refresh_token"], "token_type_hint": "refresh_token"},
+        headers=basic("site-a", SECRET),
+    )  # fmt: skip
+    assert revoked.status == 200
+    refresh = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
+    again = await op.post("/oidc/token", data=refresh, headers=basic("site-a", SECRET))
+    assert again.status == 400 and await oauth_error(again) == "invalid_grant"
+    # RP-initiated logout with the ID token as hint: back to the registered URI, cookie cleared...
+    query = urlencode(
+        {"id_token_hint": tokens["id_token"], "post_logout_redirect_uri": f"{RP}/bye", "state": "s9"}
+    )
+    out = await op.get(f"/oidc/logout?{query}", headers=cookie)
+    where, params = redirect_params(out)
+    assert where == f"{RP}/bye" and params == {"state": "s9"}
+    assert "Max-Age=0" in out.headers["Set-Cookie"]
+    # ...and the OP session is over: the old cookie no longer logs in silently.
+    _, silent = redirect_params(
+        await op.get(f"/oidc/authorize?{authorize_query(prompt='none')}", headers=cookie)
+    )
+    assert silent["error"] == "login_required"
+    # A hint for one client does not open another's redirect URI.
+    elsewhere = urlencode({"id_token_hint": tokens["id_token"], "post_logout_redirect_uri": f"{SPA}/cb"})
+    assert (await op.get(f"/oidc/logout?{elsewhere}")).status == 400
+
+
+async def test_the_oauth_endpoints_answer_a_rate_limit_in_their_own_format(limited_op: Op) -> None:
+    """Past the per-IP limit (``session`` here, burst 2): 429 ``temporarily_unavailable`` with
+    Retry-After, in the OAuth format; the authorization endpoint counts in ``login``."""
+    answers = [await limited_op.post("/oidc/token", data=CODE_GRANT) for _ in range(3)]
+    assert [a.status for a in answers] == [401, 401, 429]
+    assert await oauth_error(answers[-1]) == "temporarily_unavailable"
+    assert int(answers[-1].headers["Retry-After"]) >= 1
+    userinfo = await limited_op.get("/oidc/userinfo", headers={"Authorization": "Bearer a.b.c"})
+    assert userinfo.status == 429 and await oauth_error(userinfo) == "temporarily_unavailable"
+    pages = [await limited_op.get(f"/oidc/authorize?{authorize_query()}") for _ in range(3)]
+    assert [p.status for p in pages] == [200, 200, 429]
