@@ -103,6 +103,9 @@ def credentials_problem(settings: Settings) -> str | None:
 # Services that talk to WeChat (the gateway does not); which show the site name (on the phone).
 _WECHAT_SERVICES = frozenset({"token", "qrcode", "session"})
 _SITE_SERVICES = frozenset({"qrcode", "gateway"})
+# Services that compute the subjects sites see; that issue or check the issuer's tokens.
+_SUBJECT_SERVICES = frozenset({"session", "webhook"})
+_ISSUER_SERVICES = frozenset({"session", "gateway"})
 DEMO_SITE_NAME = "wxlogin demo"
 
 
@@ -138,6 +141,16 @@ def production_problems(service: str, settings: Settings) -> list[str]:
         problems.append(
             "WXLOGIN_SITE_NAME is the demo's: set your site's name, shown on the phone before the user "
             "confirms"
+        )
+    if service in _SUBJECT_SERVICES and not settings.subject_key.get_secret_value():
+        problems.append(
+            "WXLOGIN_SUBJECT_KEY is empty: set it once (base64 of 32 random bytes) and never change it; "
+            "it keys the subjects and usernames the sites see"
+        )
+    if service in _ISSUER_SERVICES and urlsplit(settings.issuer).scheme != "https":
+        problems.append(
+            f"WXLOGIN_ISSUER_URL={settings.issuer_url or '(empty)'}: set the public https URL of the "
+            "gateway (https://login.example.com); OpenID Connect requires an https issuer"
         )
     return problems
 

@@ -16,6 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def run(tmp_path: Path, service: str, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("WXLOGIN_")}
     clean.update(PYTHONPATH=str(ROOT), WXLOGIN_AMQP_URL="amqp://127.0.0.1:1/", WXLOGIN_BUS_KEY=generate_key())
+    # What these tests are not about is set as production wants it.
+    clean.update(WXLOGIN_SUBJECT_KEY=generate_key(), WXLOGIN_ISSUER_URL="https://login.example.com")
     return subprocess.run(
         [sys.executable, "-m", "services", "run", service],
         cwd=tmp_path,

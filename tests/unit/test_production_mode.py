@@ -15,6 +15,8 @@ REAL = {
     "wechat_api_base": "https://api.weixin.qq.com",
     "allowed_origins": "https://www.example.com",
     "site_name": "Example 示例",
+    "subject_key": "A" * 43 + "=",
+    "issuer_url": "https://login.example.com",
 }
 
 
@@ -35,6 +37,9 @@ def test_a_real_configuration_passes(service: str) -> None:
         ),
         ({"allowed_origins": "*"}, {"gateway"}, "WXLOGIN_ALLOWED_ORIGINS"),
         ({"site_name": "wxlogin demo"}, {"qrcode", "gateway"}, "WXLOGIN_SITE_NAME"),
+        ({"subject_key": ""}, {"session"}, "WXLOGIN_SUBJECT_KEY"),
+        ({"issuer_url": ""}, {"session", "gateway"}, "WXLOGIN_ISSUER_URL"),
+        ({"issuer_url": "http://login.example.com"}, {"session", "gateway"}, "WXLOGIN_ISSUER_URL"),
     ],
 )
 def test_each_demo_value_is_refused_in_one_line_by_the_services_it_matters_to(
@@ -52,7 +57,8 @@ def test_each_demo_value_is_refused_in_one_line_by_the_services_it_matters_to(
 
 def test_the_defaults_are_the_demo_and_refused_outside_it() -> None:
     defaults = make_settings(wechat_api_base="https://api.weixin.qq.com")
-    assert len(production_problems("session", defaults)) == 1  # the development AppID
+    # the development AppID, no subject key, no https issuer
+    assert len(production_problems("session", defaults)) == 3
     assert len(production_problems("qrcode", defaults)) == 2  # and the demo site name
     assert production_problems("gateway", make_settings(demo=True, allowed_origins="*")) == []
 
