@@ -431,7 +431,9 @@ class SceneHandlers:
                     reason=again.cancel_reason,
                 )
             raise await self._refusal(request.scene, "cancel", request.scan_hash)
-        await self._publisher.publish(SceneCancelledEvent(scene=scene.id, reason=request.reason))
+        await self._publisher.publish(
+            SceneCancelledEvent(scene=scene.id, reason=request.reason, client_id=scene.client_id)
+        )
         self._metrics.cancelled.inc()
         log.info("scene_cancelled", reason=request.reason)
         return SceneStatus(
@@ -598,7 +600,9 @@ class SceneHandlers:
 
     async def _announce_expired(self, scene: Scene) -> None:
         # Whether a phone had scanned it: the webhook service reports only those as failed logins.
-        event = SceneExpiredEvent(scene=scene.id, scanned=scene.scan_hash is not None)
+        event = SceneExpiredEvent(
+            scene=scene.id, client_id=scene.client_id, scanned=scene.scan_hash is not None
+        )
         try:
             await self._publisher.publish(event)
         except Exception:  # the bus is down: the scene stays unannounced and is retried

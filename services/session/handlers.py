@@ -22,6 +22,7 @@ from services.session.errors import (
     PhoneCodeInvalid,
     PhoneTaken,
     PhoneUnavailable,
+    RefreshReused,
     UnionIdTaken,
     UserBlocked,
     UserNotFound,
@@ -53,6 +54,7 @@ from shared.messages import (
     DecryptedData,
     EndSession,
     EnterLoginCode,
+    Event,
     GetJwks,
     GetSceneStatus,
     Identified,
@@ -63,9 +65,11 @@ from shared.messages import (
     LoginConfirmed,
     LoginMiniProgram,
     PhoneBound,
+    PhoneNumberBound,
     RedeemScene,
     RefreshTokens,
     ScanLoginCode,
+    SessionRevoked,
     TokenPair,
     UserCreated,
 )
@@ -262,7 +266,8 @@ class SessionHandlers:
                 return ConfirmResult(scene=request.scene, state="confirmed")
             raise RemoteError(*_NOT_CONFIRMABLE[status.state])
         identity = await self._exchange(code, purpose)
-        return await self._confirm_for(request, identity, (await self._ensure_user(identity)).id)
+        user = await self._ensure_user(identity, client_id=status.client_id)
+        return await self._confirm_for(request, identity, user.id)
 
     async def _confirm_scanner(self, request: ConfirmLogin, purpose: str) -> ConfirmResult:
         """A confirm without a code: the code sent with the scan identified the phone.
@@ -276,7 +281,11 @@ class SessionHandlers:
             if exc.error_code not in ("scene_not_identified", "already_confirmed"):
                 raise
             identity = await self._scanner_identity(request, purpose)
-            user_id = (await self._ensure_user(identity)).id
+            # A user may be created now: user.created names the site of this login.
+            client_id = (
+                await self._scene_client(request) if exc.error_code == "scene_not_identified" else None
+            )
+            user_id = (await self._ensure_user(identity, client_id=client_id)).id
             if exc.error_code == "scene_not_identified":
                 return await self._confirm_for(request, identity, user_id)
             if not await self._confirmed_for(request.scene, user_id):
@@ -364,7 +373,12 @@ class SessionHandlers:
 
     async def refresh(self, request: RefreshTokens) -> TokenPair:
         """RPC ``session.refresh``: rotate the refresh token, issue a fresh access token."""
-        grant = await self._families.rotate(request.refresh_token.get_secret_value())
+        presented = request.refresh_token.get_secret_value()
+        try:
+            grant = await self._families.rotate(presented)
+        except RefreshReused:  # the family was revoked as stolen: its site is told
+            await self._announce_revoked(await self._families.family_of(presented), "reuse_detected")
+            raise
         user = await self._stores.users.get(grant.user_id)
         if user is None:
             raise UserNotFound()
@@ -376,14 +390,18 @@ class SessionHandlers:
         family: str | None = None
         if request.everywhere:
             owner: str | None = None
+            asking: str | None = None  # the session that asked
             if request.sid and request.user_id:
                 await self._families.check_live(request.sid, request.user_id)
-                owner = request.user_id
+                owner, asking = request.user_id, request.sid
             elif request.refresh_token is not None:
                 owner = await self._families.live_owner(request.refresh_token.get_secret_value())
+                asking = await self._families.family_of(request.refresh_token.get_secret_value())
             if owner is None:
                 return LoggedOut(revoked=False)
             revoked = await self._families.revoke_user(owner, "logout_everywhere") > 0
+            if revoked:  # told to the site of the session that asked
+                await self._announce_revoked(asking, "logout_everywhere")
             if self._end_op_sessions is not None:  # OpenID Connect: the OP sessions, and their clients told
                 await self._end_op_sessions(owner)
             return LoggedOut(revoked=revoked)
@@ -394,7 +412,10 @@ class SessionHandlers:
             family = await self._families.family_of(request.refresh_token.get_secret_value())
         if family is None:
             return LoggedOut(revoked=False)  # unknown token: nothing to end, and nothing to reveal
-        return LoggedOut(revoked=await self._families.revoke(family, "logout"))
+        revoked = await self._families.revoke(family, "logout")
+        if revoked:
+            await self._announce_revoked(family, "logout")
+        return LoggedOut(revoked=revoked)
 
     async def jwks(self, _request: GetJwks) -> Jwks:
         """RPC ``session.jwks``: the public keys that verify access tokens."""
@@ -413,6 +434,7 @@ class SessionHandlers:
         code = request.code.get_secret_value()
         info = await self._phone_info(code, user.openid)
         phone = e164(info)
+        bound = False
         for _ in range(3):
             if user.phone == phone:
                 break
@@ -424,10 +446,15 @@ class SessionHandlers:
                 log.warning("phone_taken", user_id=user.id)
                 raise PhoneTaken() from None
             if changed:
+                bound = True
                 log.info("phone_bound", user_id=user.id, replaced=user.phone is not None)
             user = await self._must_get(user.id)
         else:
             raise WeChatUnavailable("the account changed during the request; try again", retry_after=1)
+        if bound:  # never the number itself: the site asks userinfo
+            await self._notify(
+                PhoneNumberBound(user_id=user.id, client_id=family.client_id if family else None)
+            )
         return PhoneBound(
             user=user.view(),
             access_token=SecretStr(
@@ -504,8 +531,9 @@ class SessionHandlers:
         user = await self._ensure_user(identity)
         return await self._note_login(identity, user.id) or user
 
-    async def _ensure_user(self, identity: Identity) -> User:
-        """The user of the identity's openid, created (and announced) the first time."""
+    async def _ensure_user(self, identity: Identity, *, client_id: str | None = None) -> User:
+        """The user of the identity's openid, created (and announced, naming the site of the login
+        that created it: ``client_id``) the first time."""
         try:
             user, created = await self._stores.users.ensure(identity.openid, identity.unionid, self._clock())
         except Taken:
@@ -514,7 +542,7 @@ class SessionHandlers:
             raise UnionIdTaken() from None
         if created:
             await self._publisher.publish(
-                UserCreated(user_id=user.id, openid=user.openid, unionid=user.unionid)
+                UserCreated(user_id=user.id, openid=user.openid, unionid=user.unionid, client_id=client_id)
             )
             log.info("user_created", user_id=user.id)
         if identity.unionid and user.unionid != identity.unionid:
@@ -608,6 +636,30 @@ class SessionHandlers:
         family = self._families.family_for(mp_login_seed(code_hash))
         if await self._families.revoke(family, "code_reuse"):
             log.warning("code_reuse_session_revoked", security=True, family=family)
+            await self._announce_revoked(family, "code_reuse")
+
+    async def _announce_revoked(self, family: str | None, reason: str) -> None:
+        """``session.revoked`` for a family just ended, naming its user and client (the site's webhooks)."""
+        record = await self._families.family_record(family) if family else None
+        if record is not None:
+            await self._notify(
+                SessionRevoked(
+                    user_id=record.user_id, sid=record.family, client_id=record.client_id, reason=reason
+                )
+            )
+
+    async def _notify(self, event: Event) -> None:
+        """Publish a notice of a change already made: the bus being down must not undo or fail it (a
+        lost notice is logged)."""
+        try:
+            await self._publisher.publish(event)
+        except ServiceError as exc:
+            log.warning("event_not_announced", type=event.TYPE, error_code=exc.error_code)
+
+    async def _scene_client(self, request: ConfirmLogin) -> str | None:
+        """The client the scene being confirmed belongs to."""
+        status = await self._bus.call(GetSceneStatus(scene=request.scene, scan_hash=request.scan_hash))
+        return status.client_id
 
     async def _await_claim(self, code_hash: str, use: CodeUse) -> Identity:
         deadline = time.monotonic() + self._claim_wait

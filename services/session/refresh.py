@@ -312,6 +312,11 @@ class RefreshFamilies:
             return None
         return record
 
+    async def family_record(self, family: str) -> RefreshRecord | None:
+        """A stored record of ``family`` (its user and client), live or not: whose session a
+        revocation ended."""
+        return await self._store.family_record(family)
+
     async def check_live(self, family: str, user_id: str) -> None:
         """Raise :class:`SessionEnded` unless ``family`` is ``user_id``'s and not revoked."""
         owner = await self._store.family_owner(family)

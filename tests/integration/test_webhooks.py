@@ -29,6 +29,8 @@ from shared.messages import (
 )
 from shared.mongo import EmbeddedMongo
 from shared.subjects import subject, subject_key
+from sim.phone import Phone
+from tests.integration.identity_stack import identity_stack
 from tests.integration.webhook_support import (
     BLOG_SECRET,
     Receiver,
@@ -38,7 +40,7 @@ from tests.integration.webhook_support import (
     webhook_settings,
     whsec,
 )
-from tests.support import drop_database, eventually
+from tests.support import ORIGIN, Browser, drop_database, eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -411,3 +413,125 @@ async def test_a_client_sees_and_replays_only_its_own_deliveries_and_the_cli_doe
     finally:
         await service.stop()
         await drop_database(service.settings)
+
+
+class RecordingPhone(Phone):
+    """The simulated phone, keeping every wx.login and getPhoneNumber code it was given."""
+
+    codes: list[str]
+
+    async def wx_login(self) -> str:
+        code = await super().wx_login()
+        self.codes.append(code)
+        return code
+
+    async def phone_number_code(self) -> str:
+        code = await super().phone_number_code()
+        self.codes.append(code)
+        return code
+
+
+async def test_real_logins_phone_binding_and_revocations_reach_the_site_with_no_secret_in_them(
+    tmp_path: Path, mongo_server: EmbeddedMongo, amqp_base_url: str, unique: str, receiver: Receiver
+) -> None:
+    """The whole system over RabbitMQ: every producer of the events a site receives."""
+    import jwt
+    import yaml
+
+    clients = tmp_path / "clients.yaml"
+    default_site = {
+        "client_id": "wxlogin-site",  # logins that name no client: the default client's
+        "site_name": "Shop",
+        "web_origins": [ORIGIN],
+        "webhooks": [{"id": "main", "url": receiver.url, "secret_envs": ["HOOK"]}],
+    }
+    clients.write_text(yaml.safe_dump({"clients": [default_site]}))
+    hooks = {
+        "clients_file": str(clients),
+        "webhook_http_hosts": "127.0.0.1",
+        "webhook_allowed_networks": "127.0.0.1",
+        "webhook_poll_seconds": 0.1,
+    }
+    async with identity_stack("amqp", mongo_server, amqp_base_url, unique, **hooks) as stack:
+        service = await WebhookService(stack.settings, {"HOOK": receiver.secrets[0]}).start()
+        secrets: list[str] = []
+        try:
+            phone = RecordingPhone(stack.http, stack.gateway, stack.sim.url)
+            phone.codes = []
+            openid = await phone.register(phone="13800138000")
+
+            async def scan_login() -> dict[str, object]:
+                browser = Browser(stack.http, stack.gateway)
+                await browser.issue()
+                await phone.scan(browser.scene)
+                await phone.confirm(browser.scene)
+                status, tokens = await browser.complete()
+                assert status == 200, tokens
+                secrets.extend([browser.ticket, phone.scan_tokens[browser.scene]])
+                secrets.extend([str(tokens["access_token"]), str(tokens["refresh_token"])])
+                return {**tokens, "scene": browser.scene}
+
+            first = await scan_login()  # a new user: user.created, login.succeeded
+            user_id = jwt.decode(str(first["access_token"]), options={"verify_signature": False})["sub"]
+            sid = jwt.decode(str(first["access_token"]), options={"verify_signature": False})["sid"]
+            code = await phone.phone_number_code()
+            status, bound = await stack.request(
+                "POST", "/api/mp/phone", {"code": code}, token=str(first["access_token"])
+            )
+            assert status == 200, bound
+            secrets.append(str(bound["access_token"]))
+            status, rotated = await stack.request(
+                "POST", "/api/token/refresh", {"refresh_token": first["refresh_token"]}
+            )
+            assert status == 200
+            secrets.extend([str(rotated["access_token"]), str(rotated["refresh_token"])])
+            await asyncio.sleep(stack.settings.refresh_grace_seconds + 0.2)
+            status, reused = await stack.request(
+                "POST", "/api/token/refresh", {"refresh_token": first["refresh_token"]}
+            )
+            assert (status, reused["error"]["code"]) == (401, "refresh_reused")  # revoked as stolen
+
+            second = await scan_login()  # the same user again, then a logout
+            second_sid = jwt.decode(str(second["access_token"]), options={"verify_signature": False})["sid"]
+            status, _ = await stack.request("POST", "/api/logout", token=str(second["access_token"]))
+            assert status == 204
+
+            declined = Browser(stack.http, stack.gateway)
+            await declined.issue()
+            await phone.scan(declined.scene)
+            await phone.cancel(declined.scene, reason="not_me")
+            secrets.extend([declined.ticket, phone.scan_tokens[declined.scene]])
+
+            await eventually(lambda: len(receiver.delivered()) >= 7, timeout=15)
+            await asyncio.sleep(0.3)
+        finally:
+            await service.stop()
+    delivered = receiver.delivered()
+    events = [(r.json()["type"], r.json()["data"]) for r in delivered]
+    assert sorted(t for t, _ in events) == [
+        "login.failed",
+        "login.succeeded",
+        "login.succeeded",
+        "phone.bound",
+        "session.revoked",
+        "session.revoked",
+        "user.created",
+    ]
+    site = {"client_id": "wxlogin-site", "sub": user_id}
+    assert ("user.created", site) in events
+    assert ("login.succeeded", {**site, "scene": first["scene"]}) in events
+    assert ("login.succeeded", {**site, "scene": second["scene"]}) in events
+    assert ("phone.bound", site) in events
+    assert ("session.revoked", {**site, "sid": sid, "reason": "reuse_detected"}) in events
+    assert ("session.revoked", {**site, "sid": second_sid, "reason": "logout"}) in events
+    assert (
+        "login.failed",
+        {"client_id": "wxlogin-site", "scene": declined.scene, "reason": "cancelled", "detail": "not_me"},
+    ) in events
+    assert all(all(r.verified.values()) for r in delivered)
+    # Thin payloads: no ticket, scan token, wx.login or phone code, token, openid or number in any body.
+    secrets.extend([*phone.codes, openid, "13800138000", "+8613800138000"])
+    bodies = b"\n".join(r.body for r in receiver.requests).decode()
+    assert len(secrets) > 15
+    leaked = [s for s in secrets if s and s in bodies]
+    assert not leaked, f"{len(leaked)} secrets in webhook bodies"
