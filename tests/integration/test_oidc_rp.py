@@ -758,6 +758,15 @@ async def test_logout_ends_the_session_and_calls_the_back_channel_with_a_valid_l
         # the OP session is gone: no silent login in this browser any more
         silent = await browser.open(rp.authorization_url(prompt="none"))
         assert silent.query.get("error") == "login_required", silent.query
+        # and what it gave the relying party is dead too
+        status, body, _ = await token_request(
+            op,
+            {"grant_type": "refresh_token", "refresh_token": token["refresh_token"]},
+            basic=(rp.rp.client_id, rp.rp.secret or ""),
+        )
+        oauth_error(status, body, "invalid_grant")
+        status, _, challenge = await rp.userinfo(token["access_token"])
+        assert status == 401 and 'error="invalid_token"' in challenge
 
         logout_token = await asyncio.wait_for(op.receiver.logout_tokens.get(), STEP)
         decoded = jwt.decode(logout_token, await op.jwks(), algorithms=["RS256", "EdDSA"])
