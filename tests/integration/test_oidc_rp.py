@@ -644,6 +644,35 @@ async def test_a_public_client_logs_in_with_pkce_alone(op: OP) -> None:
         oauth_error(status, body, "invalid_grant")
 
 
+async def test_a_confidential_client_without_pkce_or_nonce_logs_in(op: OP) -> None:
+    """What Logto, Casdoor (PKCE off) and Keycloak's default send: a secret, no PKCE, no nonce."""
+    rp_info = op.rps["authlib"]
+    async with op.browser() as browser, AuthlibRP(op, rp_info) as rp:
+        await scan_in(op, rp, browser, op.phone())
+        plain = AsyncOAuth2Client(
+            client_id=rp_info.client_id,
+            client_secret=rp_info.secret,
+            scope="openid profile",
+            redirect_uri=rp_info.redirect_uri,
+            token_endpoint_auth_method="client_secret_post",
+            timeout=STEP,
+        )
+        try:
+            url, state = plain.create_authorization_url(op.discovery["authorization_endpoint"])
+            assert "code_challenge" not in url and "nonce" not in url
+            outcome = await browser.open(url)
+            assert outcome.location is not None and "code" in outcome.query, outcome
+            token = dict(
+                await plain.fetch_token(
+                    op.discovery["token_endpoint"], authorization_response=outcome.location, state=state
+                )
+            )
+        finally:
+            await plain.aclose()
+        decoded = jwt.decode(token["id_token"], await op.jwks(), algorithms=["RS256"])
+        assert decoded.claims["aud"] == rp_info.client_id and "nonce" not in decoded.claims
+
+
 async def test_a_pairwise_client_gets_its_own_subject_and_an_eddsa_id_token_silently(op: OP) -> None:
     """The OP session serves a second client without a scan; a pairwise client sees its own ``sub``
     and username; an EdDSA id_token verifies against the same JWKS."""
