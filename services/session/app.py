@@ -191,6 +191,7 @@ def create_app(
             signer,
             bus,
             backchannel,
+            publisher=bus,
             issuer=settings.issuer,
             keys=oidc_keys(settings),
             subject_key=subjects,

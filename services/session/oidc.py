@@ -42,8 +42,9 @@ from services.session.errors import (
 )
 from services.session.refresh import Binding, Grant, RefreshFamilies
 from services.session.store import OidcCode, OpSession, RefreshRecord, User
-from shared.bus import Caller
+from shared.bus import Caller, Publisher
 from shared.clients import Client
+from shared.errors import ServiceError
 from shared.logging import bind_context, get_logger
 from shared.messages import (
     Authorize,
@@ -55,6 +56,7 @@ from shared.messages import (
     OpSessionEnded,
     RedeemScene,
     RevokeToken,
+    SessionRevoked,
     TokenRevoked,
     UserInfo,
 )
@@ -158,6 +160,7 @@ class OidcHandlers:
         signer: TokenSigner,
         bus: Caller,
         logout: LogoutNotifier,
+        publisher: Publisher | None = None,
         *,
         issuer: str,
         keys: Sequence[bytes],
@@ -176,6 +179,8 @@ class OidcHandlers:
         self._signer = signer
         self._bus = bus
         self._logout = logout
+        # session.revoked notices (the sites' webhooks); None: nobody is told (unit tests)
+        self._publisher = publisher
         self._issuer = issuer
         # The first key makes new ids; all are tried for OP sessions (a data key being rotated out).
         self._keys = tuple(keys)
@@ -213,6 +218,20 @@ class OidcHandlers:
 
     def _same_client(self, stored: str | None, client_id: str) -> bool:
         return (stored or self._clients.default.client_id) == client_id
+
+    async def _announce_revoked(self, sid: str, reason: str) -> None:
+        """``session.revoked`` for a family this service just ended (a notice after the change: a bus
+        that is down loses it, logged, and changes nothing)."""
+        if self._publisher is None:
+            return
+        record = await self._families.family_record(sid)
+        if record is None:
+            return
+        event = SessionRevoked(user_id=record.user_id, sid=sid, client_id=record.client_id, reason=reason)
+        try:
+            await self._publisher.publish(event)
+        except ServiceError as exc:
+            log.warning("event_not_announced", type=event.TYPE, error_code=exc.error_code)
 
     async def _op_session(self, op_session: str) -> OpSession | None:
         for op_id in self.op_ids(op_session):
@@ -343,7 +362,8 @@ class OidcHandlers:
         # A second use that arrived while this one ran revoked a family that did not exist yet.
         again = await self._codes.get(code_id)
         if again is not None and again.reused_at is not None:
-            await self._families.revoke(code.sid, "code_reuse")
+            if await self._families.revoke(code.sid, "code_reuse"):
+                await self._announce_revoked(code.sid, "code_reuse")
             raise InvalidGrant("the authorization code was used twice; its tokens are revoked")
         if code.op_session is not None:
             await self._op_sessions.add_grant(code.op_session, client.client_id, code.sid)
@@ -357,6 +377,8 @@ class OidcHandlers:
             return InvalidGrant("unknown or expired authorization code")
         await self._codes.mark_reused(code_id, now)  # first: an exchange still running then sees it
         revoked = await self._families.revoke(earlier.sid, "code_reuse")
+        if revoked:
+            await self._announce_revoked(earlier.sid, "code_reuse")
         log.warning(
             "authorization_code_reused",
             security=True,
@@ -475,11 +497,16 @@ class OidcHandlers:
         record = await self._families.live_family(sid)
         if record is None or (client_id is not None and not self._same_client(record.client_id, client_id)):
             return False
-        return await self._families.revoke(sid, "rp_logout")
+        if not await self._families.revoke(sid, "rp_logout"):
+            return False
+        await self._announce_revoked(sid, "logout")
+        return True
 
     async def _end_grants(self, session: OpSession, *, reason: str) -> None:
         for client_id, sid in session.grants:
-            await self._families.revoke(sid, reason)
+            if await self._families.revoke(sid, reason) and reason == "rp_logout":
+                # (a logout everywhere is announced once, by the session that asked for it)
+                await self._announce_revoked(sid, "logout")
             client = self._clients.get(client_id)
             if client is not None:
                 self._logout.notify(client, session.user_id, sid)
@@ -512,6 +539,8 @@ class OidcHandlers:
             )
             if family is not None:
                 revoked = await self._families.revoke(family, "revoked_by_client")
+                if revoked:
+                    await self._announce_revoked(family, "logout")
                 log.info("token_revoked", client=request.client_id, kind=kind, family=family, revoked=revoked)
                 return TokenRevoked(revoked=revoked)
         return TokenRevoked(revoked=False)

@@ -40,6 +40,7 @@ from shared.messages import (
     LoginConfirmed,
     OidcTokens,
     RevokeToken,
+    SessionRevoked,
 )
 from shared.mongo import EmbeddedMongo, free_port
 from shared.runtime import BUS
@@ -353,6 +354,10 @@ async def test_a_reused_code_is_refused_and_revokes_the_tokens_of_its_first_use(
         await mem.bus.call(GetUserInfo(client_id="site-a", sid=sid, scope="openid"))
     status, _ = await mem.stack.request("GET", "/api/me", token=tokens.access_token.get_secret_value())
     assert status == 200  # a 15-minute access token lives on, its session does not (userinfo, refresh)
+    assert mem.stack.broker is not None
+    await mem.stack.broker.drain()
+    revoked = [json.loads(d.body) for _, d in mem.stack.broker.published if d.type == SessionRevoked.TYPE]
+    assert [(e["sid"], e["client_id"], e["reason"]) for e in revoked] == [(sid, "site-a", "code_reuse")]
 
     # a code of another client, a wrong verifier, a different redirect_uri: invalid_grant
     for change in (

@@ -37,6 +37,7 @@ from shared.messages import (
     RedeemedScene,
     RedeemScene,
     RevokeToken,
+    SessionRevoked,
 )
 from shared.sealing import Sealer, generate_key
 from tests.unit.test_session_keys import DictKeys
@@ -154,6 +155,17 @@ class Qrcode:
         )
 
 
+class RecordingPublisher:
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    async def publish(self, event: Any) -> None:
+        self.events.append(event)
+
+    def revoked(self) -> list[tuple[str, str | None, str]]:
+        return [(e.sid, e.client_id, e.reason) for e in self.events if isinstance(e, SessionRevoked)]
+
+
 class RecordingLogout:
     def __init__(self) -> None:
         self.sent: list[tuple[str, str, str]] = []
@@ -174,6 +186,7 @@ class World:
     logout: RecordingLogout
     clock: Clock
     qrcode: Qrcode
+    publisher: RecordingPublisher
 
 
 @pytest.fixture
@@ -191,6 +204,7 @@ async def world() -> World:
     refresh = DictStore()
     families = RefreshFamilies(refresh, os.urandom(32), ttl=30 * 86400.0, grace=10.0, clock=clock)
     codes, op_sessions, logout, qrcode = DictCodes(), DictOpSessions(), RecordingLogout(), Qrcode()
+    publisher = RecordingPublisher()
     registry = ClientRegistry(Client(client_id="wxlogin-site", site_name="默认站点"), [SITE_A, SITE_B])
     handlers = OidcHandlers(
         registry,
@@ -201,13 +215,14 @@ async def world() -> World:
         signer,
         qrcode,
         logout,
+        publisher=publisher,
         issuer=ISSUER,
         keys=[os.urandom(32)],
         subject_key=bytes(range(32)),
         op_session_ttl=30 * 86400.0,
         clock=clock,
     )
-    return World(handlers, codes, op_sessions, refresh, families, signer, logout, clock, qrcode)
+    return World(handlers, codes, op_sessions, refresh, families, signer, logout, clock, qrcode, publisher)
 
 
 def ask(client: Client = SITE_A, **fields: Any) -> AuthorizationRequest:
@@ -302,6 +317,7 @@ async def test_a_reused_code_is_refused_and_revokes_what_it_issued(world: World)
         await world.handlers.token(exchange(code=code))
     sid = next(iter(world.codes.codes.values())).sid
     assert await world.families.live_family(sid) is None
+    assert world.publisher.revoked() == [(sid, "site-a", "code_reuse")]  # the site's webhooks are told
     with pytest.raises(InvalidGrant):  # its refresh token is dead too
         await world.handlers.token(
             ExchangeGrant(client_id="site-a", grant_type="refresh_token", refresh_token=first.refresh_token)
@@ -431,6 +447,9 @@ async def test_logout_ends_the_op_session_revokes_its_families_and_tells_the_cli
     ended = await world.handlers.end_session(EndOpSession(op_session=SecretStr(cookie)))
     assert ended.ended
     assert {(client, sid) for client, _, sid in world.logout.sent} == set(session.grants)
+    assert sorted(world.publisher.revoked()) == sorted(
+        (sid, client, "logout") for client, sid in session.grants
+    )
     assert [await world.families.live_family(sid) for sid in sids] == [None, None]
     with pytest.raises(LoginRequired):
         await world.handlers.authorize(Authorize(request=ask(SITE_B), op_session=SecretStr(cookie)))
@@ -453,6 +472,7 @@ async def test_logging_out_everywhere_ends_every_op_session_of_the_user(world: W
         await world.handlers.token(exchange(code=code))
     assert await world.handlers.end_user_sessions(USER.id) == 2
     assert len(world.logout.sent) == 2
+    assert world.publisher.revoked() == []  # announced once, by the session.logout that asked
     assert all(not s.live(world.clock()) for s in world.op_sessions.sessions.values())
 
 
