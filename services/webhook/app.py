@@ -96,8 +96,9 @@ def http_context(guard: UrlGuard) -> Callable[[web.Application], AsyncIterator[N
     """``cleanup_ctx``: the outbound HTTP session whose resolver is the SSRF guard."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
+        resolver = GuardedResolver(guard)
         session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(resolver=GuardedResolver(guard), limit=100, ttl_dns_cache=60),
+            connector=aiohttp.TCPConnector(resolver=resolver, limit=100, ttl_dns_cache=60),
             trust_env=False,  # no proxy from the environment: it would connect, not us
             raise_for_status=False,
         )
@@ -106,6 +107,7 @@ def http_context(guard: UrlGuard) -> Callable[[web.Application], AsyncIterator[N
             yield
         finally:
             await session.close()
+            await resolver.close()  # a resolver passed in is not the connector's to close
 
     return ctx
 
