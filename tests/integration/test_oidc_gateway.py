@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aiohttp
+import jwt
 import pytest
 import pytest_asyncio
 
@@ -769,3 +770,23 @@ async def test_the_oauth_endpoints_answer_a_rate_limit_in_their_own_format(limit
     assert userinfo.status == 429 and await oauth_error(userinfo) == "temporarily_unavailable"
     pages = [await limited_op.get(f"/oidc/authorize?{authorize_query()}") for _ in range(3)]
     assert [p.status for p in pages] == [200, 200, 429]
+
+
+async def test_a_login_of_the_browser_api_belongs_to_its_client_and_its_token_verifies_here(op: Op) -> None:
+    """The SDK with clientId: the code and the complete name the client; the access token's audience
+    is that client, which every gateway route accepts (KeySet: any registered client's audience)."""
+    site = {"Origin": SPA}
+    issued = await (await op.post("/api/login/qrcode", json={"client_id": "spa-b"}, headers=site)).json()
+    phone = Phone(op.http, op.base, op.sim.url)
+    await phone.register()
+    assert (await phone.scan(issued["scene"]))["site"] == "SPA B"
+    await phone.confirm(issued["scene"])
+    body = {"scene": issued["scene"], "ticket": issued["ticket"]}
+    refused = await op.post("/api/login/complete", json=body, headers={"Origin": "http://127.0.0.1:8080"})
+    assert refused.status == 403 and (await refused.json())["error"]["code"] == "client_mismatch"
+    done = await op.post("/api/login/complete", json={**body, "client_id": "spa-b"}, headers=site)
+    tokens = await done.json()
+    assert done.status == 200, tokens
+    assert jwt.decode(tokens["access_token"], options={"verify_signature": False})["aud"] == "spa-b"
+    me = await op.get("/api/me", headers={"Authorization": f"Bearer {tokens['access_token']}", **site})
+    assert me.status == 200 and me.headers["Access-Control-Allow-Origin"] == SPA
