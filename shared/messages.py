@@ -50,6 +50,19 @@ ReceivedCancelReason = Annotated[str, Field(pattern=r"^[a-z_]{1,32}$")]
 # ``image`` recognised it in a picture (a chat image, the album: how a relayed code arrives),
 # ``unknown`` a mini-program that does not say (older versions).
 LaunchKind = Literal["camera", "image", "unknown"]
+# What a scene is for: a login (the browser collects tokens), or linking the scanning WeChat user to an
+# account the site already has (docs/linking.md: the browser collects no token). A scene of one
+# purpose is never confirmed or redeemed as the other (``scene_purpose_mismatch``).
+ScenePurpose = Literal["login", "link"]
+# Why the session service refused a link on the phone's confirm; the scene is then cancelled with it,
+# so the browser that shows the code is told too.
+LinkRefusal = Literal["already_linked", "account_already_linked"]
+# The site's own id of one of its accounts (printable ASCII, no spaces), and how the phone names it
+# (a masked name the site chose, e.g. 张*三 or j***@example.com; no control or bidi-override characters).
+ExternalId = Annotated[str, Field(pattern=r"^[\x21-\x7e]{1,128}$")]
+AccountHint = Annotated[str, Field(pattern=r"^[^\x00-\x1f\x7f\u202a-\u202e\u2066-\u2069]{1,40}$")]
+# A link request: ``lr_`` + 22 URL-safe characters (128 bits); not a secret (the link token is).
+LinkRequestId = Annotated[str, Field(pattern=r"^lr_[A-Za-z0-9_-]{22}$")]
 
 
 # Earlier versions sealed every field with this one purpose (``v1.`` values): still opened, so a
@@ -222,6 +235,8 @@ class UserView(BaseModel):
     openid: str
     unionid: str | None = None
     phone: str | None = None
+    # The site's own account this user is linked to (docs/linking.md): only in answers for that site.
+    external_id: str | None = None
 
 
 class Place(BaseModel):
@@ -355,6 +370,8 @@ class SceneCancelled(Event):
     reason: ReceivedCancelReason | None = None
     # The client the scene belongs to (None: the default client), for the site's webhooks.
     client_id: ClientIdField | None = None
+    # ``link``: a link scene (no login failed); None: a login, or a version that did not say.
+    purpose: ScenePurpose | None = None
 
 
 class SceneExpired(Event):
@@ -370,6 +387,7 @@ class SceneExpired(Event):
     scene: SceneId
     client_id: ClientIdField | None = None
     scanned: bool | None = None
+    purpose: ScenePurpose | None = None
 
 
 class IssuedScene(Reply):
@@ -403,6 +421,10 @@ class IssueScene(Request[IssuedScene]):
     # A browser on a phone asks for what a phone needs: a code to type, an "open WeChat" link.
     with_login_code: bool = False
     with_url_link: bool = False
+    # A link scene (issued by the session service for a link request) and the account it links,
+    # as the site names it for the phone.
+    purpose: ScenePurpose = "login"
+    account_hint: AccountHint | None = None
 
 
 class SceneStatus(Reply):
@@ -449,6 +471,9 @@ class ScanInfo(Reply):
     scanner: Place | None = None
     location_mismatch: bool = False
     launch: LaunchKind = "unknown"
+    # ``link``: the phone is asked to link this WeChat to the site's account ``account_hint``.
+    purpose: ScenePurpose = "login"
+    account_hint: str | None = None
 
 
 class ScanScene(Request[ScanInfo]):
@@ -474,7 +499,8 @@ class CancelScene(Request[SceneStatus]):
 
     scene: SceneId
     scan_hash: TicketHash
-    reason: CancelReason = "declined"
+    # The phone's choice, or (sent by the session service) why a link was refused.
+    reason: CancelReason | LinkRefusal = "declined"
 
 
 class ConfirmScene(Request[SceneStatus]):
@@ -490,6 +516,8 @@ class ConfirmScene(Request[SceneStatus]):
     scene: SceneId
     scan_hash: TicketHash
     user_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    # A scene of the other purpose is refused (scene_purpose_mismatch) before anything changes.
+    purpose: ScenePurpose = "login"
 
 
 class IdentifyScene(Request[SceneStatus]):
@@ -529,6 +557,8 @@ class RedeemScene(Request[RedeemedScene]):
     ticket_hash: TicketHash
     # The client collecting the login: a scene bound to another client is refused (client_mismatch).
     client_id: ClientIdField | None = None
+    # A link scene yields no login, and a login scene no link (scene_purpose_mismatch).
+    purpose: ScenePurpose = "login"
 
 
 # A typed login code on the bus: 8 characters of shared.logincode.ALPHABET (always sealed).
@@ -576,6 +606,8 @@ class LoginConfirmed(Event):
     scene: SceneId
     user_id: str
     client_id: ClientIdField | None = None
+    # The site's account this WeChat user is linked to at that client (docs/linking.md), if any.
+    external_id: ExternalId | None = None
 
 
 class UserCreated(Event):
@@ -955,3 +987,141 @@ class RevokeToken(Request[TokenRevoked]):
     client_id: ClientIdField
     token: Sealed
     token_type_hint: Literal["access_token", "refresh_token"] | None = None
+
+
+# --- account linking (docs/linking.md; session service, the gateway is the HTTP face) ---------------
+
+
+class IdentityLinked(Event):
+    """A phone confirmed a link: the site ``client_id``'s account ``external_id`` is linked to the WeChat
+    user ``user_id`` (also when the same pair was linked already: a site is told what it asked)."""
+
+    TYPE = "identity.linked"
+    PUBLISHERS = ("session",)
+
+    client_id: ClientIdField  # always the real id, the default client's too
+    user_id: UserId
+    external_id: ExternalId
+    link_request: LinkRequestId | None = None
+
+
+class IdentityUnlinked(Event):
+    """The link between the site's account ``external_id`` and the WeChat user ``user_id`` was removed
+    (``reason`` ``unlinked_by_client``: the site's backend asked)."""
+
+    TYPE = "identity.unlinked"
+    PUBLISHERS = ("session",)
+
+    client_id: ClientIdField
+    user_id: UserId
+    external_id: ExternalId
+    reason: RevokeReason = "unlinked_by_client"
+
+
+class LinkOpened(Reply):
+    """A new link request: its id (to ask about it) and its single-use link token (for the browser)."""
+
+    TYPE = "session.open_link.reply"
+
+    link_request: LinkRequestId
+    link_token: Sealed
+    expires_at: AwareDatetime
+
+
+class OpenLink(Request[LinkOpened]):
+    """A site's backend (the gateway authenticated its client) opens a link request for one of its
+    accounts; only the keyed hash of the link token is stored."""
+
+    TYPE = "session.open_link"
+    REPLY = LinkOpened
+
+    client_id: ClientIdField
+    external_id: ExternalId
+    hint: AccountHint
+
+
+class IssueLinkScene(Request[IssuedScene]):
+    """A browser shows the code of a link request: the link token is spent (once) on a new link scene
+    bound to this browser's ticket and to the request's client (``client_id`` as the browser named it:
+    another client's request is ``client_mismatch``)."""
+
+    TYPE = "session.issue_link"
+    REPLY = IssuedScene
+
+    link_token: Sealed
+    client_id: ClientIdField | None = None
+    ticket_hash: TicketHash
+    ip: Annotated[str, Field(max_length=64)]
+    user_agent: Annotated[str, Field(max_length=512)] = ""
+    with_login_code: bool = False
+    with_url_link: bool = False
+
+
+class LinkCompleted(Reply):
+    """The browser that showed a link code collected its outcome: linked."""
+
+    TYPE = "session.complete_link.reply"
+
+    scene: SceneId
+    link_request: LinkRequestId
+    state: Literal["linked"] = "linked"
+
+
+class CompleteLink(Request[LinkCompleted]):
+    """The browser that showed a link scene collects it once the phone confirmed (ticket checked)."""
+
+    TYPE = "session.complete_link"
+    REPLY = LinkCompleted
+
+    scene: SceneId
+    ticket_hash: TicketHash
+    client_id: ClientIdField | None = None
+
+
+# pending: no phone has scanned (shown or not yet); scanned; linked; refused (``reason``:
+# ``already_linked``, ``account_already_linked``, ``declined``, ``not_me``); expired.
+LinkState = Literal["pending", "scanned", "linked", "refused", "expired"]
+
+
+class LinkStatus(Reply):
+    """Where a link request stands; ``sub`` is the linked WeChat user as the client sees it."""
+
+    TYPE = "session.link_status.reply"
+
+    link_request: LinkRequestId
+    state: LinkState
+    reason: Annotated[str, Field(pattern=r"^[a-z_]{1,32}$")] | None = None
+    external_id: ExternalId
+    expires_at: AwareDatetime
+    linked_at: AwareDatetime | None = None
+    sub: str | None = None
+
+
+class GetLinkStatus(Request[LinkStatus]):
+    """A site's backend asks about one of its link requests (another client's is unknown)."""
+
+    TYPE = "session.link_status"
+    REPLY = LinkStatus
+
+    client_id: ClientIdField
+    link_request: LinkRequestId
+
+
+class Unlinked(Reply):
+    """How many WeChat users were unlinked from the account."""
+
+    TYPE = "session.unlink.reply"
+
+    unlinked: int
+
+
+class Unlink(Request[Unlinked]):
+    """A site's backend removes the links of its account ``external_id`` (with ``sub``: only that WeChat
+    user's); none is ``link_not_found``."""
+
+    TYPE = "session.unlink"
+    REPLY = Unlinked
+
+    client_id: ClientIdField
+    external_id: ExternalId
+    sub: Annotated[str, Field(min_length=1, max_length=128)] | None = None

@@ -55,6 +55,13 @@ class ClientUnknown(ServiceError):
     default_message = "no client with this client_id is registered"
 
 
+class ClientAuthRequired(ServiceError):
+    """A site's backend route needs the client's id and secret (HTTP Basic), of a confidential client."""
+
+    code = "client_auth_required"
+    default_message = "authenticate with the client id and client secret (HTTP Basic)"
+
+
 class RateLimited(ServiceError):
     """This client sent more requests of this kind than its limit allows."""
 
@@ -121,6 +128,15 @@ STATUS_BY_CODE: dict[str, int] = {
     "unsupported_grant_type": 400,
     "invalid_client": 401,
     "login_required": 401,
+    # --- account linking (gateway/linking.py; docs/linking.md) ---
+    "client_auth_required": 401,
+    "scene_purpose_mismatch": 403,
+    "link_request_not_found": 404,
+    "link_not_found": 404,
+    "link_request_used": 409,
+    "already_linked": 409,
+    "account_already_linked": 409,
+    "link_request_expired": 410,
 }
 
 

@@ -146,3 +146,11 @@ class LaunchSceneRefused(ServiceError):
 
     code = "launch_scene_refused"
     default_message = "open the login page by scanning the code on the computer's screen with WeChat"
+
+
+class ScenePurposeMismatch(ServiceError):
+    """A link scene confirmed or collected as a login, or a login scene as a link (docs/linking.md):
+    refused before anything changes, so a code shown to link an account never yields tokens."""
+
+    code = "scene_purpose_mismatch"
+    default_message = "this code was issued for something else (a login, or linking an account)"

@@ -38,6 +38,7 @@ from services.qrcode.errors import (
     SceneConflict,
     SceneExpired,
     SceneNotFound,
+    ScenePurposeMismatch,
     TicketMismatch,
 )
 from services.qrcode.launch import launch_kind
@@ -69,6 +70,7 @@ from shared.messages import (
     ScanScene,
     SceneConfirmed,
     SceneIssued,
+    ScenePurpose,
     SceneScanned,
     SceneState,
     SceneStatus,
@@ -164,6 +166,7 @@ class Scenes(Protocol):
         scan_hash: str | None = None,
         set_fields: dict[str, Any] | None = None,
         identified: bool = False,
+        purpose: ScenePurpose | None = None,
     ) -> Scene | None:
         """One conditional update stamped ``updated_at = now``; None when refused."""
         ...
@@ -275,6 +278,8 @@ class SceneHandlers:
             now=self._clock(),
             ttl=self._settings.scene_ttl,
             client_id=client_id,
+            purpose=request.purpose,
+            account_hint=request.account_hint if request.purpose == "link" else None,
         )
         # Stored and announced together: scene.issued is a notice (Mongo is the truth), which no
         # service waits on; should the insert fail, the issue fails and the notice names no scene.
@@ -283,7 +288,7 @@ class SceneHandlers:
             self._publisher.publish(SceneIssued(scene=scene.id, expires_at=_at(scene.expires_at))),
         )
         self._metrics.issued.labels(code.source).inc()
-        log.info("scene_issued", source=code.source)
+        log.info("scene_issued", source=code.source, purpose=scene.purpose)
         login_code, url_link = await asyncio.gather(
             self._login_code_for(request, scene.id), self._url_link_for(request, scene.id)
         )
@@ -384,6 +389,8 @@ class SceneHandlers:
             scanner=scanner_at,
             location_mismatch=mismatch,
             launch=launch,
+            purpose=scene.purpose,
+            account_hint=scene.account_hint,
         )
 
     async def scan_code(self, request: ScanLoginCode) -> CodeScanned:
@@ -432,7 +439,9 @@ class SceneHandlers:
                 )
             raise await self._refusal(request.scene, "cancel", request.scan_hash)
         await self._publisher.publish(
-            SceneCancelledEvent(scene=scene.id, reason=request.reason, client_id=scene.client_id)
+            SceneCancelledEvent(
+                scene=scene.id, reason=request.reason, client_id=scene.client_id, purpose=scene.purpose
+            )
         )
         self._metrics.cancelled.inc()
         log.info("scene_cancelled", reason=request.reason)
@@ -461,9 +470,10 @@ class SceneHandlers:
             scan_hash=request.scan_hash,
             set_fields=fields,
             identified=request.user_id is None,
+            purpose=request.purpose,
         )
         if scene is None:
-            raise await self._refusal(request.scene, "confirm", request.scan_hash)
+            raise await self._refusal(request.scene, "confirm", request.scan_hash, purpose=request.purpose)
         try:
             await self._publisher.publish(SceneConfirmed(scene=scene.id))
         except ServiceError as exc:  # the session service's login.confirmed announces it as well
@@ -516,6 +526,11 @@ class SceneHandlers:
             )
             self._metrics.refused.labels("redeem", ClientMismatch.code).inc()
             raise ClientMismatch()
+        if current.purpose != request.purpose:
+            # A link scene's browser gets no tokens for the WeChat user who linked (docs/linking.md).
+            log.warning("redeem_purpose_mismatch", security=True, purpose=current.purpose)
+            self._metrics.refused.labels("redeem", ScenePurposeMismatch.code).inc()
+            raise ScenePurposeMismatch()
         now = self._clock()
         scene = None
         if current.state != "redeemed":
@@ -601,7 +616,10 @@ class SceneHandlers:
     async def _announce_expired(self, scene: Scene) -> None:
         # Whether a phone had scanned it: the webhook service reports only those as failed logins.
         event = SceneExpiredEvent(
-            scene=scene.id, client_id=scene.client_id, scanned=scene.scan_hash is not None
+            scene=scene.id,
+            client_id=scene.client_id,
+            scanned=scene.scan_hash is not None,
+            purpose=scene.purpose,
         )
         try:
             await self._publisher.publish(event)
@@ -622,6 +640,7 @@ class SceneHandlers:
         scan_hash: str | None = None,
         set_fields: dict[str, Any] | None = None,
         identified: bool = False,
+        purpose: ScenePurpose | None = None,
     ) -> Scene | None:
         """:meth:`Scenes.transition`, settled by reading the scene back when its write may have landed.
 
@@ -643,6 +662,7 @@ class SceneHandlers:
                 scan_hash=scan_hash,
                 set_fields=set_fields,
                 identified=identified,
+                purpose=purpose,
             )
         except PyMongoError as exc:
             if not maybe_applied(exc):
@@ -662,7 +682,9 @@ class SceneHandlers:
             raise StoreUnavailable()
         return None
 
-    async def _refusal(self, scene_id: str, action: str, scan_hash: str | None = None) -> ServiceError:
+    async def _refusal(
+        self, scene_id: str, action: str, scan_hash: str | None = None, *, purpose: str | None = None
+    ) -> ServiceError:
         """Why a transition did not happen, read from the stored scene."""
         scene = await self._store.get(scene_id)
         if scene is None:
@@ -675,6 +697,8 @@ class SceneHandlers:
                 error = SceneCancelled()
             elif state == "scanned" and scan_hash is not None and not _same_phone(scene, scan_hash):
                 error = ScanTokenMismatch()
+            elif purpose is not None and scene.purpose != purpose:
+                error = ScenePurposeMismatch()
             elif state == "scanned" and action == "confirm" and scene.user_id is None:
                 error = NotIdentified()
             else:

@@ -18,7 +18,7 @@ from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from shared.logging import get_logger
-from shared.messages import TERMINAL_STATES, SceneState
+from shared.messages import TERMINAL_STATES, ScenePurpose, SceneState
 from shared.mongo import Index
 from shared.runtime import Database
 
@@ -71,6 +71,10 @@ class Scene:
     client_id: str | None = None  # the client (site) that asked for it; None: the default client
     confirmed_at: float | None = None  # when the phone confirmed (the OpenID Connect auth_time)
     cancel_reason: str | None = None  # declined, not_me: set by the cancel, told to the browser
+    # ``link``: the scene links the scanning WeChat user to the site's account ``account_hint`` names
+    # (docs/linking.md); absent in the document for a login, as before linking existed.
+    purpose: ScenePurpose = "login"
+    account_hint: str | None = None
 
     @classmethod
     def new(
@@ -83,9 +87,24 @@ class Scene:
         now: float,
         ttl: float,
         client_id: str | None = None,
+        purpose: ScenePurpose = "login",
+        account_hint: str | None = None,
     ) -> Scene:
-        """A fresh ``pending`` scene, bound to ``client_id``."""
-        return cls(id, "pending", ticket_hash, ip, user_agent, now, now + ttl, None, now, client_id=client_id)
+        """A fresh ``pending`` scene, bound to ``client_id``, for a login or (``purpose`` link) a link."""
+        return cls(
+            id,
+            "pending",
+            ticket_hash,
+            ip,
+            user_agent,
+            now,
+            now + ttl,
+            None,
+            now,
+            client_id=client_id,
+            purpose=purpose,
+            account_hint=account_hint,
+        )
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> Scene:
@@ -104,11 +123,13 @@ class Scene:
             client_id=doc.get("client_id"),
             confirmed_at=float(doc["confirmed_at"]) if doc.get("confirmed_at") is not None else None,
             cancel_reason=doc.get("cancel_reason"),
+            purpose="link" if doc.get("purpose") == "link" else "login",
+            account_hint=doc.get("account_hint"),
         )
 
     def to_doc(self) -> dict[str, Any]:
         """The document to insert (with the TTL date)."""
-        return {
+        doc: dict[str, Any] = {
             "_id": self.id,
             "state": self.state,
             "ticket_hash": self.ticket_hash,
@@ -122,6 +143,9 @@ class Scene:
             "client_id": self.client_id,
             "purge_at": datetime.fromtimestamp(self.expires_at + PURGE_AFTER_SECONDS, UTC),
         }
+        if self.purpose == "link":
+            doc.update(purpose="link", account_hint=self.account_hint)
+        return doc
 
     def overdue(self, now: float) -> bool:
         """True when the scene is past its lifetime but not yet in a terminal state."""
@@ -159,12 +183,13 @@ class SceneStore:
         scan_hash: str | None = None,
         set_fields: dict[str, Any] | None = None,
         identified: bool = False,
+        purpose: ScenePurpose | None = None,
     ) -> Scene | None:
         """Move ``scene_id`` from one of ``from_states`` to ``to_state`` atomically.
 
         Returns the updated scene, or None when the scene is missing, in another state, past its
-        lifetime (with ``unexpired``), held by another ticket or scanned by another phone, or (with
-        ``identified``) has no user yet.
+        lifetime (with ``unexpired``), held by another ticket or scanned by another phone, (with
+        ``identified``) has no user yet, or (with ``purpose``) is for something else.
         """
         query: dict[str, Any] = {"_id": scene_id, "state": {"$in": list(from_states)}}
         if unexpired:
@@ -175,6 +200,9 @@ class SceneStore:
             query["scan_hash"] = scan_hash
         if identified:
             query["user_id"] = {"$ne": None}
+        if purpose is not None:  # a login scene has no ``purpose`` field (as before linking)
+            # $in with null, not $ne: nx-27017 misses absent fields with $ne beside an _id alone.
+            query["purpose"] = "link" if purpose == "link" else {"$in": [None, "login"]}
         update = {"$set": {"state": to_state, "updated_at": now, **(set_fields or {})}}
         doc = await self._scenes.find_one_and_update(query, update, return_document=ReturnDocument.AFTER)
         return Scene.from_doc(doc) if doc else None

@@ -14,11 +14,14 @@ from pymongo.errors import PyMongoError
 from services.session.backchannel import BackchannelLogout
 from services.session.handlers import SessionHandlers, SessionStores
 from services.session.keys import Signer
+from services.session.linking import LinkHandlers
 from services.session.oidc import OidcHandlers
 from services.session.refresh import RefreshFamilies
 from services.session.store import (
     INDEXES,
     CodeUseStore,
+    IdentityLinkStore,
+    LinkRequestStore,
     MpSessionStore,
     OidcCodeStore,
     OpSessionStore,
@@ -32,6 +35,7 @@ from shared.logging import get_logger
 from shared.messages import (
     Authorize,
     BindPhone,
+    CompleteLink,
     CompleteLogin,
     ConfirmLogin,
     DecryptData,
@@ -40,12 +44,16 @@ from shared.messages import (
     EnterLoginCode,
     ExchangeGrant,
     GetJwks,
+    GetLinkStatus,
     GetUserInfo,
     IdentifyScanner,
+    IssueLinkScene,
     LoginMiniProgram,
+    OpenLink,
     RefreshTokens,
     RevokeToken,
     SigningKeysChanged,
+    Unlink,
 )
 from shared.runtime import (
     BUS,
@@ -96,6 +104,13 @@ def oidc_keys(settings: Settings) -> list[bytes]:
     one per ``WXLOGIN_DATA_KEY`` listed, the current one first (OP sessions outlive a key rotation)."""
     keys = decode_keys(settings.data_key.get_secret_value())
     return [_derive(key, b"wxlogin openid connect ids v1") for key in keys]
+
+
+def link_keys(settings: Settings) -> list[bytes]:
+    """The keys of link-token ids (HMAC), separated from the data key with HKDF: one per
+    ``WXLOGIN_DATA_KEY`` listed, the current one first."""
+    keys = decode_keys(settings.data_key.get_secret_value())
+    return [_derive(key, b"wxlogin link tokens v1") for key in keys]
 
 
 def code_key(settings: Settings) -> bytes:
@@ -182,6 +197,18 @@ def create_app(
         await warn_of_legacy_tokens(refresh_store)
         clients, users, subjects = app[CLIENTS], UserStore(db), subject_key(settings)
         backchannel = BackchannelLogout(app[HTTP], signer, issuer=settings.issuer, subject_key=subjects)
+        linking = LinkHandlers(
+            clients,
+            LinkRequestStore(db),
+            IdentityLinkStore(db),
+            bus,
+            bus,
+            keys=link_keys(settings),
+            subject_key=subjects,
+            # A link token must show its code within a scene's lifetime (docs/linking.md).
+            request_ttl=float(settings.scene_ttl_seconds),
+            clock=clock,
+        )
         oidc = OidcHandlers(
             clients,
             users,
@@ -197,6 +224,7 @@ def create_app(
             subject_key=subjects,
             op_session_ttl=float(settings.session_max_seconds),
             clock=clock,
+            links=linking,
         )
         stores = SessionStores(users, CodeUseStore(db), MpSessionStore(db))
         handlers = SessionHandlers(
@@ -211,6 +239,7 @@ def create_app(
             code_key=code_key(settings),
             clock=clock,
             end_op_sessions=oidc.end_user_sessions,
+            linking=linking,
         )
         app[HANDLERS] = handlers
         await bus.serve(
@@ -230,6 +259,11 @@ def create_app(
                 GetUserInfo: oidc.userinfo,
                 EndOpSession: oidc.end_session,
                 RevokeToken: oidc.revoke,
+                OpenLink: linking.open_link,
+                IssueLinkScene: linking.issue_link,
+                CompleteLink: linking.complete,
+                GetLinkStatus: linking.status,
+                Unlink: linking.unlink,
             }
         )
         reloader = asyncio.ensure_future(

@@ -7,6 +7,8 @@ userinfo (the policy is written down in docs/identity.md §9).
   characters of the username's hash, ``name`` both (e.g. 微信用户 K3QX). Stable, and never the openid.
 - ``phone``: ``phone_number`` (E.164) and ``phone_number_verified`` true, only once a number is bound
   (WeChat verified it).
+- ``external_id``: the client's own account the user is linked to (docs/linking.md), whatever the
+  scope, in this client's tokens and userinfo only (the caller looks it up for the client).
 - ID tokens also carry ``auth_time`` (the phone's confirm), ``amr`` ``["wx_scan"]``, ``sid``, ``azp``,
   and ``nonce`` when the authorization request sent one (never after a refresh).
 """
@@ -60,10 +62,15 @@ def display_tag(username: str) -> str:
     return username.removeprefix("wx_")[:4].upper()
 
 
-def user_claims(client: Client, user: User, scope: Iterable[str], key: bytes) -> dict[str, Any]:
-    """``sub`` and the claims ``scope`` covers, as userinfo answers them (``sub`` first)."""
+def user_claims(
+    client: Client, user: User, scope: Iterable[str], key: bytes, *, external_id: str | None = None
+) -> dict[str, Any]:
+    """``sub`` and the claims ``scope`` covers, as userinfo answers them (``sub`` first), and the
+    client's ``external_id`` of the user when it linked one."""
     scopes = set(scope)
     claims: dict[str, Any] = {"sub": subject(client, user.id, key)}
+    if external_id is not None:
+        claims["external_id"] = external_id
     if "profile" in scopes:
         username = preferred_username(client, user.id, key)
         tag = display_tag(username)
@@ -90,9 +97,10 @@ def id_token_claims(
     now: int,
     ttl: int,
     nonce: str | None = None,
+    external_id: str | None = None,
 ) -> dict[str, Any]:
     """The claims of an ID token for ``client`` (OpenID Connect Core §2, §5.4)."""
-    claims = user_claims(client, user, scope.split(), key)
+    claims = user_claims(client, user, scope.split(), key, external_id=external_id)
     claims.update(
         iss=issuer,
         aud=client.client_id,
@@ -119,10 +127,12 @@ def access_token_claims(
     auth_time: float,
     now: int,
     ttl: int,
+    external_id: str | None = None,
 ) -> dict[str, Any]:
     """The claims of an OpenID Connect access token (RFC 9068): ``sub`` as the ID token's, ``aud`` and
-    ``client_id`` the client, ``scope``, ``sid``; nothing else about the user."""
-    return {
+    ``client_id`` the client, ``scope``, ``sid``, and the client's ``external_id`` of a linked user;
+    nothing else about the user."""
+    claims: dict[str, Any] = {
         "iss": issuer,
         "sub": subject(client, user.id, key),
         "aud": client.client_id,
@@ -135,3 +145,6 @@ def access_token_claims(
         "exp": now + ttl,
         "jti": secrets.token_urlsafe(16),
     }
+    if external_id is not None:
+        claims["external_id"] = external_id
+    return claims

@@ -180,3 +180,55 @@ class LoginRequired(ServiceError):
 
     code = "login_required"
     default_message = "the user must log in again"
+
+
+# --- account linking (docs/linking.md) ------------------------------------------------------------
+
+
+class LinkRequestNotFound(ServiceError):
+    """No link request has this id or link token (or it belongs to another client: the same answer)."""
+
+    code = "link_request_not_found"
+    default_message = "no such link request"
+
+
+class LinkRequestExpired(ServiceError):
+    """The link request's token showed no code in time; the site opens a new request."""
+
+    code = "link_request_expired"
+    default_message = "the link request has expired: ask the site for a new one"
+
+
+class LinkRequestUsed(ServiceError):
+    """The link token already showed its code, in a browser (single use: only that browser may go on)."""
+
+    code = "link_request_used"
+    default_message = "this link request was already used to show a code"
+
+
+class LinkClientMismatch(ServiceError):
+    """The link request belongs to another client than the one the browser names."""
+
+    code = "client_mismatch"
+    default_message = "this link request was opened by another site"
+
+
+class AlreadyLinked(ServiceError):
+    """The WeChat user is linked to another account of this site: never moved silently (unlink first)."""
+
+    code = "already_linked"
+    default_message = "this WeChat is already linked to another account of this site"
+
+
+class AccountAlreadyLinked(ServiceError):
+    """The site's account is linked to another WeChat user, and the site allows only one."""
+
+    code = "account_already_linked"
+    default_message = "this account of the site is already linked to another WeChat"
+
+
+class LinkNotFound(ServiceError):
+    """The site's account has no link (to this WeChat user, when one was named)."""
+
+    code = "link_not_found"
+    default_message = "this account is not linked"

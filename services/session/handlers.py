@@ -9,6 +9,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from pydantic import SecretStr
 
@@ -152,6 +153,18 @@ class SessionStores:
     mp_sessions: MpSessionStore
 
 
+class Linking(Protocol):
+    """Account linking (:class:`services.session.linking.LinkHandlers`), as logins and tokens need it."""
+
+    async def confirm(self, scene: str, scan_hash: str, user_id: str) -> object:
+        """The phone that scanned link scene ``scene`` confirmed as ``user_id``: link, or refuse."""
+        ...
+
+    async def external_id(self, client_id: str | None, user_id: str) -> str | None:
+        """The account of ``client_id`` the user is linked to, for that client's tokens only."""
+        ...
+
+
 class SessionHandlers:
     """RPC handlers of the session service."""
 
@@ -171,6 +184,7 @@ class SessionHandlers:
         claim_wait: float = 5.0,
         mp_login_retry: float = MP_LOGIN_RETRY_SECONDS,
         end_op_sessions: Callable[[str], Awaitable[object]] | None = None,
+        linking: Linking | None = None,
     ) -> None:
         self._stores = stores
         self._signer = signer
@@ -186,6 +200,8 @@ class SessionHandlers:
         self._mp_login_retry = mp_login_retry
         # "Log out everywhere" ends the user's OpenID Connect OP sessions too (and tells their clients).
         self._end_op_sessions = end_op_sessions
+        # Link scenes are confirmed there; tokens carry the client's external_id (None: no linking).
+        self._linking = linking
 
     # -- logins --
 
@@ -278,6 +294,10 @@ class SessionHandlers:
         try:
             confirmed = await self._bus.call(ConfirmScene(scene=request.scene, scan_hash=request.scan_hash))
         except RemoteError as exc:
+            if exc.error_code == "scene_purpose_mismatch":  # a link scene (docs/linking.md)
+                identity = await self._scanner_identity(request, purpose)
+                user = await self._ensure_user(identity, client_id=await self._scene_client(request))
+                return await self._confirm_link(request, identity, user.id)
             if exc.error_code not in ("scene_not_identified", "already_confirmed"):
                 raise
             identity = await self._scanner_identity(request, purpose)
@@ -305,6 +325,8 @@ class SessionHandlers:
                 ConfirmScene(scene=request.scene, scan_hash=request.scan_hash, user_id=user_id)
             )
         except RemoteError as exc:
+            if exc.error_code == "scene_purpose_mismatch":  # a link scene (docs/linking.md)
+                return await self._confirm_link(request, identity, user_id)
             # A twin of this request (same code, hence same user) may have confirmed it a moment ago;
             # another phone's win is refused at once rather than waited on.
             if exc.error_code == "already_confirmed" and await self._confirmed_for(request.scene, user_id):
@@ -315,13 +337,32 @@ class SessionHandlers:
         return ConfirmResult(scene=request.scene, state="confirmed")
 
     async def _announce(self, scene: str, identity: Identity, user_id: str, client_id: str | None) -> None:
-        """After qrcode.confirm (which pushed already): login.confirmed (naming the scene's client),
-        beside the login's bookkeeping."""
-        await asyncio.gather(
-            self._publisher.publish(LoginConfirmed(scene=scene, user_id=user_id, client_id=client_id)),
-            self._note_login(identity, user_id),
-        )
+        """After qrcode.confirm (which pushed already): login.confirmed (naming the scene's client, and
+        the client's account of a linked user), beside the login's bookkeeping."""
+
+        async def announce() -> None:
+            external_id = await self._external_id(client_id, user_id)
+            await self._publisher.publish(
+                LoginConfirmed(scene=scene, user_id=user_id, client_id=client_id, external_id=external_id)
+            )
+
+        await asyncio.gather(announce(), self._note_login(identity, user_id))
         log.info("login_confirmed", user_id=user_id)
+
+    async def _confirm_link(self, request: ConfirmLogin, identity: Identity, user_id: str) -> ConfirmResult:
+        """The phone confirmed a link scene: the link is stored and the scene confirmed, or refused
+        (``already_linked``, ``account_already_linked``: the browser is told too). No login is made."""
+        if self._linking is None:
+            raise RemoteError("scene_purpose_mismatch", "account linking is not served here")
+        await self._linking.confirm(request.scene, request.scan_hash, user_id)
+        # The code's session_key is kept as a login's is; the code is spent, but no login is counted.
+        await self._stores.mp_sessions.save(user_id, identity.sealed_session_key, self._clock())
+        await self._stores.code_uses.attach_user(identity.code_hash, user_id)
+        return ConfirmResult(scene=request.scene, state="confirmed")
+
+    async def _external_id(self, client_id: str | None, user_id: str) -> str | None:
+        """The ``external_id`` claim of ``client_id``'s tokens for ``user_id`` (docs/linking.md)."""
+        return await self._linking.external_id(client_id, user_id) if self._linking is not None else None
 
     async def _scanner_identity(self, request: ConfirmLogin, purpose: str) -> Identity:
         """The identity exchanged from the code this phone sent with its scan."""
@@ -382,7 +423,9 @@ class SessionHandlers:
         user = await self._stores.users.get(grant.user_id)
         if user is None:
             raise UserNotFound()
-        return self._pair(user, grant.family, grant.token, client_id=grant.binding.client_id)
+        client_id = grant.binding.client_id
+        external_id = await self._external_id(client_id, user.id)
+        return self._pair(user, grant.family, grant.token, client_id=client_id, external_id=external_id)
 
     async def logout(self, request: EndSession) -> LoggedOut:
         """RPC ``session.logout``: revoke the family of a verified access token or a refresh token;
@@ -455,10 +498,12 @@ class SessionHandlers:
             await self._notify(
                 PhoneNumberBound(user_id=user.id, client_id=family.client_id if family else None)
             )
+        client_id = family.client_id if family else None
+        external_id = await self._external_id(client_id, user.id)
         return PhoneBound(
-            user=user.view(),
+            user=user.view().model_copy(update={"external_id": external_id}),
             access_token=SecretStr(
-                self._signer.issue(user, request.sid, audience=family.client_id if family else None)
+                self._signer.issue(user, request.sid, audience=client_id, external_id=external_id)
             ),
             expires_in=self._signer.ttl,
         )
@@ -502,18 +547,30 @@ class SessionHandlers:
     async def _new_session(
         self, user: User, *, once_for: str | None = None, client_id: str | None = None
     ) -> TokenPair:
-        grant = await self._families.start(user.id, once_for=once_for, binding=Binding(client_id))
-        return self._pair(user, grant.family, grant.token, client_id=client_id)
+        grant, external_id = await asyncio.gather(
+            self._families.start(user.id, once_for=once_for, binding=Binding(client_id)),
+            self._external_id(client_id, user.id),
+        )
+        return self._pair(user, grant.family, grant.token, client_id=client_id, external_id=external_id)
 
     def _pair(
-        self, user: User, family: str, refresh_token: str, *, client_id: str | None = None
+        self,
+        user: User,
+        family: str,
+        refresh_token: str,
+        *,
+        client_id: str | None = None,
+        external_id: str | None = None,
     ) -> TokenPair:
-        """Tokens of the browser and mini-program API; the access token's audience is the client."""
+        """Tokens of the browser and mini-program API; the access token's audience is the client, and
+        the client's ``external_id`` of a linked user goes with them (for that client only)."""
         return TokenPair(
-            access_token=SecretStr(self._signer.issue(user, family, audience=client_id)),
+            access_token=SecretStr(
+                self._signer.issue(user, family, audience=client_id, external_id=external_id)
+            ),
             expires_in=self._signer.ttl,
             refresh_token=SecretStr(refresh_token),
-            user=user.view(),
+            user=user.view().model_copy(update={"external_id": external_id}),
         )
 
     async def _live_user(self, user_id: str, sid: str) -> User:

@@ -263,9 +263,12 @@ class Signer:
             self._jwks, key=lambda k: signing.index(k["kid"]) if k["kid"] in signing else len(signing)
         )
 
-    def issue(self, user: User, sid: str, *, audience: str | None = None) -> str:
+    def issue(
+        self, user: User, sid: str, *, audience: str | None = None, external_id: str | None = None
+    ) -> str:
         """A signed access token of the browser and mini-program API for ``user`` in session (refresh
-        family) ``sid``, for ``audience`` (the client; the default client when None)."""
+        family) ``sid``, for ``audience`` (the client; the default client when None); ``external_id``
+        is the client's own account the user is linked to (docs/linking.md), for that client only."""
         now = int(self._clock())
         claims: dict[str, Any] = {
             "iss": self.issuer,
@@ -282,6 +285,8 @@ class Signer:
             claims["unionid"] = user.unionid
         if user.phone:
             claims["phone"] = user.phone
+        if external_id is not None:
+            claims["external_id"] = external_id
         return self.sign_access(claims)
 
     def sign_access(self, claims: dict[str, Any]) -> str:

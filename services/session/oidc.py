@@ -141,6 +141,12 @@ class TokenSigner(Protocol):
     def access_claims(self, token: str) -> dict[str, Any] | None: ...
 
 
+class ExternalIds(Protocol):
+    """Account linking's lookup (:class:`services.session.linking.LinkHandlers`, or a fake)."""
+
+    async def external_id(self, client_id: str | None, user_id: str) -> str | None: ...
+
+
 class LogoutNotifier(Protocol):
     """Back-channel logout (:class:`services.session.backchannel.BackchannelLogout`, or a recorder)."""
 
@@ -168,6 +174,7 @@ class OidcHandlers:
         op_session_ttl: float,
         code_lifetime: float = CODE_LIFETIME,
         clock: Callable[[], float] = time.time,
+        links: ExternalIds | None = None,
     ) -> None:
         if not keys or any(len(key) < 32 for key in keys):
             raise ValueError("the OpenID Connect keys must be at least 32 bytes")
@@ -188,6 +195,8 @@ class OidcHandlers:
         self._op_session_ttl = op_session_ttl
         self._code_lifetime = code_lifetime
         self._clock = clock
+        # The client's own account of a linked user, in its tokens and userinfo (docs/linking.md).
+        self._links = links
 
     # -- keyed ids --
 
@@ -368,7 +377,7 @@ class OidcHandlers:
         if code.op_session is not None:
             await self._op_sessions.add_grant(code.op_session, client.client_id, code.sid)
         log.info("authorization_code_exchanged", client=client.client_id, user_id=user.id, family=code.sid)
-        return self._tokens(client, user, grant, scope=code.scope, nonce=code.nonce)
+        return await self._tokens(client, user, grant, scope=code.scope, nonce=code.nonce)
 
     async def _refusal(self, code_id: str, client: Client, now: float) -> InvalidGrant:
         """An unknown code, or one spent already: then what it issued is revoked (RFC 6749 §4.1.2)."""
@@ -405,11 +414,16 @@ class OidcHandlers:
         if user is None:
             raise InvalidGrant("the user no longer exists")
         scope = narrowed_scope(request.scope, grant.binding.scope or "openid")
-        return self._tokens(client, user, grant, scope=scope, nonce=None)
+        return await self._tokens(client, user, grant, scope=scope, nonce=None)
 
-    def _tokens(
+    async def _external_id(self, client: Client, user: User) -> str | None:
+        """The ``external_id`` claim for ``client`` (its own account the user is linked to, if any)."""
+        return await self._links.external_id(client.client_id, user.id) if self._links is not None else None
+
+    async def _tokens(
         self, client: Client, user: User, grant: Grant, *, scope: str, nonce: str | None
     ) -> OidcTokens:
+        external_id = await self._external_id(client, user)
         now = int(self._clock())
         ttl = self._signer.ttl
         auth_time = grant.binding.auth_time if grant.binding.auth_time is not None else now
@@ -424,6 +438,7 @@ class OidcHandlers:
             auth_time=auth_time,
             now=now,
             ttl=ttl,
+            external_id=external_id,
         )
         id_claims = id_token_claims(
             issuer=issuer,
@@ -436,6 +451,7 @@ class OidcHandlers:
             now=now,
             ttl=ttl,
             nonce=nonce,
+            external_id=external_id,
         )
         access = self._signer.sign_access(access_claims)
         id_token = self._signer.sign(id_claims, alg=client.id_token_signed_response_alg, typ=ID_TOKEN_TYPE)
@@ -462,7 +478,8 @@ class OidcHandlers:
         scopes = request.scope.split()
         if record.scope is not None:
             scopes = [scope for scope in scopes if scope in record.scope.split()]
-        return UserInfo(claims=user_claims(client, user, scopes, self._subject_key))
+        external_id = await self._external_id(client, user)
+        return UserInfo(claims=user_claims(client, user, scopes, self._subject_key, external_id=external_id))
 
     # -- session.end_session --
 

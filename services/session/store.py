@@ -1,6 +1,7 @@
 """Collections of the session service: ``users``, ``code_uses``, ``mp_sessions``, ``refresh_tokens``,
-``signing_keys``, and for OpenID Connect ``oidc_codes`` and ``op_sessions``. Times are epoch seconds;
-``purge_at`` dates (written at insert) drive TTL indexes.
+``signing_keys``, for OpenID Connect ``oidc_codes`` and ``op_sessions``, and for account linking
+``link_requests`` and ``identity_links``. Times are epoch seconds; ``purge_at`` dates (written at
+insert) drive TTL indexes.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ REFRESH_TOKENS = "refresh_tokens"
 SIGNING_KEYS = "signing_keys"
 OIDC_CODES = "oidc_codes"
 OP_SESSIONS = "op_sessions"
+LINK_REQUESTS = "link_requests"
+IDENTITY_LINKS = "identity_links"
 
 INDEXES = [
     Index(USERS, [("openid", 1)], unique=True, name="users_openid"),
@@ -53,6 +56,27 @@ INDEXES = [
     Index(OP_SESSIONS, [("purge_at", 1)], expire_after_seconds=0, name="op_sessions_ttl"),
     Index(OP_SESSIONS, [("grants.sid", 1)], name="op_sessions_sid"),
     Index(OP_SESSIONS, [("user_id", 1)], name="op_sessions_user"),
+    Index(LINK_REQUESTS, [("purge_at", 1)], expire_after_seconds=0, name="link_requests_ttl"),
+    Index(LINK_REQUESTS, [("token_id", 1)], unique=True, name="link_requests_token"),
+    Index(
+        LINK_REQUESTS,
+        [("scene", 1)],
+        unique=True,
+        partial={"scene": {"$type": "string"}},
+        name="link_requests_scene",
+    ),
+    # The rules of linking (docs/linking.md), enforced by the store whatever races the code loses: a
+    # WeChat user is linked to at most one account of a site; an account of a site that does not
+    # allow several WeChat users has at most one (``account_key`` is set only for such a site).
+    Index(IDENTITY_LINKS, [("client_id", 1), ("user_id", 1)], unique=True, name="identity_links_user"),
+    Index(
+        IDENTITY_LINKS,
+        [("account_key", 1)],
+        unique=True,
+        partial={"account_key": {"$type": "string"}},
+        name="identity_links_account",
+    ),
+    Index(IDENTITY_LINKS, [("client_id", 1), ("external_id", 1)], name="identity_links_external"),
 ]
 
 
@@ -853,3 +877,215 @@ class OpSessionStore:
         """The OP sessions of ``user_id`` that have not ended."""
         cursor = self._sessions.find({"user_id": user_id, "ended_at": None})
         return [s for doc in [d async for d in cursor] if (s := OpSession.from_doc(doc)).live(now)]
+
+
+# --- account linking ------------------------------------------------------------------------------
+
+# How long a link request is kept after it can no longer be used, so its site can still ask about it.
+LINK_REQUEST_KEEP_SECONDS = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRequest:
+    """A site's request to link one of its accounts (``external_id``) to whoever scans its code.
+
+    ``state``: ``open`` (its link token has shown no code yet, until ``expires_at``), ``issuing`` (a
+    browser is getting a code with it right now), ``issued`` (a link scene shows it, bound to that
+    browser's ticket), then ``linked`` or ``refused`` (``reason``). The link token is stored only as
+    its keyed hash ``token_id``.
+    """
+
+    id: str
+    token_id: str
+    client_id: str
+    external_id: str
+    hint: str
+    state: str
+    created_at: float
+    expires_at: float
+    scene: str | None = None
+    scene_expires_at: float | None = None
+    user_id: str | None = None
+    scan_hash: str | None = None
+    reason: str | None = None
+    decided_at: float | None = None
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> LinkRequest:
+        def number(name: str) -> float | None:
+            value = doc.get(name)
+            return float(value) if value is not None else None
+
+        return cls(
+            id=str(doc["_id"]),
+            token_id=str(doc["token_id"]),
+            client_id=str(doc["client_id"]),
+            external_id=str(doc["external_id"]),
+            hint=str(doc["hint"]),
+            state=str(doc["state"]),
+            created_at=float(doc["created_at"]),
+            expires_at=float(doc["expires_at"]),
+            scene=doc.get("scene"),
+            scene_expires_at=number("scene_expires_at"),
+            user_id=doc.get("user_id"),
+            scan_hash=doc.get("scan_hash"),
+            reason=doc.get("reason"),
+            decided_at=number("decided_at"),
+        )
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "_id": self.id,
+            "token_id": self.token_id,
+            "client_id": self.client_id,
+            "external_id": self.external_id,
+            "hint": self.hint,
+            "state": self.state,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            # Kept a day past its last possible use (a scene outlives the request by at most its
+            # lifetime and the redeem window, far less than a day).
+            "purge_at": _date(self.expires_at + LINK_REQUEST_KEEP_SECONDS),
+        }
+
+
+class LinkRequestStore:
+    """Link requests; every change of state is one conditional update."""
+
+    def __init__(self, db: Database) -> None:
+        self._requests = db[LINK_REQUESTS]
+
+    async def insert(self, request: LinkRequest) -> None:
+        await self._requests.insert_one(request.to_doc())
+
+    async def get(self, request_id: str) -> LinkRequest | None:
+        doc = await self._requests.find_one({"_id": request_id})
+        return LinkRequest.from_doc(doc) if doc else None
+
+    async def by_token(self, token_id: str) -> LinkRequest | None:
+        doc = await self._requests.find_one({"token_id": token_id})
+        return LinkRequest.from_doc(doc) if doc else None
+
+    async def by_scene(self, scene: str) -> LinkRequest | None:
+        doc = await self._requests.find_one({"scene": scene})
+        return LinkRequest.from_doc(doc) if doc else None
+
+    async def claim(self, token_id: str, now: float) -> LinkRequest | None:
+        """Take an open, unexpired request for one browser (``open → issuing``); None when it is not."""
+        doc = await self._requests.find_one_and_update(
+            {"token_id": token_id, "state": "open", "expires_at": {"$gt": now}},
+            {"$set": {"state": "issuing", "updated_at": now}},
+            return_document=ReturnDocument.AFTER,
+        )
+        return LinkRequest.from_doc(doc) if doc else None
+
+    async def release(self, request_id: str, now: float) -> None:
+        """Give a claim back (``issuing → open``): no code could be issued, a retry may use the token."""
+        await self._requests.update_one(
+            {"_id": request_id, "state": "issuing"}, {"$set": {"state": "open", "updated_at": now}}
+        )
+
+    async def issued(self, request_id: str, scene: str, scene_expires_at: float, now: float) -> bool:
+        """Record the link scene that shows the request (``issuing → issued``)."""
+        result = await self._requests.update_one(
+            {"_id": request_id, "state": "issuing"},
+            {
+                "$set": {
+                    "state": "issued",
+                    "scene": scene,
+                    "scene_expires_at": scene_expires_at,
+                    "updated_at": now,
+                }
+            },
+        )
+        return result.modified_count == 1
+
+    async def decide(
+        self,
+        request_id: str,
+        *,
+        state: str,
+        now: float,
+        scan_hash: str | None = None,
+        user_id: str | None = None,
+        reason: str | None = None,
+    ) -> LinkRequest | None:
+        """``issued → linked``, ``refused`` (with ``reason``) or ``expired``; the phone that decided it
+        and its user. The request as decided, or None when it was decided already."""
+        fields: dict[str, Any] = {"state": state, "decided_at": now, "updated_at": now}
+        for name, value in (("scan_hash", scan_hash), ("user_id", user_id), ("reason", reason)):
+            if value is not None:
+                fields[name] = value
+        doc = await self._requests.find_one_and_update(
+            {"_id": request_id, "state": "issued"},
+            {"$set": fields},
+            return_document=ReturnDocument.AFTER,
+        )
+        return LinkRequest.from_doc(doc) if doc else None
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityLink:
+    """One WeChat user (``user_id``) linked to one account (``external_id``) of one client."""
+
+    id: str
+    client_id: str
+    user_id: str
+    external_id: str
+    created_at: float
+    link_request: str | None = None
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> IdentityLink:
+        return cls(
+            id=str(doc["_id"]),
+            client_id=str(doc["client_id"]),
+            user_id=str(doc["user_id"]),
+            external_id=str(doc["external_id"]),
+            created_at=float(doc["created_at"]),
+            link_request=doc.get("link_request"),
+        )
+
+    def to_doc(self, *, exclusive: bool) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "_id": self.id,
+            "client_id": self.client_id,
+            "user_id": self.user_id,
+            "external_id": self.external_id,
+            "created_at": self.created_at,
+            "link_request": self.link_request,
+        }
+        if exclusive:  # the client allows one WeChat user per account: identity_links_account holds it
+            doc["account_key"] = f"{self.client_id}|{self.external_id}"  # no "|" in a client id
+        return doc
+
+
+class IdentityLinkStore:
+    """Links between the sites' accounts and WeChat users (no TTL: read on every token issued)."""
+
+    def __init__(self, db: Database) -> None:
+        self._links = db[IDENTITY_LINKS]
+
+    async def of_user(self, client_id: str, user_id: str) -> IdentityLink | None:
+        """The account of ``client_id`` that ``user_id`` is linked to, if any."""
+        doc = await self._links.find_one({"client_id": client_id, "user_id": user_id})
+        return IdentityLink.from_doc(doc) if doc else None
+
+    async def of_account(self, client_id: str, external_id: str) -> list[IdentityLink]:
+        """The WeChat users linked to the account ``external_id`` of ``client_id``."""
+        cursor = self._links.find({"client_id": client_id, "external_id": external_id})
+        return [IdentityLink.from_doc(doc) async for doc in cursor]
+
+    async def insert(self, link: IdentityLink, *, exclusive: bool) -> bool:
+        """Store ``link``; False when a unique index refused it (the user, or with ``exclusive`` the
+        account, is linked already: read again to say which)."""
+        try:
+            await self._links.insert_one(link.to_doc(exclusive=exclusive))
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def delete(self, link_id: str) -> bool:
+        """Remove one link; False when it was gone already."""
+        result = await self._links.delete_one({"_id": link_id})
+        return result.deleted_count == 1

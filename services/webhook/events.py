@@ -19,6 +19,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict
 from shared.clients import WEBHOOK_EVENTS, Client
 from shared.messages import (
     Event,
+    IdentityLinked,
+    IdentityUnlinked,
     LoginConfirmed,
     PhoneNumberBound,
     SceneCancelled,
@@ -30,8 +32,6 @@ from shared.subjects import subject
 
 # Every event type a site can subscribe to (shared.clients validates endpoint filters against it).
 CATALOGUE = WEBHOOK_EVENTS
-# Reserved for account linking (issue 15, part 1): in the catalogue, not produced yet.
-RESERVED = ("identity.linked", "identity.unlinked")
 # The bus events the webhook service consumes.
 CONSUMED: tuple[type[Event], ...] = (
     LoginConfirmed,
@@ -40,6 +40,8 @@ CONSUMED: tuple[type[Event], ...] = (
     UserCreated,
     PhoneNumberBound,
     SessionRevoked,
+    IdentityLinked,
+    IdentityUnlinked,
 )
 
 
@@ -65,13 +67,32 @@ def from_bus(event: Event, message_id: str | None) -> WebhookEvent | None:
     """
     by_message = f"{event.TYPE}:{message_id or ''}"
     if isinstance(event, LoginConfirmed):
+        succeeded: dict[str, Any] = {"scene": event.scene}
+        if event.external_id is not None:  # the site's own account of this WeChat user (linked)
+            succeeded["external_id"] = event.external_id
         return WebhookEvent(
             "login.succeeded",
             event.client_id,
             f"login.confirmed:{event.scene}",
             user_id=event.user_id,
-            data={"scene": event.scene},
+            data=succeeded,
         )
+    if isinstance(event, IdentityLinked):
+        linked: dict[str, Any] = {"external_id": event.external_id}
+        if event.link_request is not None:
+            linked["link_request"] = event.link_request
+        source = f"identity.linked:{event.link_request}" if event.link_request else by_message
+        return WebhookEvent("identity.linked", event.client_id, source, event.user_id, data=linked)
+    if isinstance(event, IdentityUnlinked):
+        return WebhookEvent(
+            "identity.unlinked",
+            event.client_id,
+            by_message,
+            event.user_id,
+            data={"external_id": event.external_id, "reason": event.reason},
+        )
+    if getattr(event, "purpose", None) == "link":  # a link scene declined or expired: no login failed
+        return None
     if isinstance(event, SceneCancelled):
         data: dict[str, Any] = {"scene": event.scene, "reason": "cancelled"}
         if event.reason:

@@ -28,10 +28,13 @@ SERVICES = ("token", "qrcode", "session", "gateway", "webhook")
 # RPC method → the services that may call it. Every request type has an entry (tested).
 CALLERS: Mapping[str, frozenset[str]] = {
     "token.current": frozenset({"qrcode", "session"}),
-    "qrcode.issue": frozenset({"gateway"}),
+    # The session service issues link scenes, for the link request a browser presented (docs/linking.md).
+    "qrcode.issue": frozenset({"gateway", "session"}),
     "qrcode.status": frozenset({"gateway", "session"}),
     "qrcode.scan": frozenset({"gateway"}),
-    "qrcode.cancel": frozenset({"gateway"}),
+    # The session service cancels a link scene whose link it refused (already_linked…): the browser
+    # that shows it is told why.
+    "qrcode.cancel": frozenset({"gateway", "session"}),
     # Only the session service decides a confirm (it identified the scanner): a gateway cannot
     # confirm a scene for a user of its choosing, nor identify or redeem one.
     "qrcode.confirm": frozenset({"session"}),
@@ -56,6 +59,12 @@ CALLERS: Mapping[str, frozenset[str]] = {
     "session.userinfo": frozenset({"gateway"}),
     "session.end_session": frozenset({"gateway"}),
     "session.revoke": frozenset({"gateway"}),
+    # Account linking: the gateway authenticated the site's backend, or holds the browser's ticket.
+    "session.open_link": frozenset({"gateway"}),
+    "session.issue_link": frozenset({"gateway"}),
+    "session.complete_link": frozenset({"gateway"}),
+    "session.link_status": frozenset({"gateway"}),
+    "session.unlink": frozenset({"gateway"}),
 }
 
 

@@ -153,6 +153,24 @@ SAMPLES: list[m.Message] = [
     m.OpSessionEnded(ended=True),
     m.RevokeToken(client_id="shop", token=SecretStr("refresh-secret"), token_type_hint="refresh_token"),
     m.TokenRevoked(revoked=True),
+    # account linking
+    m.IdentityLinked(client_id="shop", user_id="u_1", external_id="acct-42", link_request="lr_" + "a" * 22),
+    m.IdentityUnlinked(client_id="shop", user_id="u_1", external_id="acct-42"),
+    m.OpenLink(client_id="shop", external_id="acct-42", hint="张*三"),
+    m.LinkOpened(link_request="lr_" + "a" * 22, link_token=SecretStr("link-token-secret"), expires_at=WHEN),
+    m.IssueLinkScene(link_token=SecretStr("link-token-secret"), ticket_hash="a" * 64, ip="127.0.0.1"),
+    m.CompleteLink(scene="s" * 32, ticket_hash="a" * 64, client_id="shop"),
+    m.LinkCompleted(scene="s" * 32, link_request="lr_" + "a" * 22),
+    m.GetLinkStatus(client_id="shop", link_request="lr_" + "a" * 22),
+    m.LinkStatus(
+        link_request="lr_" + "a" * 22,
+        state="refused",
+        reason="already_linked",
+        external_id="acct-42",
+        expires_at=WHEN,
+    ),
+    m.Unlink(client_id="shop", external_id="acct-42", sub="u_1"),
+    m.Unlinked(unlinked=1),
 ]
 
 

@@ -69,6 +69,7 @@ class DroppingScenes:
         scan_hash: str | None = None,
         set_fields: dict[str, Any] | None = None,
         identified: bool = False,
+        purpose: str | None = None,
     ) -> Scene | None:
         before, self.drop_before_write = self.drop_before_write, None
         if before is not None:
@@ -81,6 +82,7 @@ class DroppingScenes:
             and ticket_hash in (None, scene.ticket_hash)
             and scan_hash in (None, scene.scan_hash)
             and (not identified or scene.user_id is not None)
+            and purpose in (None, scene.purpose)
         )
         if not matches or scene is None:
             return None
