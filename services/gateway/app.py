@@ -47,7 +47,14 @@ log = get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 # Browser-facing API paths that a site's own pages may call cross-origin.
-_CORS_PREFIXES = ("/api/login/", "/api/token/", "/api/me", "/api/logout", "/.well-known/")
+_CORS_PREFIXES = (
+    "/api/login/",
+    "/api/link/complete",  # the browser of a link code; never the site backend's /api/link/requests
+    "/api/token/",
+    "/api/me",
+    "/api/logout",
+    "/.well-known/",
+)
 # OAuth endpoints a registered client's single-page app may call: granted to the clients' origins,
 # but a foreign Origin is not refused here (servers call them too; the answer is an OAuth one).
 _OAUTH_CORS_PATHS = frozenset({"/oidc/token", "/oidc/userinfo", "/oidc/revoke"})
@@ -97,7 +104,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if status >= 500:
             log.warning("request_failed", path=request.path, error_code=exc.error_code, status=status)
         _count_error(request, exc.error_code, status)
-        return error_response(exc.error_code, exc.message, status, exc.retry_after)
+        response = error_response(exc.error_code, exc.message, status, exc.retry_after)
+        if exc.error_code == "client_auth_required":  # a site's backend route (linking.py)
+            response.headers["WWW-Authenticate"] = 'Basic realm="wxlogin", charset="UTF-8"'
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -674,6 +674,7 @@ CLAIMS_SUPPORTED = [
     "family_name",
     "phone_number",
     "phone_number_verified",
+    "external_id",  # the client's own account of a linked user (docs/linking.md), for that client only
 ]
 
 

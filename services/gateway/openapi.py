@@ -15,6 +15,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from services.gateway.identity import CodeBody, DecryptBody, LogoutBody, RefreshBody
+from services.gateway.linking import LinkRequestBody
 from services.gateway.longpoll import StatusQuery
 from services.gateway.routes import (
     CancelBody,
@@ -29,14 +30,17 @@ OPENAPI_VERSION = "3.1.0"
 
 ERROR_CODES = {
     400: "invalid_request, client_unknown, code_invalid, code_required, phone_code_invalid, decrypt_failed…",
-    401: "unauthorized, token_invalid, ticket_required, refresh_invalid, refresh_reused, session_ended",
+    401: "unauthorized, token_invalid, ticket_required, refresh_invalid, refresh_reused, session_ended, "
+    "client_auth_required (with WWW-Authenticate: Basic)",
     403: "origin_not_allowed, ticket_invalid, scan_token_invalid, user_blocked, phone_unavailable, "
-    "launch_scene_refused",
-    404: "not_found, scene_not_found, user_not_found, login_code_invalid",
+    "launch_scene_refused, client_mismatch, scene_purpose_mismatch",
+    404: "not_found, scene_not_found, user_not_found, login_code_invalid, link_request_not_found, "
+    "link_not_found",
     405: "method_not_allowed",
     408: "scene_expired (long-poll)",
-    409: "already_scanned, already_confirmed, already_redeemed, scene_not_scanned…",
-    410: "scene_expired, scene_cancelled",
+    409: "already_scanned, already_confirmed, already_redeemed, scene_not_scanned, link_request_used, "
+    "already_linked, account_already_linked…",
+    410: "scene_expired, scene_cancelled, link_request_expired",
     413: "payload_too_large (bodies over 16 KB)",
     415: "unsupported_media_type (a body that is not application/json)",
     429: "rate_limited (with Retry-After)",
@@ -130,6 +134,8 @@ _SCANNED = {
         "location_mismatch": {"type": "boolean"},
         "launch": {"enum": ["camera", "image", "unknown"]},
         "expires_at": {"type": "string", "format": "date-time"},
+        "purpose": {"enum": ["login", "link"], "description": "link: the confirm links an account"},
+        "account_hint": {"type": "string", "description": "link: the site's account, as the site names it"},
     },
 }
 
@@ -159,6 +165,34 @@ _ISSUED = {
 }
 
 
+_LINK_OPENED = {
+    "type": "object",
+    "required": ["link_request", "link_token", "expires_at", "expires_in"],
+    "properties": {
+        "link_request": {"type": "string", "description": "its id, for GET /api/link/requests/{id}"},
+        "link_token": {"type": "string", "description": "for the signed-in user's page (single use)"},
+        "expires_at": {"type": "string", "format": "date-time"},
+        "expires_in": {"type": "integer"},
+    },
+}
+_LINK_STATUS = {
+    "type": "object",
+    "required": ["link_request", "state", "external_id", "expires_at"],
+    "properties": {
+        "link_request": _STRING,
+        "state": {"enum": ["pending", "scanned", "linked", "refused", "expired"]},
+        "reason": {
+            "type": "string",
+            "description": "refused: already_linked, account_already_linked, declined, not_me",
+        },
+        "external_id": _STRING,
+        "expires_at": {"type": "string", "format": "date-time"},
+        "linked_at": {"type": "string", "format": "date-time"},
+        "sub": {"type": "string", "description": "linked: the WeChat user as this client sees it"},
+    },
+}
+
+
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -176,6 +210,8 @@ def _body(model: type[BaseModel], *, required: bool = True) -> dict[str, Any]:
 _ALWAYS = (405, 503)
 _BODY = (400, 405, 413, 415, 503)
 _BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+# A site's backend: its client id and secret (HTTP Basic), a confidential client only.
+_CLIENT_BASIC: list[dict[str, list[str]]] = [{"basic": []}]
 _TICKET_HEADER = {
     "name": "X-Login-Ticket",
     "in": "header",
@@ -370,6 +406,50 @@ def _operations() -> dict[str, dict[str, Any]]:
             "get": {
                 "summary": "This document",
                 "responses": {"200": ok({"type": "object"}, "OpenAPI 3.1")},
+            }
+        },
+        "/api/link/requests": {
+            "post": {
+                "summary": "Site backend: open a link request for one of its accounts (docs/linking.md)",
+                "security": _CLIENT_BASIC,
+                "requestBody": _body(LinkRequestBody),
+                "responses": {"201": ok(_LINK_OPENED, "opened"), **_errors(401, 429, *_BODY)},
+            }
+        },
+        "/api/link/requests/{link_request}": {
+            "get": {
+                "summary": "Site backend: where a link request stands",
+                "security": _CLIENT_BASIC,
+                "parameters": [
+                    {"name": "link_request", "in": "path", "required": True, "schema": _STRING}
+                ],
+                "responses": {"200": ok(_LINK_STATUS, "its state"), **_errors(400, 401, 404, 429, *_ALWAYS)},
+            }
+        },
+        "/api/links/{external_id}": {
+            "delete": {
+                "summary": "Site backend: unlink an account (every WeChat user, or the one sub names)",
+                "security": _CLIENT_BASIC,
+                "parameters": [
+                    {"name": "external_id", "in": "path", "required": True, "schema": _STRING},
+                    {"name": "sub", "in": "query", "required": False, "schema": _STRING},
+                ],
+                "responses": {
+                    "200": ok(
+                        {"type": "object", "required": ["external_id", "unlinked"]}, "how many were unlinked"
+                    ),
+                    **_errors(400, 401, 404, 429, *_ALWAYS),
+                },
+            }
+        },
+        "/api/link/complete": {
+            "post": {
+                "summary": "The browser that showed a link code: its outcome, once the phone confirmed",
+                "requestBody": _body(CompleteBody),
+                "responses": {
+                    "200": ok({"type": "object", "required": ["state", "scene", "link_request"]}, "linked"),
+                    **_errors(403, 404, 409, 410, 429, *_BODY),
+                },
             }
         },
     }

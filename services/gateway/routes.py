@@ -40,6 +40,7 @@ from shared.messages import (
     ConfirmLogin,
     EnterLoginCode,
     IdentifyScanner,
+    IssueLinkScene,
     IssueScene,
     Place,
     ScanInfo,
@@ -68,12 +69,14 @@ Ticket = Field(min_length=16, max_length=128, pattern=TICKET_PATTERN)
 
 class IssueBody(BaseModel):
     """``POST /api/login/qrcode``: the registered client the login is for (none: the default client);
-    a browser on a phone asks for a ``login_code`` to type and a ``url_link`` to open WeChat."""
+    a browser on a phone asks for a ``login_code`` to type and a ``url_link`` to open WeChat. With a
+    ``link_token`` (from the site's backend: docs/linking.md) the code links an account instead."""
 
     model_config = ConfigDict(extra="ignore")
     client_id: ClientIdField | None = None
     login_code: StrictBool = False
     url_link: StrictBool = False
+    link_token: str | None = Field(default=None, min_length=16, max_length=128, pattern=TICKET_PATTERN)
 
 
 class CompleteBody(BaseModel):
@@ -242,16 +245,18 @@ async def issue_qrcode(request: web.Request) -> web.Response:
     client = registered_client(request, body.client_id)
     ip = check_browser_call(request, "issue", client)
     ticket = secrets.token_urlsafe(32)
-    issued = await request.app[BUS].call(
-        IssueScene(
-            ticket_hash=ticket_hash(ticket),
-            ip=ip,
-            user_agent=request.headers.get("User-Agent", "")[:512],
-            client_id=wire_client_id(request, client),
-            with_login_code=body.login_code,
-            with_url_link=body.url_link,
-        )
-    )
+    common: dict[str, Any] = {
+        "ticket_hash": ticket_hash(ticket),
+        "ip": ip,
+        "user_agent": request.headers.get("User-Agent", "")[:512],
+        "client_id": wire_client_id(request, client),
+        "with_login_code": body.login_code,
+        "with_url_link": body.url_link,
+    }
+    if body.link_token is not None:  # a link code, bound to this ticket: the token is spent on it
+        issued = await request.app[BUS].call(IssueLinkScene(link_token=SecretStr(body.link_token), **common))
+    else:
+        issued = await request.app[BUS].call(IssueScene(**common))
     expires_in = max(0, int((issued.expires_at - datetime.now(UTC)).total_seconds()))
     answer: dict[str, Any] = {
         "scene": issued.scene,
@@ -307,7 +312,7 @@ async def me(request: web.Request) -> web.Response:
     """``GET /api/me`` (Bearer): the user, from the verified token alone."""
     claims = await request.app[KEYS].verify(bearer_token(request.headers.get("Authorization")))
     user = {"id": claims["sub"], "openid": claims.get("openid")}
-    user.update({k: claims[k] for k in ("unionid", "phone") if claims.get(k)})
+    user.update({k: claims[k] for k in ("unionid", "phone", "external_id") if claims.get(k)})
     return web.json_response(user)
 
 
@@ -406,6 +411,9 @@ def scan_answer(
         "location_mismatch": info.location_mismatch,
         "launch": info.launch,
         "expires_at": _iso(info.expires_at),
+        # ``link``: the confirm links this WeChat to the site's account ``account_hint`` (no login).
+        "purpose": info.purpose,
+        **({"account_hint": info.account_hint} if info.purpose == "link" and info.account_hint else {}),
     }
 
 
@@ -507,6 +515,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
 def setup_routes(app: web.Application) -> None:
     """Every HTTP route of the gateway, in one place."""
     from services.gateway.identity import setup_identity_routes  # it builds on this module
+    from services.gateway.linking import setup_linking_routes  # it builds on this module too
     from services.gateway.oidc import setup_oidc_routes  # it builds on this module too
     from services.gateway.openapi import openapi_json  # it describes this module's routes
 
@@ -529,3 +538,4 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/openapi.json", openapi_json)
     setup_identity_routes(app)
     setup_oidc_routes(app)
+    setup_linking_routes(app)
