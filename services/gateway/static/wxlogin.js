@@ -26,6 +26,12 @@
  * (long-press it); in any other phone browser it offers to save the picture (to scan it from the album
  * in WeChat), an 8-character login code to type into the mini-program's home page, and "打开微信" when
  * the service gives a URL Link. When the page comes back to the foreground it asks for the state again.
+ *
+ * Link mode (docs/linking.md): `WxLogin.mount(el, {clientId: 'shop', link: linkToken, onLinked: fn})`
+ * shows a code that links the site's signed-in account to the WeChat user who scans it (the phone
+ * says so). `link` is the link token the site's backend got from POST /api/link/requests, or a
+ * function returning it (or a promise of it): a token shows one code, so every new code (refresh)
+ * asks the function again. No token is issued; onLinked({state: 'linked', scene, link_request}).
  */
 (function (root, factory) {
   'use strict';
@@ -65,7 +71,18 @@
       typeIntro: function (app) {
         return '或打开微信小程序' + (app ? '「' + app + '」' : '') + '，在首页点“输入网页上的登录码”，输入：';
       },
-      openWeChat: '打开微信'
+      openWeChat: '打开微信',
+      // Link mode: the code links the signed-in account; a refusal says why (the phone hears it too).
+      link: {
+        pending: '请使用微信扫一扫，把微信绑定到当前账号',
+        scanned: '扫码成功，请在手机上确认绑定',
+        confirmed: '已确认，正在完成绑定…',
+        done: '绑定成功',
+        cancelled: '你已在手机上取消绑定',
+        already_linked: '这个微信已绑定本站的另一个账号，请先在那个账号中解除绑定',
+        account_already_linked: '当前账号已绑定了另一个微信',
+        gone: '绑定二维码已失效，请刷新后重试'
+      }
     },
     en: {
       loading: 'Loading the code…',
@@ -93,7 +110,17 @@
         return 'Or open the ' + (app ? '"' + app + '" ' : '') +
           'mini-program in WeChat, tap "Enter the login code" on its home page and type:';
       },
-      openWeChat: 'Open WeChat'
+      openWeChat: 'Open WeChat',
+      link: {
+        pending: 'Scan with WeChat to link it to this account',
+        scanned: 'Scanned. Please confirm the link on your phone',
+        confirmed: 'Confirmed, linking…',
+        done: 'Linked',
+        cancelled: 'Linking cancelled on the phone',
+        already_linked: 'This WeChat is already linked to another account of this site: unlink it there first',
+        account_already_linked: 'This account is already linked to another WeChat',
+        gone: 'This link code is no longer valid: refresh and try again'
+      }
     }
   };
 
@@ -131,6 +158,9 @@
       styled = true;
     } catch (e) { /* no constructable sheets: the box is plain but works */ }
   }
+
+  // A link request that can show no (more) code: a new one is needed (a refresh asks `link` again).
+  var LINK_GONE = {link_request_used: true, link_request_expired: true, link_request_not_found: true};
 
   // Final states of a box: nothing runs after them until the user refreshes.
   var FINAL = {done: true, cancelled: true, expired: true, error: true};
@@ -302,6 +332,9 @@
     rootEl.appendChild(box);
 
     var current = null; // the session of the code on screen; see start()
+    // Link mode: the link token, or a function that gets one for each new code (see the top).
+    var link = options.link || null;
+    if (link) box.setAttribute('data-mode', 'link');
 
     function el(tag, cls) {
       var node = document.createElement(tag);
@@ -317,6 +350,7 @@
 
     /** The status line: on the phone itself, what the user does there instead of scanning. */
     function textFor(key) {
+      if (link && t.link[key] && (device === 'desktop' || key !== 'pending')) return t.link[key];
       if (device === 'wechat' && key === 'pending') return t.longPress;
       if (device === 'phone' && key === 'pending') return t.pendingPhone;
       if (device !== 'desktop' && key === 'scanned') return t.scannedHere;
@@ -434,6 +468,7 @@
       end(session);
       show('error');
       if (why) status.textContent = t[why];
+      if (link && err && LINK_GONE[err.code]) status.textContent = t.link.gone;
       setNet('idle');
       if (err && err.code === 'origin_not_allowed' && global.console) {
         // The most common first-hour mistake: say which setting to change, on which server.
@@ -460,6 +495,7 @@
         end(session);
         show('cancelled');
         if (reason === 'not_me') status.textContent = t.notMe;
+        else if (link && reason && t.link[reason]) status.textContent = t.link[reason]; // a refused link
         if (reason) box.setAttribute('data-reason', reason);
         setNet('idle');
         emit('onCancel', {scene: session.scene, reason: reason || null});
@@ -498,15 +534,15 @@
       (function tryComplete() {
         var body = Object.assign({}, collect && collect.body, {scene: session.scene, ticket: ticket});
         if (clientId) body.client_id = clientId;
-        var path = (collect && collect.path) || '/api/login/complete';
+        var path = (collect && collect.path) || (link ? '/api/link/complete' : '/api/login/complete');
         request(session, 'POST', path, body, null, collect && collect.credentials).then(function (r) {
           if (!alive(session)) return;
-          if (r.ok && r.data && (collect || r.data.access_token)) {
+          if (r.ok && r.data && (collect || (link ? r.data.state === 'linked' : r.data.access_token))) {
             end(session);
             img.hidden = true;
             show('done');
             setNet('idle');
-            emit('onSuccess', r.data);
+            emit(link ? 'onLinked' : 'onSuccess', r.data);
             return;
           }
           var err = apiError(r);
@@ -651,10 +687,12 @@
       current = pending;
       var attempt = 0;
       var until = Date.now() + RETRY.issueFor;
-      (function issue() {
+      var linkToken = null;
+      function issue() {
         // A phone cannot scan its own screen: it asks for a code to type and a link to open WeChat.
         var body = device === 'phone' ? {login_code: true, url_link: true} : null;
         if (clientId) body = Object.assign(body || {}, {client_id: clientId});
+        if (linkToken) body = Object.assign(body || {}, {link_token: linkToken});
         request(pending, 'POST', '/api/login/qrcode', body).then(function (r) {
           if (!alive(pending)) return;
           if (r.ok && r.data && r.data.scene) return begin(pending, r.data);
@@ -666,7 +704,23 @@
             fail(pending, apiError(r));
           }
         });
-      })();
+      }
+      if (typeof link !== 'function') {
+        linkToken = link;
+        issue();
+        return;
+      }
+      // A token for this code, from the site (its backend opens a link request per code).
+      Promise.resolve().then(link).then(function (token) {
+        if (!alive(pending)) return;
+        if (!token) throw new Error('the link option gave no link token');
+        linkToken = String(token);
+        issue();
+      }).catch(function (e) {
+        var err = e instanceof Error ? e : new Error(String(e));
+        err.code = err.code || 'link_token_unavailable';
+        fail(pending, err);
+      });
     }
 
     function begin(pending, issued) {
