@@ -41,7 +41,11 @@ const MESSAGES = {
   missing_scene: '没有读到二维码信息，请重新扫码',
   login_failed: '微信登录失败，请稍后重试',
   domain_not_listed: '无法连接登录服务，请稍后重试',
-  login_code_invalid: '登录码不正确，请核对后重新输入'
+  login_code_invalid: '登录码不正确，请核对后重新输入',
+  // A link code refused (docs/linking.md); the computer shows why as well.
+  already_linked: '这个微信已绑定该网站的另一个账号，不能再绑定其他账号。如需更换，请先在网站上解除原来的绑定',
+  account_already_linked: '网站的这个账号已绑定了另一个微信，不能再绑定',
+  scene_purpose_mismatch: '二维码无效，请在电脑上刷新后重新扫码'
 };
 
 /** The text for an error (or an error code). */

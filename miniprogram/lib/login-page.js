@@ -20,6 +20,29 @@ const HOME_PAGE = 'pages/index/index';
 /** What the phone says after 不是我 (the browser says its part: the code may have been sent on). */
 const NOT_ME_DONE = '已拒绝这次登录，电脑上会显示“不是我”。请不要扫描别人发给你的二维码或图片，那可能是骗局';
 
+/**
+ * What the page says for a login, and for a link code (docs/linking.md: the site's signed-in user links
+ * this WeChat to their account there; the scan answer says `purpose: 'link'` and `account_hint`).
+ */
+const WORDS = {
+  login: {
+    ask: () => '请求使用你的微信账号登录网站',
+    confirm: '确认登录',
+    confirmArmed: '仍然确认登录',
+    armed: '请先看清上面的红色提示。确实是你本人在电脑上登录，再点一次“仍然确认登录”',
+    done: '已确认登录，请回到电脑继续',
+    cancelled: '已取消登录'
+  },
+  link: {
+    ask: (site, hint) => '将此微信绑定到 ' + site + ' 的账号 ' + hint,
+    confirm: '确认绑定',
+    confirmArmed: '仍然确认绑定',
+    armed: '请先看清上面的红色提示。确实是你本人在电脑上绑定自己的账号，再点一次“仍然确认绑定”',
+    done: '已绑定，以后可以用这个微信登录该账号。请回到电脑继续',
+    cancelled: '已取消绑定'
+  }
+};
+
 function createLoginPage({wx, config, currentPages = () => []}) {
   const api = createApi(wx, config);
   // After a red warning the first 确认登录 tap only arms the button; a second tap confirms, but not one
@@ -82,6 +105,12 @@ function createLoginPage({wx, config, currentPages = () => []}) {
   return {
     data: {
       status: 'loading',
+      // `login`, or `link`: the confirm links this WeChat to the site's account `accountHint`.
+      purpose: 'login',
+      accountHint: '',
+      ask: WORDS.login.ask(),
+      confirmLabel: WORDS.login.confirm,
+      confirmArmedLabel: WORDS.login.confirmArmed,
       site: '',
       browser: '',
       os: '',
@@ -146,8 +175,15 @@ function createLoginPage({wx, config, currentPages = () => []}) {
           const expiresAt = Date.parse(info.expires_at);
           this.expiresAt = expiresAt > Date.now() ? expiresAt : null; // a phone clock far off: no bound
           const requester = info.requester || {};
+          const purpose = info.purpose === 'link' ? 'link' : 'login';
+          const words = WORDS[purpose];
           this.setData({
             status: 'ready',
+            purpose,
+            accountHint: purpose === 'link' ? info.account_hint || '' : '',
+            ask: words.ask(info.site, info.account_hint || ''),
+            confirmLabel: words.confirm,
+            confirmArmedLabel: words.confirmArmed,
             retrying: false,
             // The confirm will need a code: in development say now why there is none.
             message: loginError && (env.developing || loginError.code === 'mock_code') ? say(loginError) : '',
@@ -190,7 +226,7 @@ function createLoginPage({wx, config, currentPages = () => []}) {
         // reflexive double tap) confirms.
         if (!this.data.armed) {
           this.armedAt = Date.now();
-          this.setData({armed: true, message: '请先看清上面的红色提示。确实是你本人在电脑上登录，再点一次“仍然确认登录”'});
+          this.setData({armed: true, message: WORDS[this.data.purpose].armed});
           return Promise.resolve();
         }
         if (Date.now() - this.armedAt < secondTapMs) return Promise.resolve();
@@ -198,7 +234,7 @@ function createLoginPage({wx, config, currentPages = () => []}) {
       this.setData({status: 'confirming', message: ''});
       const confirmed = () => {
         this.scanToken = '';
-        this.setData({status: 'confirmed', retrying: false, message: '已确认登录，请回到电脑继续'});
+        this.setData({status: 'confirmed', retrying: false, message: WORDS[this.data.purpose].done});
       };
       return confirmRequest(this)
         .then(confirmed, (err) => {
@@ -214,7 +250,7 @@ function createLoginPage({wx, config, currentPages = () => []}) {
     },
 
     onCancel() {
-      return this.decline(undefined, '已取消登录');
+      return this.decline(undefined, WORDS[this.data.purpose].cancelled);
     },
 
     /** 不是我: the user did not ask for this login. The browser is told so (reason `not_me`). */
@@ -248,4 +284,4 @@ function createLoginPage({wx, config, currentPages = () => []}) {
   };
 }
 
-module.exports = {HOME_PAGE, NOT_ME_DONE, createLoginPage};
+module.exports = {HOME_PAGE, NOT_ME_DONE, WORDS, createLoginPage};

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from shared.clients import new_secret
 from shared.mongo import EmbeddedMongo
 from tests.integration.conftest import Stack
 from tests.scenes import FakeClock, start_stack_with, stop_stack
@@ -23,6 +24,9 @@ from tests.support import Browser
 MINIPROGRAM = Path(__file__).parents[2] / "miniprogram"
 NODE = shutil.which("node")
 NODE_TIMEOUT = 90.0
+# link.test.js: a confidential client whose backend opens link requests (docs/linking.md).
+LINK_SECRET, LINK_SECRET_HASH = new_secret()
+LINK_CLIENT, LINK_SITE = "mp-shop", "示例商城"
 
 pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed")
 
@@ -34,8 +38,14 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 async def clocked_stack(
-    mongo_server: EmbeddedMongo, amqp_base_url: str, unique: str, clock: FakeClock
+    mongo_server: EmbeddedMongo, amqp_base_url: str, unique: str, clock: FakeClock, tmp_path: Path
 ) -> AsyncIterator[Stack]:
+    clients = tmp_path / "clients.yaml"
+    clients.write_text(
+        f"clients:\n  - client_id: {LINK_CLIENT}\n    client_secret_hash: {LINK_SECRET_HASH}\n"
+        f"    site_name: {LINK_SITE}\n",
+        encoding="utf-8",
+    )
     # One client IP runs every Node test: room for their codes and their retried requests.
     stack = await start_stack_with(
         "memory",
@@ -51,6 +61,7 @@ async def clocked_stack(
         limit_user_burst=120,
         # confirm-screen.test.js: the browser and the phone come from public addresses (security M4).
         trusted_proxies="127.0.0.0/8",
+        clients_file=str(clients),
     )
     try:
         yield stack
@@ -88,6 +99,9 @@ async def test_the_mini_program_pages_pass_their_node_tests_against_the_gateway(
         "WXLOGIN_SIM_URL": clocked_stack.sim.url,
         "WXLOGIN_SITE_NAME": clocked_stack.settings.site_name,
         "WXLOGIN_EXPIRED_SCENE": await expired_scene(clocked_stack, clock),
+        "WXLOGIN_LINK_CLIENT": LINK_CLIENT,
+        "WXLOGIN_LINK_SECRET": LINK_SECRET,
+        "WXLOGIN_LINK_SITE_NAME": LINK_SITE,
     }
     tests = sorted(str(p) for p in (MINIPROGRAM / "test").glob("*.test.js"))
     proc = await asyncio.create_subprocess_exec(
