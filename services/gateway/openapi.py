@@ -236,7 +236,8 @@ def _operations() -> dict[str, dict[str, Any]]:
             "post": {
                 "summary": "A login code for this browser, and the ticket that alone can redeem it",
                 "requestBody": _body(IssueBody, required=False),
-                "responses": {"201": ok(_ISSUED, "issued"), **_errors(403, 429, *_BODY)},
+                # With a link_token: 404, 409, 410 for an unknown, used or expired link request.
+                "responses": {"201": ok(_ISSUED, "issued"), **_errors(403, 404, 409, 410, 429, *_BODY)},
             }
         },
         "/api/login/ws": {
