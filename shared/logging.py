@@ -33,6 +33,7 @@ SECRET_KEYS = frozenset(
         "wx_code",
         "phone_code",
         "ticket",
+        "link_token",
         "encrypted_data",
         "authorization",
         "data_key",
@@ -43,7 +44,7 @@ SECRET_KEYS = frozenset(
 )
 
 _QUERY_SECRET = re.compile(
-    r"(?i)\b(access_token|secret|appsecret|js_code|code|ticket|refresh_token|session_key|signature)"
+    r"(?i)\b(access_token|secret|appsecret|js_code|code|ticket|refresh_token|session_key|signature|link_token)"
     r"(=|%3D)[^&\s\"'<>]+"
 )
 _BEARER = re.compile(r"(?i)\bBearer\s+[A-Za-z0-9._~+/=-]+")

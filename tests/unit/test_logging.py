@@ -51,6 +51,12 @@ def test_nested_secret_keys_are_redacted(captured: io.StringIO) -> None:
     assert "r-very-secret" not in captured.getvalue()
 
 
+def test_a_link_token_is_redacted_as_a_key_and_in_a_query(captured: io.StringIO) -> None:
+    get_logger("t").info("link", link_token="LT-very-secret", detail="GET /x?link_token=LT-in-a-url&a=1")
+    text = captured.getvalue()
+    assert "LT-very-secret" not in text and "LT-in-a-url" not in text and "a=1" in text
+
+
 def test_registered_secret_values_are_scrubbed_anywhere(captured: io.StringIO) -> None:
     register_secret("86_RegisteredAccessTokenValue")
     get_logger("t").info("oops", note="token was 86_RegisteredAccessTokenValue in a message")
