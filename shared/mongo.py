@@ -27,7 +27,12 @@ wire server used by the demo and the tests):
   restart on the same port and data directory listens within ~0.1 s with the same data, and the
   client's monitor finds it again by itself;
 * it accepts the ``maxTimeMS`` that PyMongo's client-side timeout (``pymongo.timeout``) attaches to
-  every command, and may answer a slow one with ``ExecutionTimeout`` (error 50), like a real mongod.
+  every command, and may answer a slow one with ``ExecutionTimeout`` (error 50), like a real mongod;
+* a partial index honours only a ``$type`` filter (``partialFilterExpression: {status: "current"}``
+  made every value of the field unique): write partial unique indexes as ``{field: {"$type": …}}``
+  and keep the other condition in the indexed value itself (``signing_keys_one_current_per_alg``);
+* ``{"field": {"$ne": x}}`` does not match a document that lacks the field (MongoDB's does): write
+  ``{"field": {"$in": [None, …the values allowed]}}`` instead.
 
 Outages, and why nothing here cancels a PyMongo call: on Python 3.11, PyMongo's async topology waits
 for a change with ``asyncio.wait_for(condition.wait(), 0.5)``, which runs the wait as a separate task.
