@@ -75,6 +75,8 @@ def test_a_busy_ops_port_stops_a_single_service_with_one_line(tmp_path: Path, bu
         "session",
         WXLOGIN_AMQP_URL="amqp://guest:guest@127.0.0.1:1/",  # never reached: the port is checked first
         WXLOGIN_BUS_KEY="A" * 43 + "=",
+        WXLOGIN_SUBJECT_KEY="B" * 43 + "=",
+        WXLOGIN_ISSUER_URL="https://login.example.com",
         WXLOGIN_OPS_PORT=str(busy_port),
     )
     assert one_line(done).startswith(f"port {busy_port} is already in use (WXLOGIN_OPS_PORT)")
