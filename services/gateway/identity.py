@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool
 
 from services.gateway.auth import bearer_token
 from services.gateway.errors import Unauthorized
@@ -55,7 +55,8 @@ class LogoutBody(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     refresh_token: str | None = Field(default=None, min_length=16, max_length=256, pattern=URLSAFE)
-    everywhere: bool = False
+    # Strict: 1 or "yes" is a 400, not a logout everywhere (found by `make fuzz`).
+    everywhere: StrictBool = False
 
 
 class DecryptBody(BaseModel):

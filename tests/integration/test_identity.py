@@ -479,6 +479,15 @@ async def test_logout_with_the_refresh_token_alone(mem: IdentityStack) -> None:
     assert (await mp.refresh())[0] == 401
 
 
+async def test_logout_everywhere_must_be_a_json_boolean(mem: IdentityStack) -> None:
+    mp = await mem.phone().register()
+    tokens = await mp.login()
+    body = {"refresh_token": tokens["refresh_token"], "everywhere": 1}  # found by make fuzz: was a 204
+    status, answer = await mem.request("POST", "/api/logout", body)
+    assert status == 400 and answer["error"]["code"] == "invalid_request"
+    assert (await mp.refresh())[0] == 200  # nothing was logged out
+
+
 @pytest.mark.parametrize(
     ("body", "token", "status"),
     [(None, None, 401), ({}, None, 401), ({"refresh_token": "short"}, None, 400), (None, "x.y.z", 401)],
