@@ -34,6 +34,15 @@ SECRET_KEYS = frozenset(
         "phone_code",
         "ticket",
         "link_token",
+        "login_code",
+        "scan_token",
+        "client_secret",
+        "code_verifier",
+        "id_token",
+        "id_token_hint",
+        "logout_token",
+        "op_session",
+        "set-cookie",
         "encrypted_data",
         "authorization",
         "data_key",
@@ -44,7 +53,8 @@ SECRET_KEYS = frozenset(
 )
 
 _QUERY_SECRET = re.compile(
-    r"(?i)\b(access_token|secret|appsecret|js_code|code|ticket|refresh_token|session_key|signature|link_token)"
+    r"(?i)\b(access_token|secret|appsecret|js_code|code|ticket|refresh_token|session_key|signature|link_token"
+    r"|client_secret|code_verifier|id_token|id_token_hint|logout_token|login_code)"
     r"(=|%3D)[^&\s\"'<>]+"
 )
 _BEARER = re.compile(r"(?i)\bBearer\s+[A-Za-z0-9._~+/=-]+")

@@ -57,6 +57,24 @@ def test_a_link_token_is_redacted_as_a_key_and_in_a_query(captured: io.StringIO)
     assert "LT-very-secret" not in text and "LT-in-a-url" not in text and "a=1" in text
 
 
+def test_openid_connect_secrets_are_redacted_as_keys_and_in_a_query(captured: io.StringIO) -> None:
+    get_logger("t").info(
+        "oidc",
+        client_secret="CS-secret",
+        code_verifier="CV-secret",
+        id_token="IT-secret",
+        login_code="LC-secret",
+        op_session="OP-secret",
+        detail="GET /oidc/logout?id_token_hint=HINT-secret&state=s "
+        "POST client_secret=CS2-secret&code_verifier=CV2-x",
+    )
+    out = captured.getvalue()
+    secrets = ("CS-secret", "CV-secret", "IT-secret", "LC-secret", "OP-secret", "HINT-secret", "CS2-secret")
+    for secret in (*secrets, "CV2-x"):
+        assert secret not in out
+    assert "state=s" in out
+
+
 def test_registered_secret_values_are_scrubbed_anywhere(captured: io.StringIO) -> None:
     register_secret("86_RegisteredAccessTokenValue")
     get_logger("t").info("oops", note="token was 86_RegisteredAccessTokenValue in a message")
