@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from services.session.errors import InvalidScope
@@ -85,66 +86,59 @@ def user_claims(
     return claims
 
 
-def id_token_claims(
-    *,
-    issuer: str,
-    client: Client,
-    user: User,
-    scope: str,
-    key: bytes,
-    sid: str,
-    auth_time: float,
-    now: int,
-    ttl: int,
-    nonce: str | None = None,
-    external_id: str | None = None,
-) -> dict[str, Any]:
-    """The claims of an ID token for ``client`` (OpenID Connect Core §2, §5.4)."""
-    claims = user_claims(client, user, scope.split(), key, external_id=external_id)
+@dataclass(frozen=True, slots=True)
+class Issuance:
+    """One issue of tokens to ``client`` for ``user`` in session ``sid``: what the ID token and the
+    access token share."""
+
+    issuer: str
+    client: Client
+    user: User
+    scope: str
+    key: bytes  # the subject key (shared.subjects)
+    sid: str
+    auth_time: float
+    now: int
+    ttl: int
+    external_id: str | None = None
+
+
+def id_token_claims(issue: Issuance, *, nonce: str | None = None) -> dict[str, Any]:
+    """The claims of an ID token (OpenID Connect Core §2, §5.4)."""
+    client = issue.client
+    claims = user_claims(client, issue.user, issue.scope.split(), issue.key, external_id=issue.external_id)
     claims.update(
-        iss=issuer,
+        iss=issue.issuer,
         aud=client.client_id,
         azp=client.client_id,
-        iat=now,
-        exp=now + ttl,
-        auth_time=int(auth_time),
+        iat=issue.now,
+        exp=issue.now + issue.ttl,
+        auth_time=int(issue.auth_time),
         amr=list(AMR),
-        sid=sid,
+        sid=issue.sid,
     )
     if nonce is not None:
         claims["nonce"] = nonce
     return claims
 
 
-def access_token_claims(
-    *,
-    issuer: str,
-    client: Client,
-    user: User,
-    scope: str,
-    key: bytes,
-    sid: str,
-    auth_time: float,
-    now: int,
-    ttl: int,
-    external_id: str | None = None,
-) -> dict[str, Any]:
+def access_token_claims(issue: Issuance) -> dict[str, Any]:
     """The claims of an OpenID Connect access token (RFC 9068): ``sub`` as the ID token's, ``aud`` and
     ``client_id`` the client, ``scope``, ``sid``, and the client's ``external_id`` of a linked user;
     nothing else about the user."""
     claims: dict[str, Any] = {
-        "iss": issuer,
-        "sub": subject(client, user.id, key),
-        "aud": client.client_id,
-        "client_id": client.client_id,
-        "scope": scope,
-        "sid": sid,
-        "auth_time": int(auth_time),
-        "iat": now,
-        "nbf": now,
-        "exp": now + ttl,
+        "iss": issue.issuer,
+        "sub": subject(issue.client, issue.user.id, issue.key),
+        "aud": issue.client.client_id,
+        "client_id": issue.client.client_id,
+        "scope": issue.scope,
+        "sid": issue.sid,
+        "auth_time": int(issue.auth_time),
+        "iat": issue.now,
+        "nbf": issue.now,
+        "exp": issue.now + issue.ttl,
         "jti": secrets.token_urlsafe(16),
     }
-    if external_id is not None:
-        claims["external_id"] = external_id
+    if issue.external_id is not None:
+        claims["external_id"] = issue.external_id
     return claims

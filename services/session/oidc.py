@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from pydantic import SecretStr
 
 from services.session.claims import (
+    Issuance,
     access_token_claims,
     granted_scope,
     id_token_claims,
@@ -427,32 +428,20 @@ class OidcHandlers:
         now = int(self._clock())
         ttl = self._signer.ttl
         auth_time = grant.binding.auth_time if grant.binding.auth_time is not None else now
-        key, sid, issuer = self._subject_key, grant.family, self._issuer
-        access_claims = access_token_claims(
-            issuer=issuer,
+        issue = Issuance(
+            issuer=self._issuer,
             client=client,
             user=user,
             scope=scope,
-            key=key,
-            sid=sid,
+            key=self._subject_key,
+            sid=grant.family,
             auth_time=auth_time,
             now=now,
             ttl=ttl,
             external_id=external_id,
         )
-        id_claims = id_token_claims(
-            issuer=issuer,
-            client=client,
-            user=user,
-            scope=scope,
-            key=key,
-            sid=sid,
-            auth_time=auth_time,
-            now=now,
-            ttl=ttl,
-            nonce=nonce,
-            external_id=external_id,
-        )
+        access_claims = access_token_claims(issue)
+        id_claims = id_token_claims(issue, nonce=nonce)
         access = self._signer.sign_access(access_claims)
         id_token = self._signer.sign(id_claims, alg=client.id_token_signed_response_alg, typ=ID_TOKEN_TYPE)
         return OidcTokens(
