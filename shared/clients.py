@@ -13,6 +13,8 @@ environment variables that hold their ``whsec_`` secrets.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import hmac
 import os
@@ -22,7 +24,7 @@ import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -61,6 +63,26 @@ class ClientsFileError(ValueError):
 
 class UnknownClient(LookupError):
     """No registered client has this id."""
+
+
+class MalformedCredentials(ValueError):
+    """An ``Authorization: Basic`` header whose value is not base64 of ``id:secret``."""
+
+
+def basic_credentials(header: str) -> tuple[str, str] | None:
+    """``Authorization: Basic …`` → (client_id, secret), each form-url-decoded as RFC 6749 §2.3.1
+    asks of client credentials; None for another scheme (raises :class:`MalformedCredentials`)."""
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise MalformedCredentials() from None
+    client_id, sep, secret = decoded.partition(":")
+    if not sep:
+        raise MalformedCredentials()
+    return unquote_plus(client_id), unquote_plus(secret)
 
 
 def hash_secret(secret: str) -> str:

@@ -8,11 +8,8 @@ WebSocket and the long-poll watch it as any code. The session service holds the 
 
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote_plus
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,7 +25,7 @@ from services.gateway.routes import (
     wire_client_id,
 )
 from services.gateway.ws import ticket_hash
-from shared.clients import Client
+from shared.clients import Client, MalformedCredentials, basic_credentials
 from shared.messages import (
     AccountHint,
     CompleteLink,
@@ -70,18 +67,14 @@ def _iso(moment: datetime) -> str:
 
 
 def _credentials(header: str) -> tuple[str, str]:
-    """``Authorization: Basic`` → (client_id, secret), each form-url-decoded (RFC 6749 §2.3.1)."""
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "basic" or not value.strip():
-        raise ClientAuthRequired()
+    """``Authorization: Basic`` → (client_id, secret)."""
     try:
-        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
+        credentials = basic_credentials(header)
+    except MalformedCredentials:
         raise ClientAuthRequired("malformed Basic credentials") from None
-    user, sep, password = decoded.partition(":")
-    if not sep:
-        raise ClientAuthRequired("malformed Basic credentials")
-    return unquote_plus(user), unquote_plus(password)
+    if credentials is None:
+        raise ClientAuthRequired()
+    return credentials
 
 
 def site_backend(request: web.Request) -> Client:

@@ -19,15 +19,13 @@ sends, authenticates clients, and speaks OAuth.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import html
 import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, unquote_plus, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -37,7 +35,7 @@ from services.gateway.errors import BadRequest, OriginNotAllowed, Unauthorized, 
 from services.gateway.origins import origin_of
 from services.gateway.routes import KEYS, LIMITS, STATIC, Ticket, client_ip, read_body
 from services.gateway.ws import ticket_hash
-from shared.clients import SCOPES, Client, ClientRegistry
+from shared.clients import SCOPES, Client, ClientRegistry, MalformedCredentials, basic_credentials
 from shared.config import Settings
 from shared.errors import RemoteError, ServiceError
 from shared.logging import get_logger
@@ -547,20 +545,13 @@ def oauth_endpoint(
 
 
 def _basic_credentials(header: str) -> tuple[str, str] | None:
-    """``Authorization: Basic`` → (client_id, secret), each form-url-decoded (RFC 6749 §2.3.1)."""
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "basic":
-        return None
+    """``Authorization: Basic`` → (client_id, secret); None for another scheme."""
     try:
-        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return basic_credentials(header)
+    except MalformedCredentials:
         raise OAuthError(
             "invalid_client", "malformed Basic credentials", status=401, www_authenticate=_BASIC
         ) from None
-    user, sep, password = decoded.partition(":")
-    if not sep:
-        raise OAuthError("invalid_client", "malformed Basic credentials", status=401, www_authenticate=_BASIC)
-    return unquote_plus(user), unquote_plus(password)
 
 
 _BASIC = 'Basic realm="wxlogin"'

@@ -8,21 +8,18 @@ endpoints; anything else is answered as unknown (404). Answers are JSON; errors
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
-from urllib.parse import unquote
 
 from aiohttp import web
 from pymongo.errors import PyMongoError
 
 from services.webhook.errors import ClientAuthRequired
 from services.webhook.handlers import WebhookAdmin
-from shared.clients import Client
+from shared.clients import Client, MalformedCredentials, basic_credentials
 from shared.errors import InvalidRequest, ServiceError, StoreUnavailable
 from shared.logging import get_logger
 from shared.runtime import CLIENTS
@@ -76,18 +73,16 @@ def authenticate(request: web.Request) -> Client:
     Id and secret are form-urlencoded before base64, as OAuth 2.0 (RFC 6749 §2.3.1) asks of client
     credentials; public clients (no secret) cannot use this route.
     """
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "basic" or not token:
-        raise ClientAuthRequired()
     try:
-        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+        credentials = basic_credentials(request.headers.get("Authorization", ""))
+    except MalformedCredentials:
         raise ClientAuthRequired() from None
-    client_id, sep, secret = decoded.partition(":")
-    client = request.app[CLIENTS].get(unquote(client_id)) if sep else None
-    if client is None or not client.check_secret(unquote(secret)):
-        log.info("webhook_admin_auth_failed", client_id=unquote(client_id)[:64] if sep else None)
+    if credentials is None:
+        raise ClientAuthRequired()
+    client_id, secret = credentials
+    client = request.app[CLIENTS].get(client_id)
+    if client is None or not client.check_secret(secret):
+        log.info("webhook_admin_auth_failed", client_id=client_id[:64])
         raise ClientAuthRequired("unknown client or wrong secret")
     return client
 
