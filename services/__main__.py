@@ -35,6 +35,7 @@ from services.startup import (
     production_problems,
     start_site,
 )
+from shared import eventloop
 from shared.bus import MemoryBroker
 from shared.config import Settings
 from shared.httpserver import AppRunner
@@ -116,7 +117,9 @@ async def run_one(name: str, settings: Settings) -> None:
     runner = AppRunner(app, access_log_class=AccessLogger, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
     await start_site(runner, address)
-    log.info("service_started", port=address.port, pid=os.getpid())
+    log.info(
+        "service_started", port=address.port, pid=os.getpid(), loop=eventloop.loop_name(settings.event_loop)
+    )
     try:
         await _wait_for_signal()
     finally:
@@ -327,9 +330,9 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(service=args.service, fmt=settings.log_format, level=settings.log_level)
     try:
         if args.service == "all":
-            asyncio.run(run_all(settings))
+            eventloop.run(run_all(settings), settings.event_loop)
         else:
-            asyncio.run(run_one(args.service, settings))
+            eventloop.run(run_one(args.service, settings), settings.event_loop)
     except StartupError as exc:
         print(exc, file=sys.stderr)
         sys.exit(1)

@@ -313,6 +313,9 @@ class Settings(BaseSettings):
     demo: bool = False
     log_format: LogFormat = "auto"
     log_level: str = "INFO"
+    # The asyncio event loop every service runs on: uvloop (libuv) where it is installed, which spends
+    # about a fifth less CPU per login (docs/benchmarks.md), or the standard library's ("asyncio").
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
     # --- deploy ---------------------------------------------------------------------------------
     # Address of the ops endpoints (/healthz, /readyz, /metrics) of token, qrcode and session:
