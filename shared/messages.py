@@ -147,9 +147,17 @@ class Message(BaseModel):
 
 
 class Event(Message):
-    """Something that happened; published on the exchange of each service in ``PUBLISHERS``."""
+    """Something that happened; published on the exchange of each service in ``PUBLISHERS``.
+
+    ``HINT`` marks an event that only hurries a push along: the change it reports is stored in Mongo
+    already, a gateway re-reads it on (re)subscribe and after a reconnect, and a later event reports the
+    same outcome or a later state (``login.confirmed`` after ``scene.confirmed``). The bus publishes a
+    hint without asking the broker to confirm it, so it costs one write and no reply; a lost hint
+    delays or skips a push, never a login.
+    """
 
     PUBLISHERS: ClassVar[tuple[str, ...]] = ()
+    HINT: ClassVar[bool] = False
 
 
 class Reply(Message):
@@ -333,6 +341,7 @@ class SceneIssued(Event):
 
     TYPE = "scene.issued"
     PUBLISHERS = ("qrcode",)
+    HINT = True
 
     scene: SceneId
     expires_at: AwareDatetime
@@ -343,6 +352,7 @@ class SceneScanned(Event):
 
     TYPE = "scene.scanned"
     PUBLISHERS = ("qrcode",)
+    HINT = True
 
     scene: SceneId
 
@@ -356,6 +366,7 @@ class SceneConfirmed(Event):
 
     TYPE = "scene.confirmed"
     PUBLISHERS = ("qrcode",)
+    HINT = True
 
     scene: SceneId
 
@@ -404,7 +415,6 @@ class IssuedScene(Reply):
     # A URL Link that opens the scan page in WeChat (``with_url_link``, when the operator turned
     # WXLOGIN_URL_LINK on and WeChat gave one); None otherwise.
     url_link: Annotated[str, Field(max_length=512)] | None = None
-
 
 
 class IssueScene(Request[IssuedScene]):

@@ -25,6 +25,11 @@ While the bus is down, :meth:`AmqpBus.call` and :meth:`AmqpBus.publish` raise
 :class:`~shared.errors.BusUnavailable` at once (503 ``bus_unavailable`` with ``Retry-After`` at the
 gateway), never waiting out the caller's timeout.
 
+What the broker confirms. Every publish waits for the broker's confirm, except a *hint*
+(``Event.HINT``: a push that Mongo backs), published on a channel without confirms. RPC requests keep
+theirs: aiormq hands a ``basic.return`` only to a confirm-mode publish, and the return is what fails a
+call to a service nobody serves at once (``RpcUnavailable``) instead of after its timeout.
+
 aio-pika's robust connection is not used because it does not restore a direct reply-to consumer on
 the channel that publishes requests: after a reconnect every call failed with ``PRECONDITION_FAILED -
 fast reply consumer does not exist`` until the process was restarted.
@@ -126,10 +131,12 @@ class Link:
         self.watch(connection, "connection")
         # Set by AmqpBus._open once opened:
         self.publish: AbstractChannel
+        self.hints: AbstractChannel
         self.rpc: AbstractChannel
         self.reply: AbstractChannel
         self.consume: AbstractChannel
         self.exchange: AbstractExchange
+        self.hint_exchange: AbstractExchange
 
     def watch(self, closable: Any, what: str) -> None:
         """Treat the closing of ``closable`` (the connection or a channel) as the loss of the link."""
@@ -277,6 +284,7 @@ class AmqpBus(Bus):
         link = Link(connection, node_of(url))
         try:
             link.publish = await link.channel("publish", confirms=True)
+            link.hints = await link.channel("hints", confirms=False)
             link.rpc = await link.channel("rpc", confirms=True)
             link.reply = await link.channel("reply", confirms=False)
             link.consume = await link.channel("consume", confirms=False)
@@ -286,6 +294,7 @@ class AmqpBus(Bus):
             await replies.consume(self._on_reply, no_ack=True)
             link.replies_ready = True
             link.exchange = await self._declare_exchange(link.publish, self.service)
+            link.hint_exchange = await link.hints.get_exchange(self.exchange_name(self.service), ensure=False)
             for step in self._plan:
                 await step(link)
         except BaseException:
@@ -395,6 +404,17 @@ class AmqpBus(Bus):
             expiration=max(ttl, 0.001) if ttl is not None else None,
         )
         message.body = encode(event, self._adapter.sealer, message_id=message.message_id or "")
+        if event.HINT and not must_arrive:
+            # No confirm asked, none awaited, and no return: nobody bound means nobody to hurry.
+            try:
+                await link.hint_exchange.publish(
+                    message, routing_key=event.TYPE, timeout=PUBLISH_CONFIRM_SECONDS
+                )
+            except TimeoutError:
+                raise BusUnavailable(event.TYPE, "broker did not take the publish") from None
+            except GONE as exc:
+                raise BusUnavailable(event.TYPE, f"bus: {type(exc).__name__}") from None
+            return
         try:
             await link.exchange.publish(
                 message, routing_key=event.TYPE, mandatory=True, timeout=PUBLISH_CONFIRM_SECONDS

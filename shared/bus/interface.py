@@ -152,7 +152,8 @@ class Bus(abc.ABC):
     async def publish(self, event: Event, *, ttl: float | None = None, must_arrive: bool = False) -> None:
         """Publish ``event`` on this service's exchange.
 
-        The broker confirms every publish. With ``must_arrive`` an event no queue is bound for
+        The broker confirms every publish but a hint's (``Event.HINT``, not awaited). With
+        ``must_arrive`` (never a hint then) an event no queue is bound for
         raises :class:`EventUndeliverable`; otherwise it is dropped with a log line. While the bus
         is down it raises :class:`~shared.errors.BusUnavailable` at once.
         """
