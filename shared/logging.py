@@ -125,7 +125,8 @@ def _scrub(value: Any, depth: int = 0) -> Any:
 def redact_secrets(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """structlog processor: runs last before rendering, after exceptions are formatted."""
+    """structlog processor: the formatter runs it last before rendering, after exceptions are formatted,
+    for structlog's lines and the standard library's alike."""
     for key in list(event_dict):
         if key.lower() in SECRET_KEYS:
             event_dict[key] = REDACTED
@@ -159,7 +160,14 @@ def configure_logging(*, service: str, fmt: str = "auto", level: str = "INFO", s
     )
     shared = _shared_processors()
     structlog.configure(
-        processors=[*shared, redact_secrets, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # A line below the level is dropped before anything is done to it (at WARNING, the info lines
+        # of every login cost nothing). Secrets are redacted once, by the formatter, last before
+        # rendering: the same step runs for the standard library's records.
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,

@@ -31,7 +31,7 @@ import structlog
 from aiohttp import web
 
 from shared.bus import Delivery, MemoryBroker, MemoryBus
-from shared.logging import get_logger, redact_secrets
+from shared.logging import get_logger
 from shared.messages import UserCreated
 from shared.mongo import EmbeddedMongo, free_port
 from shared.sealing import Sealer
@@ -104,7 +104,8 @@ class _RawRecords(logging.Handler):
 def captured_logs(capture: Capture) -> Iterator[None]:
     """Every log record at DEBUG, before and after redaction, for the duration."""
     original = structlog.get_config()["processors"]
-    at = original.index(redact_secrets)
+    # The formatter redacts, last before rendering: catch each event as it is handed to it.
+    at = original.index(structlog.stdlib.ProcessorFormatter.wrap_for_formatter)
 
     def before_redaction(
         _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
