@@ -314,8 +314,16 @@ class SessionHandlers:
             return ConfirmResult(scene=request.scene, state="confirmed")
         if confirmed.user_id is None:
             raise RuntimeError("qrcode.confirm named no user")
-        identity = await self._scanner_identity(request, purpose)
-        await self._announce(request.scene, identity, confirmed.user_id, confirmed.client_id)
+        # The identity is read and the login's code marked used for the user in one write.
+        use, first = await self._stores.code_uses.attach_for_scan(
+            request.scan_hash, purpose, confirmed.user_id
+        )
+        if use is None or not use.openid or not use.sealed_session_key:
+            identity = await self._scanner_identity(request, purpose)  # says why it is missing
+            await self._announce(request.scene, identity, confirmed.user_id, confirmed.client_id)
+            return ConfirmResult(scene=request.scene, state="confirmed")
+        identity = Identity(use.code_hash, use.openid, use.unionid, use.sealed_session_key)
+        await self._announce(request.scene, identity, confirmed.user_id, confirmed.client_id, attached=first)
         return ConfirmResult(scene=request.scene, state="confirmed")
 
     async def _confirm_for(self, request: ConfirmLogin, identity: Identity, user_id: str) -> ConfirmResult:
@@ -336,9 +344,18 @@ class SessionHandlers:
         await self._announce(request.scene, identity, user_id, confirmed.client_id)
         return ConfirmResult(scene=request.scene, state="confirmed")
 
-    async def _announce(self, scene: str, identity: Identity, user_id: str, client_id: str | None) -> None:
+    async def _announce(
+        self,
+        scene: str,
+        identity: Identity,
+        user_id: str,
+        client_id: str | None,
+        *,
+        attached: bool | None = None,
+    ) -> None:
         """After qrcode.confirm (which pushed already): login.confirmed (naming the scene's client, and
-        the client's account of a linked user), beside the login's bookkeeping."""
+        the client's account of a linked user), beside the login's bookkeeping. ``attached``: whether
+        the code was just marked used for the user (True: count the login; None: not yet asked)."""
 
         async def announce() -> None:
             external_id = await self._external_id(client_id, user_id)
@@ -346,7 +363,12 @@ class SessionHandlers:
                 LoginConfirmed(scene=scene, user_id=user_id, client_id=client_id, external_id=external_id)
             )
 
-        await asyncio.gather(announce(), self._note_login(identity, user_id))
+        bookkeeping = (
+            self._note_login(identity, user_id)
+            if attached is None
+            else self._note_attached_login(identity, user_id, counted_now=attached)
+        )
+        await asyncio.gather(announce(), bookkeeping)
         log.info("login_confirmed", user_id=user_id)
 
     async def _confirm_link(self, request: ConfirmLogin, identity: Identity, user_id: str) -> ConfirmResult:
@@ -614,6 +636,18 @@ class SessionHandlers:
         if await self._stores.code_uses.attach_user(identity.code_hash, user_id):
             return await self._stores.users.count_login(user_id, now)
         return None
+
+    async def _note_attached_login(self, identity: Identity, user_id: str, *, counted_now: bool) -> None:
+        """:meth:`_note_login` for a code already marked used for ``user_id``: the session_key is kept
+        and the login counted when this request was the one that marked it."""
+        now = self._clock()
+        if counted_now:
+            await asyncio.gather(
+                self._stores.mp_sessions.save(user_id, identity.sealed_session_key, now),
+                self._stores.users.count_login(user_id, now),
+            )
+        else:
+            await self._stores.mp_sessions.save(user_id, identity.sealed_session_key, now)
 
     async def _link_unionid(self, user: User, unionid: str) -> User:
         if user.unionid == unionid:

@@ -320,6 +320,21 @@ class CodeUseStore:
         doc = await self._uses.find_one({"scan_hash": scan_hash, "purpose": purpose, "status": "done"})
         return CodeUse.from_doc(doc) if doc else None
 
+    async def attach_for_scan(
+        self, scan_hash: str, purpose: str, user_id: str
+    ) -> tuple[CodeUse | None, bool]:
+        """:meth:`for_scan` and :meth:`attach_user` in one round trip where it can: the exchanged code of
+        the phone holding ``scan_hash``, its login recorded for ``user_id``; the flag is True only the
+        first time. A repeat (the user was attached already) costs a second read, as before."""
+        done = {"scan_hash": scan_hash, "purpose": purpose, "status": "done"}
+        doc = await self._uses.find_one_and_update(
+            {**done, "user_id": {"$exists": False}}, {"$set": {"user_id": user_id, "done": True}}
+        )
+        if doc is not None:
+            return CodeUse.from_doc(doc), True
+        doc = await self._uses.find_one(done)
+        return (CodeUse.from_doc(doc) if doc else None), False
+
     async def succeed(
         self, code_hash: str, openid: str, unionid: str | None, sealed_session_key: str
     ) -> None:
