@@ -47,7 +47,7 @@ from services.qrcode.location import IpLocator, differ
 from services.qrcode.logincodes import LoginCodes, UrlLinks
 from services.qrcode.metrics import SceneMetrics
 from services.qrcode.pool import IssuedCode, data_uri
-from services.qrcode.store import Scene
+from services.qrcode.store import ANY_CLIENT, AnyClient, Scene
 from services.qrcode.useragent import summarize
 from shared.bus import Publisher
 from shared.clients import Client
@@ -167,6 +167,7 @@ class Scenes(Protocol):
         set_fields: dict[str, Any] | None = None,
         identified: bool = False,
         purpose: ScenePurpose | None = None,
+        client_id: str | AnyClient | None = ANY_CLIENT,
     ) -> Scene | None:
         """One conditional update stamped ``updated_at = now``; None when refused."""
         ...
@@ -508,16 +509,25 @@ class SceneHandlers:
         """RPC ``qrcode.redeem``: ``confirmed → redeemed``, by the ticket holder only, for the client
         the scene was issued to (another one: ``client_mismatch``).
 
+        One conditional update that also requires the ticket's hash, the client and the purpose; only
+        a refused one reads the scene, to say why (the ticket compared in constant time first).
         Redeeming again with the same ticket before the redeem window ends answers the same user (a
         retry whose first answer was lost); the session service then hands out the same session.
         """
         bind_context(scene=request.scene)
+        now = self._clock()
+        client_id = self._canonical(request.client_id)
+        redeemed = await self._redeem_once(
+            request.scene, now, request.ticket_hash, request.purpose, client_id
+        )
+        if redeemed is not None:
+            return redeemed
         current = await self._store.get(request.scene)
         if current is None:
             raise SceneNotFound()
         if not hmac.compare_digest(current.ticket_hash, request.ticket_hash):
             raise TicketMismatch()
-        if self._canonical(request.client_id) != self._canonical(current.client_id):
+        if client_id != self._canonical(current.client_id):
             log.warning(
                 "redeem_client_mismatch",
                 security=True,
@@ -531,25 +541,39 @@ class SceneHandlers:
             log.warning("redeem_purpose_mismatch", security=True, purpose=current.purpose)
             self._metrics.refused.labels("redeem", ScenePurposeMismatch.code).inc()
             raise ScenePurposeMismatch()
-        now = self._clock()
-        scene = None
-        if current.state != "redeemed":
-            scene = await self._transition(
-                request.scene,
-                from_states=("confirmed",),
-                to_state="redeemed",
-                now=now,
-                ticket_hash=current.ticket_hash,
+        if current.state == "confirmed" and current.expires_at > now:
+            # Refused, yet redeemable as read: confirmed a moment after the update, or stored under
+            # another name of the default client. Once more, with the scene's own values.
+            redeemed = await self._redeem_once(
+                request.scene, now, current.ticket_hash, current.purpose, current.client_id
             )
-            if scene is None:  # lost a race, perhaps to a retry of this same redeem
-                current = await self._store.get(request.scene) or current
+            if redeemed is not None:
+                return redeemed
+            current = await self._store.get(request.scene) or current  # lost a race, perhaps to a twin
+        if current.state == "redeemed" and current.user_id is not None and current.expires_at > now:
+            # The same ticket again within the redeem window: the browser's first answer was lost (a
+            # dropped connection, a gateway that died), or a twin request won. The ticket is the
+            # proof: the same user.
+            log.info("scene_redeemed_again", user_id=current.user_id)
+            return self._redeemed(current, current.user_id)
+        raise await self._refusal(request.scene, "redeem", read=current)
+
+    async def _redeem_once(
+        self, scene_id: str, now: float, ticket_hash: str, purpose: ScenePurpose, client_id: str | None
+    ) -> RedeemedScene | None:
+        """``confirmed → redeemed`` if the scene has this ticket, purpose and client: the answer, or
+        None when refused (or, never seen, when the confirmed scene had no user)."""
+        scene = await self._transition(
+            scene_id,
+            from_states=("confirmed",),
+            to_state="redeemed",
+            now=now,
+            ticket_hash=ticket_hash,
+            purpose=purpose,
+            client_id=client_id,
+        )
         if scene is None or scene.user_id is None:
-            if current.state == "redeemed" and current.user_id is not None and current.expires_at > now:
-                # The same ticket again within the redeem window: the browser's first answer was lost
-                # (a dropped connection, a gateway that died). The ticket is the proof: same user.
-                log.info("scene_redeemed_again", user_id=current.user_id)
-                return self._redeemed(current, current.user_id)
-            raise await self._refusal(request.scene, "redeem")
+            return None
         self._metrics.redeemed.inc()
         log.info("scene_redeemed", user_id=scene.user_id)
         return self._redeemed(scene, scene.user_id)
@@ -641,6 +665,7 @@ class SceneHandlers:
         set_fields: dict[str, Any] | None = None,
         identified: bool = False,
         purpose: ScenePurpose | None = None,
+        client_id: str | AnyClient | None = ANY_CLIENT,
     ) -> Scene | None:
         """:meth:`Scenes.transition`, settled by reading the scene back when its write may have landed.
 
@@ -663,6 +688,7 @@ class SceneHandlers:
                 set_fields=set_fields,
                 identified=identified,
                 purpose=purpose,
+                client_id=client_id,
             )
         except PyMongoError as exc:
             if not maybe_applied(exc):
@@ -683,10 +709,17 @@ class SceneHandlers:
         return None
 
     async def _refusal(
-        self, scene_id: str, action: str, scan_hash: str | None = None, *, purpose: str | None = None
+        self,
+        scene_id: str,
+        action: str,
+        scan_hash: str | None = None,
+        *,
+        purpose: str | None = None,
+        read: Scene | None = None,
     ) -> ServiceError:
-        """Why a transition did not happen, read from the stored scene."""
-        scene = await self._store.get(scene_id)
+        """Why a transition did not happen, read from the stored scene (or ``read``, the scene as just
+        read after the refusal)."""
+        scene = read or await self._store.get(scene_id)
         if scene is None:
             error: ServiceError = SceneNotFound()
         else:

@@ -3,9 +3,10 @@
 Issuing takes a ready code from ``scene_pool`` (claim, then delete) and renders on demand only when
 the pool is empty, so a browser does not wait for WeChat. One replica at a time refills the pool (the
 holder of a lease in Mongo), so replicas neither over-fill it nor render the same scene twice; every
-render, refill or on demand, takes a use of the shared render budget first. Codes rendered for another
-configuration (appid, page, env_version, check_path, width) carry another ``variant`` and are never
-handed out; the TTL index collects them.
+render, refill or on demand, takes a use of the shared render budget first (leased: see
+services.qrcode.limits), and a refill stores each batch of rendered codes with one insert. Codes
+rendered for another configuration (appid, page, env_version, check_path, width) carry another
+``variant`` and are never handed out; the TTL index collects them.
 """
 
 from __future__ import annotations
@@ -209,15 +210,17 @@ class CodePool:
             granted = await self._take_budget(wanted)
             if granted == 0:
                 break
-            results = await asyncio.gather(
-                *(self._render_into_pool() for _ in range(granted)), return_exceptions=True
-            )
-            added += sum(1 for r in results if r is None)
-            failures = [r for r in results if isinstance(r, BaseException)]
-            if failures:
+            stored, failure = await self._render_batch(granted)
+            added += stored
+            if failure is not None:
                 self._metrics.pool_size.set(ready + added)
-                raise failures[0]
-            if granted < wanted or not await self._store.hold_lease(self.holder, self._clock(), LEASE_TTL):
+                raise failure
+            if granted < wanted:
+                break
+            # The lease is extended only to go on rendering: a round that just filled the pool ends.
+            if ready + added < self._pool.size and not await self._store.hold_lease(
+                self.holder, self._clock(), LEASE_TTL
+            ):
                 break
         self._metrics.pool_size.set(ready + added)
         if ready + added >= self._pool.size:
@@ -265,18 +268,29 @@ class CodePool:
             raise
 
     async def _take_budget(self, wanted: int) -> int:
-        granted = 0
-        for _ in range(wanted):
-            if not (await self._budget.take(self._clock())).allowed:
-                log.info("pool_refill_paused", reason="render_budget")
-                break
-            granted += 1
+        """Up to ``wanted`` uses of the render budget, in one call (mostly from this replica's lease)."""
+        granted = await self._budget.take_up_to(self._clock(), wanted)
+        if granted < wanted:
+            log.info("pool_refill_paused", reason="render_budget")
         return granted
 
-    async def _render_into_pool(self) -> None:
-        scene = new_scene_id()
-        image = await self._render(scene, "refill")
-        await self._store.add(PooledCode(scene, self._variant, image.data, image.content_type, self._clock()))
+    async def _render_batch(self, count: int) -> tuple[int, BaseException | None]:
+        """Render ``count`` codes at once and store those that rendered with one insert.
+
+        Returns how many were stored and the first failed render, if any: a failure does not lose the
+        others, and the caller raises it once they are stored (the refill loop backs off on it).
+        """
+        scenes = [new_scene_id() for _ in range(count)]
+        results = await asyncio.gather(*(self._render(s, "refill") for s in scenes), return_exceptions=True)
+        now = self._clock()
+        codes = [
+            PooledCode(scene, self._variant, result.data, result.content_type, now)
+            for scene, result in zip(scenes, results, strict=True)
+            if not isinstance(result, BaseException)
+        ]
+        await self._store.add_many(codes)
+        failures = [result for result in results if isinstance(result, BaseException)]
+        return len(codes), failures[0] if failures else None
 
     async def _render(self, scene: str, purpose: str) -> CodeImage:
         started = time.monotonic()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any, cast
 
 from pymongo import ReturnDocument
@@ -52,6 +53,15 @@ INDEXES = [
 ]
 
 LIVE_STATES = ("pending", "scanned", "confirmed")
+
+
+class AnyClient(Enum):
+    """The value of :meth:`SceneStore.transition`'s ``client_id`` that sets no condition on the client."""
+
+    ANY = "any"
+
+
+ANY_CLIENT = AnyClient.ANY
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,12 +194,14 @@ class SceneStore:
         set_fields: dict[str, Any] | None = None,
         identified: bool = False,
         purpose: ScenePurpose | None = None,
+        client_id: str | AnyClient | None = ANY_CLIENT,
     ) -> Scene | None:
         """Move ``scene_id`` from one of ``from_states`` to ``to_state`` atomically.
 
         Returns the updated scene, or None when the scene is missing, in another state, past its
         lifetime (with ``unexpired``), held by another ticket or scanned by another phone, (with
-        ``identified``) has no user yet, or (with ``purpose``) is for something else.
+        ``identified``) has no user yet, (with ``purpose``) is for something else, or (with
+        ``client_id``) was issued to another client (None: the default client).
         """
         query: dict[str, Any] = {"_id": scene_id, "state": {"$in": list(from_states)}}
         if unexpired:
@@ -203,6 +215,10 @@ class SceneStore:
         if purpose is not None:  # a login scene has no ``purpose`` field (as before linking)
             # $in with null, not $ne: nx-27017 misses absent fields with $ne beside an _id alone.
             query["purpose"] = "link" if purpose == "link" else {"$in": [None, "login"]}
+        if client_id is not ANY_CLIENT:
+            # Equality with null matches a missing field too (a scene stored before clients existed),
+            # on MongoDB and on nx-27017 alike: the default client's scenes.
+            query["client_id"] = client_id
         update = {"$set": {"state": to_state, "updated_at": now, **(set_fields or {})}}
         doc = await self._scenes.find_one_and_update(query, update, return_document=ReturnDocument.AFTER)
         return Scene.from_doc(doc) if doc else None
@@ -305,9 +321,14 @@ class PoolStore:
     def __init__(self, db: Database) -> None:
         self._pool = db[POOL]
 
-    async def add(self, code: PooledCode) -> None:
-        """Put a freshly rendered code in the pool."""
-        await self._pool.insert_one(code.to_doc())
+    async def add_many(self, codes: Sequence[PooledCode]) -> None:
+        """Put freshly rendered codes in the pool, with one insert for the whole batch.
+
+        Unordered: a code that cannot be stored (its scene id taken, a one in 2^192 chance) does not
+        keep the others out; the error is raised once the rest are in.
+        """
+        if codes:
+            await self._pool.insert_many([code.to_doc() for code in codes], ordered=False)
 
     async def claim(self, variant: str, now: float) -> PooledCode | None:
         """Take one ready code of ``variant`` for this caller alone, or None when there is none.
@@ -377,21 +398,45 @@ class RateWindowStore:
 
     async def take(self, name: str, window: int, limit: int, *, purge_at: float) -> bool:
         """Count one use of window ``window`` of ``name``; False when ``limit`` uses were counted."""
+        return await self.reserve(name, window, limit, 1, purge_at=purge_at) == 1
+
+    async def reserve(self, name: str, window: int, limit: int, wanted: int, *, purge_at: float) -> int:
+        """Count up to ``wanted`` uses of window ``window`` of ``name`` at once, never past ``limit``.
+
+        Returns how many were counted: ``wanted`` while that many are left, else all that are left
+        (0 when the window is full). One conditional ``$inc`` in the common case; the window's first
+        caller inserts it; only a window with fewer than ``wanted`` uses left costs a read of its count
+        and a second conditional ``$inc``.
+        """
         key = f"{name}:{window}"
-        if await self._increment(key, limit):
-            return True
+        wanted = min(wanted, limit)
+        if wanted <= 0:
+            return 0
+        if await self._increment(key, limit, wanted):
+            return wanted
         try:
             await self._rates.insert_one(
-                {"_id": key, "count": 1, "purge_at": datetime.fromtimestamp(purge_at, UTC)}
+                {"_id": key, "count": wanted, "purge_at": datetime.fromtimestamp(purge_at, UTC)}
             )
         except DuplicateKeyError:
-            # Another replica opened the window first, or it is full: count against what is there.
-            return await self._increment(key, limit)
-        return True
+            pass  # another replica opened the window first, or fewer than ``wanted`` are left
+        else:
+            return wanted
+        if wanted == 1:  # the window is open: count against what is there
+            return 1 if await self._increment(key, limit, 1) else 0
+        # Fewer than ``wanted`` may be left: read how many and take them. Each failed $inc takes one
+        # more off ``wanted``, so the loop ends however the count moves under it.
+        while wanted > 0:
+            doc = await self._rates.find_one({"_id": key}, {"count": 1})
+            wanted = min(wanted, limit - int(doc["count"]) if doc is not None else wanted)
+            if wanted > 0 and await self._increment(key, limit, wanted):
+                return wanted
+            wanted -= 1
+        return 0
 
-    async def _increment(self, key: str, limit: int) -> bool:
+    async def _increment(self, key: str, limit: int, by: int) -> bool:
         doc = await self._rates.find_one_and_update(
-            {"_id": key, "count": {"$lt": limit}}, {"$inc": {"count": 1}}
+            {"_id": key, "count": {"$lte": limit - by}}, {"$inc": {"count": by}}
         )
         return doc is not None
 

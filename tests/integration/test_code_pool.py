@@ -15,10 +15,11 @@ import pytest
 from services.qrcode.errors import CodeQuotaExhausted, CodeUnavailable, IssueRateLimited
 from services.qrcode.limits import SharedRateLimit
 from services.qrcode.pool import LEASE_TTL, CodePool, PoolSettings, RenderSettings
-from services.qrcode.store import PoolStore, RateWindowStore, SceneStore
+from services.qrcode.store import PooledCode, PoolStore, RateWindowStore, SceneStore
 from shared.messages import IssueScene
 from shared.mongo import EmbeddedMongo
 from shared.runtime import Database
+from shared.wechat import CodeImage
 from sim.phone import decode_scene
 from tests.scenes import (
     FakeClock,
@@ -260,15 +261,90 @@ async def test_an_issue_refused_by_the_global_limit_gives_its_pooled_code_back(d
 
 
 class CountingPoolStore(PoolStore):
-    """The real pool store, noting when each refill round starts (a round first purges its claims)."""
+    """The real pool store, noting when each refill round starts (a round first purges its claims),
+    the size of each insert and how often the lease is held."""
 
     def __init__(self, db: Database) -> None:
         super().__init__(db)
         self.round_starts: list[float] = []
+        self.inserts: list[int] = []
+        self.lease_holds = 0
 
     async def purge_claimed(self, scenes: Sequence[str]) -> int:
         self.round_starts.append(time.monotonic())
         return await super().purge_claimed(scenes)
+
+    async def add_many(self, codes: Sequence[PooledCode]) -> None:
+        self.inserts.append(len(codes))
+        await super().add_many(codes)
+
+    async def hold_lease(self, holder: str, now: float, ttl: float) -> bool:
+        self.lease_holds += 1
+        return await super().hold_lease(holder, now, ttl)
+
+
+class CountingRates(RateWindowStore):
+    """The real ``scene_rates`` store, counting its reserve calls."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__(db)
+        self.reserves: list[int] = []
+
+    async def reserve(self, name: str, window: int, limit: int, wanted: int, *, purge_at: float) -> int:
+        self.reserves.append(wanted)
+        return await super().reserve(name, window, limit, wanted, purge_at=purge_at)
+
+
+class FlakyRenderer(FakeRenderer):
+    """A renderer whose ``fail_at``-th renders (counting from 1) fail as WeChat would."""
+
+    def __init__(self, fail_at: set[int]) -> None:
+        super().__init__()
+        self.fail_at = fail_at
+        self.calls = 0
+
+    async def render(self, scene_id: str) -> CodeImage:
+        self.calls += 1
+        if self.calls in self.fail_at:
+            raise CodeUnavailable(retry_after=2)
+        return await super().render(scene_id)
+
+
+async def test_a_refill_stores_each_batch_with_one_insert_and_leases_the_render_budget(db: Database) -> None:
+    store, rates = CountingPoolStore(db), CountingRates(db)
+    pool = CodePool(
+        store,
+        FakeRenderer(),
+        SharedRateLimit(rates, "renders", 4200),  # 700 a window, leased 16 at a time
+        RENDER,
+        PoolSettings(size=12, refill_below=12, concurrency=4),
+        clock=FakeClock(),
+    )
+    assert await pool.refill_once() == 12
+    assert store.inserts == [4, 4, 4]  # one insert per batch, not one per code
+    assert rates.reserves == [16]  # one Mongo reserve for twelve renders
+    assert store.lease_holds == 3  # at the start and between batches, not after the one that filled
+    assert await PoolStore(db).count_ready(RENDER.variant, up_to=100) == 12
+
+
+async def test_a_failed_render_does_not_lose_the_codes_of_its_batch_that_rendered(db: Database) -> None:
+    renderer = FlakyRenderer(fail_at={2})
+    store = CountingPoolStore(db)
+    pool = CodePool(
+        store,
+        renderer,
+        SharedRateLimit(RateWindowStore(db), "renders", 4200),
+        RENDER,
+        PoolSettings(size=8, refill_below=8, concurrency=4),
+        clock=FakeClock(),
+    )
+    with pytest.raises(CodeUnavailable):
+        await pool.refill_once()  # the refill loop backs off on this, as before
+    assert store.inserts == [3]
+    assert await PoolStore(db).count_ready(RENDER.variant, up_to=100) == 3
+    taken = sorted([(await pool.take()).scene for _ in range(3)])
+    assert taken == sorted(renderer.rendered)  # the three that rendered, each with its own image
+    assert await pool.refill_once() == 8  # WeChat is back: the next round fills the pool
 
 
 async def test_a_burst_of_issues_costs_a_few_refill_rounds_not_one_each_and_the_pool_fills_again(

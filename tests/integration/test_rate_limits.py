@@ -15,16 +15,19 @@ import aiohttp
 import pytest
 
 from services.qrcode.errors import IssueRateLimited
-from services.qrcode.limits import SharedRateLimit
-from services.qrcode.store import RateWindowStore
+from services.qrcode.handlers import SceneHandlers, SceneSettings
+from services.qrcode.limits import PrefixShareLimit, SharedRateLimit
+from services.qrcode.store import RATES, RateWindowStore, SceneStore
 from shared.errors import ServiceError
 from shared.messages import IssueScene
 from shared.mongo import EmbeddedMongo
+from shared.runtime import Database
 from sim.phone import Phone, PhoneError
 from tests.scenes import (
     RELAXED_LIMITS,
     FakeClock,
     RecordingPublisher,
+    StaticCodes,
     fetch_metrics,
     metric_value,
     new_ticket,
@@ -65,6 +68,102 @@ async def test_the_global_issue_limit_is_shared_by_every_replica(mongo_server: E
 
         clock.advance(10)  # the next window
         assert not isinstance(await issue(0), ServiceError)
+
+
+class CountingRates(RateWindowStore):
+    """The real ``scene_rates`` store, counting its reserve calls (each one Mongo round trip or more)."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__(db)
+        self.reserves = 0
+
+    async def reserve(self, name: str, window: int, limit: int, wanted: int, *, purge_at: float) -> int:
+        self.reserves += 1
+        return await super().reserve(name, window, limit, wanted, purge_at=purge_at)
+
+
+def _window_start() -> float:
+    return math.ceil(time.time() / 10) * 10 + 10
+
+
+async def _count(db: Database, name: str, now: float) -> int:
+    doc = await db[RATES].find_one({"_id": f"{name}:{math.floor(now / 10)}"})
+    return 0 if doc is None else int(doc["count"])
+
+
+async def test_replicas_leasing_uses_in_batches_never_exceed_the_window_on_the_real_store(
+    mongo_server: EmbeddedMongo,
+) -> None:
+    async with scene_database(mongo_server) as db:
+        now = _window_start()
+        stores = [CountingRates(db) for _ in range(3)]
+        replicas = [SharedRateLimit(store, "issue", 3840) for store in stores]  # 640 a window, k = 16
+        assert replicas[0].lease == 16
+        decisions = await asyncio.gather(*(replicas[i % 3].take(now + i * 0.001) for i in range(800)))
+        allowed = sum(d.allowed for d in decisions)
+        assert 640 - (3 - 1) * (16 - 1) <= allowed <= 640
+        assert await _count(db, "issue", now) == 640  # what Mongo counted: the window, never more
+        # One Mongo reserve per batch (and one each to learn the window is spent), not one per issue.
+        assert sum(store.reserves for store in stores) <= 640 // 16 + 3 * 2
+
+
+async def test_a_window_with_fewer_uses_left_than_asked_gives_exactly_what_is_left(
+    mongo_server: EmbeddedMongo,
+) -> None:
+    async with scene_database(mongo_server) as db:
+        store, now = RateWindowStore(db), _window_start()
+        window, purge_at = math.floor(now / 10), now + 130
+        got = await asyncio.gather(
+            *(store.reserve("renders", window, 25, 3, purge_at=purge_at) for _ in range(20))
+        )
+        assert sum(got) == 25 and all(0 <= g <= 3 for g in got)  # 8 batches of 3 and the 1 left
+        assert await _count(db, "renders", now) == 25
+        assert await store.reserve("renders", window, 25, 3, purge_at=purge_at) == 0
+        assert await store.reserve("renders", window + 1, 25, 30, purge_at=purge_at) == 25  # capped
+
+
+async def test_a_prefix_over_its_leased_share_spends_nothing_of_the_global_budget(
+    mongo_server: EmbeddedMongo,
+) -> None:
+    async with scene_database(mongo_server) as db:
+        clock = FakeClock(start=_window_start())  # stays in one 10 s window
+
+        def replica() -> SceneHandlers:
+            rates = RateWindowStore(db)
+            return SceneHandlers(
+                SceneStore(db),
+                StaticCodes(),
+                RecordingPublisher(),
+                SceneSettings(scene_ttl=120.0, site_name="Test Site"),
+                issue_limit=SharedRateLimit(rates, "issue", 1920),  # 320 a window, k = 10
+                prefix_limit=PrefixShareLimit(rates, 1920, 25, [24], [48]),  # 80 for one /24, k = 2
+                clock=clock,
+            )
+
+        replicas = [replica(), replica()]
+
+        waits: list[float | None] = []
+
+        async def issue(i: int, ip: str) -> bool:
+            try:
+                await replicas[i % 2].issue(IssueScene(ticket_hash=ticket_hash(new_ticket()), ip=ip))
+            except IssueRateLimited as exc:
+                waits.append(exc.retry_after)
+                return False
+            return True
+
+        attack = [await issue(i, f"198.51.100.{i % 200 + 1}") for i in range(100)]
+        assert 80 - (2 - 1) * (2 - 1) <= attack.count(True) <= 80
+        spent = await _count(db, "issue", clock())
+        assert attack.count(True) <= spent <= attack.count(True) + 2 * (10 - 1)  # leases, nothing more
+
+        more = [await issue(i, f"198.51.100.{i % 200 + 1}") for i in range(40)]
+        assert more == [False] * 40
+        assert await _count(db, "issue", clock()) == spent  # the refused prefix took nothing global
+        assert await _count(db, "issue@198.51.100.0/24", clock()) == 80
+
+        assert await issue(0, "203.0.113.7") and await issue(1, "2001:db8:99::1")  # everyone else
+        assert all(wait is not None and 1 <= wait <= 10 for wait in waits)
 
 
 async def test_the_global_limit_answers_429_with_retry_after_through_the_gateway(

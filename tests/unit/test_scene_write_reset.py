@@ -17,7 +17,7 @@ from services.qrcode.errors import AlreadyConfirmed
 from services.qrcode.handlers import SceneHandlers, SceneSettings
 from services.qrcode.metrics import SceneMetrics
 from services.qrcode.pool import IssuedCode
-from services.qrcode.store import Scene
+from services.qrcode.store import ANY_CLIENT, AnyClient, Scene
 from shared.errors import StoreUnavailable
 from shared.messages import (
     CancelScene,
@@ -70,6 +70,7 @@ class DroppingScenes:
         set_fields: dict[str, Any] | None = None,
         identified: bool = False,
         purpose: str | None = None,
+        client_id: str | AnyClient | None = ANY_CLIENT,
     ) -> Scene | None:
         before, self.drop_before_write = self.drop_before_write, None
         if before is not None:
@@ -83,6 +84,7 @@ class DroppingScenes:
             and scan_hash in (None, scene.scan_hash)
             and (not identified or scene.user_id is not None)
             and purpose in (None, scene.purpose)
+            and client_id in (ANY_CLIENT, scene.client_id)
         )
         if not matches or scene is None:
             return None
