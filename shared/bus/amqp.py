@@ -30,6 +30,11 @@ What the broker confirms. Every publish waits for the broker's confirm, except a
 theirs: aiormq hands a ``basic.return`` only to a confirm-mode publish, and the return is what fails a
 call to a service nobody serves at once (``RpcUnavailable``) instead of after its timeout.
 
+Messages go through aiormq's channels (under aio-pika's): publishing builds the AMQP properties once
+and consuming hands the delivered frame to the adapter, without aio-pika's message objects and the
+extra task per delivery, which cost about as much CPU as the handlers of a login (docs/benchmarks.md).
+aio-pika still opens the connection and declares exchanges, queues and bindings.
+
 aio-pika's robust connection is not used because it does not restore a direct reply-to consumer on
 the channel that publishes requests: after a reconnect every call failed with ``PRECONDITION_FAILED -
 fast reply consumer does not exist`` until the process was restarted.
@@ -43,14 +48,16 @@ import functools
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from aio_pika.exceptions import AMQPError, ChannelNotFoundEntity, ChannelPreconditionFailed, DeliveryError
+from aiormq.abc import AbstractChannel as RawChannel
+from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
 from shared.bus.adapter import (
@@ -125,7 +132,7 @@ class Link:
         self.connection = connection
         self.node = node
         self.lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self.consumers: list[tuple[Any, str]] = []
+        self.consumers: list[tuple[RawChannel, str, str]] = []  # (channel, consumer tag, queue name)
         self.replies_ready = False
         self._closing = False
         self.watch(connection, "connection")
@@ -136,7 +143,12 @@ class Link:
         self.reply: AbstractChannel
         self.consume: AbstractChannel
         self.exchange: AbstractExchange
-        self.hint_exchange: AbstractExchange
+        # The aiormq channels under publish, hints, rpc, reply and consume, which messages go through.
+        self.publish_raw: RawChannel
+        self.hints_raw: RawChannel
+        self.rpc_raw: RawChannel
+        self.reply_raw: RawChannel
+        self.consume_raw: RawChannel
 
     def watch(self, closable: Any, what: str) -> None:
         """Treat the closing of ``closable`` (the connection or a channel) as the loss of the link."""
@@ -289,12 +301,15 @@ class AmqpBus(Bus):
             link.reply = await link.channel("reply", confirms=False)
             link.consume = await link.channel("consume", confirms=False)
             await link.consume.set_qos(prefetch_count=self._prefetch)
+            link.publish_raw = await link.publish.get_underlay_channel()
+            link.hints_raw = await link.hints.get_underlay_channel()
+            link.rpc_raw = await link.rpc.get_underlay_channel()
+            link.reply_raw = await link.reply.get_underlay_channel()
+            link.consume_raw = await link.consume.get_underlay_channel()
             # The reply consumer must be on the channel that publishes the requests.
-            replies = await link.rpc.get_queue(DIRECT_REPLY_TO, ensure=False)
-            await replies.consume(self._on_reply, no_ack=True)
+            await link.rpc_raw.basic_consume(DIRECT_REPLY_TO, self._on_reply, no_ack=True)
             link.replies_ready = True
             link.exchange = await self._declare_exchange(link.publish, self.service)
-            link.hint_exchange = await link.hints.get_exchange(self.exchange_name(self.service), ensure=False)
             for step in self._plan:
                 await step(link)
         except BaseException:
@@ -352,15 +367,15 @@ class AmqpBus(Bus):
             return
         consumers, link.consumers = link.consumers, []
 
-        async def cancel(queue: Any, tag: str) -> None:
+        async def cancel(channel: RawChannel, tag: str, queue: str) -> None:
             try:
-                await asyncio.wait_for(queue.cancel(tag), 5.0)
+                await asyncio.wait_for(channel.basic_cancel(tag), 5.0)
             except (*GONE, TimeoutError):
                 # The connection is going away anyway; closing it cancels the consumer too.
-                log.warning("consumer_cancel_failed", queue=queue.name)
+                log.warning("consumer_cancel_failed", queue=queue)
 
         # Together: with the broker unreachable each would wait its full timeout.
-        await asyncio.gather(*(cancel(queue, tag) for queue, tag in consumers))
+        await asyncio.gather(*(cancel(channel, tag, queue) for channel, tag, queue in consumers))
 
     async def close(self) -> None:
         if self.connected:
@@ -381,13 +396,12 @@ class AmqpBus(Bus):
 
     # --- publishing and calling -----------------------------------------------------------------------
 
-    def _properties(self, message: Message, **extra: Any) -> aio_pika.Message:
-        return aio_pika.Message(
-            body=b"",
+    def _properties(self, message: Message, message_id: str, **extra: Any) -> spec.Basic.Properties:
+        return spec.Basic.Properties(
             content_type="application/json",
-            type=message.TYPE,
+            message_type=message.TYPE,
             headers={"v": message.VERSION},
-            message_id=uuid.uuid4().hex,
+            message_id=message_id,
             correlation_id=current_correlation_id(),
             timestamp=datetime.now(UTC),
             app_id=self.service,
@@ -398,17 +412,21 @@ class AmqpBus(Bus):
     async def publish(self, event: Event, *, ttl: float | None = None, must_arrive: bool = False) -> None:
         self._check_publisher(event)
         link = self._usable_link(event.TYPE)
-        message = self._properties(
-            event,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            expiration=max(ttl, 0.001) if ttl is not None else None,
+        message_id = uuid.uuid4().hex
+        properties = self._properties(
+            event, message_id, delivery_mode=PERSISTENT, expiration=_expiration(ttl, at_least=0.001)
         )
-        message.body = encode(event, self._adapter.sealer, message_id=message.message_id or "")
+        body = encode(event, self._adapter.sealer, message_id=message_id)
+        exchange = self.exchange_name(self.service)
         if event.HINT and not must_arrive:
             # No confirm asked, none awaited, and no return: nobody bound means nobody to hurry.
             try:
-                await link.hint_exchange.publish(
-                    message, routing_key=event.TYPE, timeout=PUBLISH_CONFIRM_SECONDS
+                await link.hints_raw.basic_publish(
+                    body,
+                    exchange=exchange,
+                    routing_key=event.TYPE,
+                    properties=properties,
+                    timeout=PUBLISH_CONFIRM_SECONDS,
                 )
             except TimeoutError:
                 raise BusUnavailable(event.TYPE, "broker did not take the publish") from None
@@ -416,8 +434,13 @@ class AmqpBus(Bus):
                 raise BusUnavailable(event.TYPE, f"bus: {type(exc).__name__}") from None
             return
         try:
-            await link.exchange.publish(
-                message, routing_key=event.TYPE, mandatory=True, timeout=PUBLISH_CONFIRM_SECONDS
+            await link.publish_raw.basic_publish(
+                body,
+                exchange=exchange,
+                routing_key=event.TYPE,
+                properties=properties,
+                mandatory=True,
+                timeout=PUBLISH_CONFIRM_SECONDS,
             )
         except TimeoutError:
             raise BusUnavailable(event.TYPE, "broker did not confirm the publish") from None
@@ -431,24 +454,29 @@ class AmqpBus(Bus):
         except GONE as exc:
             raise BusUnavailable(event.TYPE, f"bus: {type(exc).__name__}") from None
 
-    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
-        future = self._pending.get(message.correlation_id or "")
+    async def _on_reply(self, message: DeliveredMessage) -> None:
+        properties = message.header.properties
+        future = self._pending.get(properties.correlation_id or "")
         if future is not None and not future.done():
-            future.set_result((message.type or "", message.body))
+            future.set_result((properties.message_type or "", message.body))
 
     async def _call(self, request: Request[R], timeout: float) -> R:
         link = self._usable_link(request.TYPE)
         deadline = time.monotonic() + timeout
-        message = self._properties(request, reply_to=DIRECT_REPLY_TO, expiration=timeout)
-        assert message.message_id is not None
-        message.body = encode(request, self._adapter.sealer, message_id=message.message_id)
+        message_id = uuid.uuid4().hex
+        properties = self._properties(
+            request, message_id, reply_to=DIRECT_REPLY_TO, expiration=_expiration(timeout)
+        )
+        body = encode(request, self._adapter.sealer, message_id=message_id)
         future: asyncio.Future[tuple[str, bytes]] = asyncio.get_running_loop().create_future()
-        self._pending[message.message_id] = future
+        self._pending[message_id] = future
         try:
             try:
-                await link.rpc.default_exchange.publish(
-                    message,
+                await link.rpc_raw.basic_publish(
+                    body,
+                    exchange="",
                     routing_key=self.rpc_queue_name(request.service()),
+                    properties=properties,
                     mandatory=True,
                     timeout=timeout,
                 )
@@ -461,12 +489,12 @@ class AmqpBus(Bus):
             except GONE as exc:
                 raise BusUnavailable(request.TYPE, f"bus: {type(exc).__name__}") from None
             try:
-                type_, body = await asyncio.wait_for(future, max(0.0, deadline - time.monotonic()))
+                type_, reply = await asyncio.wait_for(future, max(0.0, deadline - time.monotonic()))
             except TimeoutError:
                 raise RpcTimeout(request.TYPE, timeout) from None
         finally:
-            self._pending.pop(message.message_id, None)
-        return self._adapter.reply_from(request, type_, body, message_id=message.message_id)
+            self._pending.pop(message_id, None)
+        return self._adapter.reply_from(request, type_, reply, message_id=message_id)
 
     # --- what this service consumes (recorded in the plan, replayed on every new link) --------------
 
@@ -579,51 +607,58 @@ class AmqpBus(Bus):
         await self._add_step(step)
 
     async def _consume(
-        self, link: Link, queue: Any, callback: Callable[[AbstractIncomingMessage], Awaitable[None]]
+        self, link: Link, queue: Any, callback: Callable[[DeliveredMessage], Coroutine[Any, Any, None]]
     ) -> None:
         if self.draining:  # a link replaced during shutdown serves only this instance's own calls
             return
-        tag = await queue.consume(callback)
-        link.consumers.append((queue, tag))
+        ok = await link.consume_raw.basic_consume(queue.name, callback, no_ack=False)
+        assert ok.consumer_tag is not None
+        link.consumers.append((link.consume_raw, ok.consumer_tag, queue.name))
 
     # --- handling deliveries ----------------------------------------------------------------------------
 
     @staticmethod
-    def _delivery(message: AbstractIncomingMessage) -> Delivery:
-        headers = message.headers or {}
+    def _delivery(message: DeliveredMessage) -> Delivery:
+        properties = message.header.properties
+        headers = properties.headers or {}
         raw = headers.get("x-delivery-count")
         count = raw if isinstance(raw, int) else 0
+        redelivered = bool(message.redelivered)
         return Delivery(
-            type=message.type or "",
+            type=properties.message_type or "",
             version=version_of(headers),
             body=message.body,
-            message_id=message.message_id,
-            correlation_id=message.correlation_id,
-            app_id=message.app_id,
-            user_id=message.user_id,
-            redelivered=bool(message.redelivered),
-            attempt=max(count, 1 if message.redelivered else 0),
+            message_id=properties.message_id,
+            correlation_id=properties.correlation_id,
+            app_id=properties.app_id,
+            user_id=properties.user_id,
+            redelivered=redelivered,
+            attempt=max(count, 1 if redelivered else 0),
         )
 
-    async def _settle(self, message: AbstractIncomingMessage, outcome: Outcome) -> None:
+    async def _settle(self, message: DeliveredMessage, outcome: Outcome) -> None:
         """Ack or reject; on a channel that died meanwhile the broker redelivers it anyway."""
+        tag = message.delivery_tag
+        assert tag is not None
         try:
             if outcome is Outcome.ACK:
-                await message.ack()
+                await message.channel.basic_ack(tag)
             else:
-                await message.reject(requeue=outcome in (Outcome.REQUEUE, Outcome.RETRY))
+                await message.channel.basic_reject(tag, requeue=outcome in (Outcome.REQUEUE, Outcome.RETRY))
         except GONE:
-            log.debug("delivery_settle_failed", type=message.type, outcome=outcome.value)
+            log.debug("delivery_settle_failed", type=_type_of(message), outcome=outcome.value)
 
-    async def _give_back(self, message: AbstractIncomingMessage, kind: str) -> None:
+    async def _give_back(self, message: DeliveredMessage, kind: str) -> None:
         """Requeue a delivery this instance will not handle (it is stopping)."""
-        with contextlib.suppress(*GONE):
-            await message.reject(requeue=True)
+        tag = message.delivery_tag
+        if tag is not None:
+            with contextlib.suppress(*GONE):
+                await message.channel.basic_reject(tag, requeue=True)
         if self.metrics is not None:
             self.metrics.delivered(kind, "requeue")
-        log.info("delivery_requeued", type=message.type, reason="stopping")
+        log.info("delivery_requeued", type=_type_of(message), reason="stopping")
 
-    async def _on_event(self, message: AbstractIncomingMessage, handler: EventHandler) -> None:
+    async def _on_event(self, message: DeliveredMessage, handler: EventHandler) -> None:
         if self.draining:  # arrived between our basic.cancel and its cancel-ok
             await self._give_back(message, "event")
             return
@@ -640,7 +675,7 @@ class AmqpBus(Bus):
             if self.metrics is not None:
                 self.metrics.delivered("event", outcome.value)
 
-    async def _on_request(self, message: AbstractIncomingMessage, routes: Routes) -> None:
+    async def _on_request(self, message: DeliveredMessage, routes: Routes) -> None:
         if self.draining:
             await self._give_back(message, "rpc")
             return
@@ -653,17 +688,17 @@ class AmqpBus(Bus):
         if self.metrics is not None:
             self.metrics.delivered("rpc", "ack")
 
-    async def _answer_request(self, message: AbstractIncomingMessage, routes: Routes) -> None:
+    async def _answer_request(self, message: DeliveredMessage, routes: Routes) -> None:
         type_, version, body = await self._adapter.handle_request(self._delivery(message), routes)
         link = self._link
-        if message.reply_to and link is not None and link.usable:
-            reply = aio_pika.Message(
-                body=body,
+        asked = message.header.properties
+        if asked.reply_to and link is not None and link.usable:
+            properties = spec.Basic.Properties(
                 content_type="application/json",
-                type=type_,
+                message_type=type_,
                 headers={"v": version},
                 message_id=uuid.uuid4().hex,
-                correlation_id=message.message_id,
+                correlation_id=asked.message_id,
                 timestamp=datetime.now(UTC),
                 app_id=self.service,
                 user_id=self.user,
@@ -671,9 +706,26 @@ class AmqpBus(Bus):
             try:
                 # mandatory=False: RabbitMQ returns mandatory publishes to direct reply-to even when it
                 # delivers them.
-                await link.reply.default_exchange.publish(
-                    reply, routing_key=message.reply_to, mandatory=False, timeout=PUBLISH_CONFIRM_SECONDS
+                await link.reply_raw.basic_publish(
+                    body,
+                    exchange="",
+                    routing_key=asked.reply_to,
+                    properties=properties,
+                    mandatory=False,
+                    timeout=PUBLISH_CONFIRM_SECONDS,
                 )
             except (*GONE, TimeoutError):
-                log.warning("rpc_reply_failed", type=message.type)
+                log.warning("rpc_reply_failed", type=asked.message_type)
         await self._settle(message, Outcome.ACK)
+
+
+PERSISTENT = 2  # AMQP delivery mode: the broker writes the message to disk
+
+
+def _expiration(seconds: float | None, *, at_least: float = 0.0) -> str | None:
+    """A per-message TTL as AMQP carries it: whole milliseconds, as text."""
+    return None if seconds is None else str(int(max(seconds, at_least) * 1000))
+
+
+def _type_of(message: DeliveredMessage) -> str | None:
+    return message.header.properties.message_type
