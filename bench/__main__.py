@@ -13,9 +13,11 @@ from bench import report
 # In this order: the cheap ones first, the 15,000 sockets last.
 BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     # module: (full-size arguments, quick arguments)
+    "hops": ([], ["--logins", "10"]),
     "issue_latency": ([], ["--requests", "30", "--cold-requests", "5"]),
     "confirm_push": ([], ["--logins", "60", "--code-at-confirm", "20"]),
-    "throughput": ([], ["--levels", "1,8", "--logins", "40"]),
+    # Full size: levels, then 2 replicas of each service, then 60 s at 71 logins/s (the issue limit).
+    "throughput": ([], ["--levels", "1,8", "--logins", "40", "--rate", "20", "--duration", "10"]),
     "capacity": ([], ["--levels", "500,1000", "--hold", "3"]),
 }
 

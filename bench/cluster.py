@@ -183,16 +183,19 @@ class Cluster:
                 raise RuntimeError(f"POST /sim/faults answered {resp.status}: {await resp.text()}")
 
     async def issued_by_source(self) -> dict[str, float]:
-        """Scenes issued so far by code source (``pool``/``render``), from the qrcode metrics."""
+        """Scenes issued so far by code source (``pool``/``render``), summed over the qrcode replicas'
+        metrics."""
         from prometheus_client.parser import text_string_to_metric_families
 
-        async with self.http.get(f"{self.launcher.urls('qrcode')[0]}/metrics") as resp:
-            text = await resp.text()
         out: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == "wxlogin_scenes_issued_total":
-                    out[sample.labels["source"]] = sample.value
+        for url in self.launcher.urls("qrcode"):
+            async with self.http.get(f"{url}/metrics") as resp:
+                text = await resp.text()
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name == "wxlogin_scenes_issued_total":
+                        source = sample.labels["source"]
+                        out[source] = out.get(source, 0.0) + sample.value
         return out
 
     async def make_users(self, n: int) -> None:
@@ -303,6 +306,24 @@ async def subscribe(
     return ws
 
 
+async def wx_login_code(http: aiohttp.ClientSession, sim: str, openid: str) -> str:
+    """What ``wx.login()`` gives the mini-program of ``openid`` (from the simulator)."""
+    async with http.post(f"{sim}/sim/codes", json={"openid": openid}) as resp:
+        return str((await _json(resp, 201))["code"])
+
+
+async def phone_scan(
+    http: aiohttp.ClientSession, gateway: str, login: Login, code: str | None
+) -> dict[str, Any]:
+    """``POST /api/mp/scan`` (with the ``wx.login()`` code, or without); returns the answer."""
+    scan_body = {"scene": login.scene, "code": code} if code is not None else {"scene": login.scene}
+    async with http.post(f"{gateway}/api/mp/scan", json=scan_body) as resp:
+        scanned: dict[str, Any] = await _json(resp, 200)
+    if code is not None and scanned.get("identified") is not True:
+        raise LoginError(f"the scan did not identify the phone: {scanned.get('identify_error')}")
+    return scanned
+
+
 async def phone_confirm(
     http: aiohttp.ClientSession,
     gateway: str,
@@ -318,13 +339,8 @@ async def phone_confirm(
     or with the confirm (``code_with_scan=False``: the confirm exchanges it with WeChat).
     ``confirm_sent`` is taken just before the confirm request leaves.
     """
-    async with http.post(f"{sim}/sim/codes", json={"openid": openid}) as resp:
-        code = (await _json(resp, 201))["code"]
-    scan_body = {"scene": login.scene, "code": code} if code_with_scan else {"scene": login.scene}
-    async with http.post(f"{gateway}/api/mp/scan", json=scan_body) as resp:
-        scanned = await _json(resp, 200)
-    if code_with_scan and scanned.get("identified") is not True:
-        raise LoginError(f"the scan did not identify the phone: {scanned.get('identify_error')}")
+    code = await wx_login_code(http, sim, openid)
+    scanned = await phone_scan(http, gateway, login, code if code_with_scan else None)
     body = {"scene": login.scene, "scan_token": scanned["scan_token"]}
     if not code_with_scan:
         body["code"] = code
@@ -360,25 +376,31 @@ async def full_login(
     issued: asyncio.Event | None = None,
     *,
     code_with_scan: bool = True,
+    gateway: str | None = None,
+    phone_gateway: str | None = None,
 ) -> Login:
     """Issue, subscribe, scan, confirm, wait for the push, complete (``issued`` is set after issuing).
 
-    ``code_with_scan``: where the phone's wx.login code goes (see :func:`phone_confirm`).
+    ``code_with_scan``: where the phone's wx.login code goes (see :func:`phone_confirm`). The browser's
+    steps go to ``gateway`` and the phone's to ``phone_gateway`` (both the first gateway by default):
+    any gateway serves any step, and the pushes reach the browser's gateway whichever took the phone's.
     """
     login = login or Login()
-    await issue(c.http, c.gateway, login)
+    browser = gateway or c.gateway
+    phone = phone_gateway or browser
+    await issue(c.http, browser, login)
     if issued is not None:
         issued.set()
-    ws = await subscribe(c.http, c.gateway, login)
+    ws = await subscribe(c.http, browser, login)
     try:
         confirmed = asyncio.ensure_future(await_confirmed(ws, login))
         try:
-            await phone_confirm(c.http, c.gateway, c.sim, openid, login, code_with_scan=code_with_scan)
+            await phone_confirm(c.http, phone, c.sim, openid, login, code_with_scan=code_with_scan)
         except BaseException:
             confirmed.cancel()
             raise
         await confirmed
     finally:
         await ws.close()
-    await complete(c.http, c.gateway, login)
+    await complete(c.http, browser, login)
     return login

@@ -136,6 +136,58 @@ def markdown(results: Path = RESULTS) -> str:
         columns += ["machine_busy_share"]
         columns += ["stack_busy_share", "cpu_ms_per_login (gateway/qrcode/session/nx-27017/rabbitmq*)"]
         out += ["**Full-login throughput**", "", table(rows, columns), ""]
+        if (scaled := d.get("scaling")) is not None:
+            rows = [
+                {
+                    **r,
+                    "cpu_ms_per_login, all replicas (gateway/qrcode/session/nx-27017/rabbitmq*)": " / ".join(
+                        str(r["cpu_ms_per_login_by_service"].get(k, "-"))
+                        for k in ("gateway", "qrcode", "session", "nx-27017", "rabbitmq*")
+                    ),
+                }
+                for r in scaled["rows"]
+            ]
+            columns = ["concurrency", "replicas", "logins", "logins_per_s", "vs_1_replica"]
+            columns += ["p50_ms", "p99_ms", "from_pool", "machine_busy_share"]
+            columns += ["cpu_ms_per_login, all replicas (gateway/qrcode/session/nx-27017/rabbitmq*)"]
+            services = ", ".join(scaled["services"])
+            out += [
+                f"**{scaled['replicas']} replicas each of {services} on the same machine, against one**",
+                "",
+                table(rows, columns),
+                "",
+            ]
+        if (run := d.get("sustained")) is not None:
+            cpu = run["cpu_ms_per_login"]
+            row = {
+                **run,
+                "cpu_ms_per_login (gateway/qrcode/session/nx-27017/rabbitmq*)": " / ".join(
+                    str(cpu.get(k, "-"))
+                    for k in ("gateway-1", "qrcode-1", "session-1", "nx-27017", "rabbitmq*")
+                ),
+            }
+            columns = ["started", "completed", "failed", "logins_per_s", "p50_ms", "p90_ms", "p99_ms"]
+            columns += ["from_pool", "machine_busy_share"]
+            columns += ["cpu_ms_per_login (gateway/qrcode/session/nx-27017/rabbitmq*)"]
+            out += [
+                f"**Sustained: logins started at {run['rate_per_s']:g}/s for {run['duration_s']:g} s** "
+                f"(open loop, at most {run['max_in_flight']} at once, latency from the scheduled start; "
+                f"pool {run['pool']}; the global issue limit caps this at {run['issue_limit_per_s']}/s)",
+                "",
+                table([row], columns),
+                "",
+            ]
+    if (d := load("hops")) is not None:
+        out += [
+            f"**Work per login** ({d['logins']} logins one at a time; mongo = MongoDB commands, rpc = RPC "
+            "requests, reply = RPC replies, event = events published; background = the pool refill and "
+            "periodic loops)",
+            "",
+            table(d["per_step"], ["step", "mongo", "rpc", "reply", "event", "rpc_calls"]),
+            "",
+            table(d["totals"], ["process", "mongo", "rpc", "reply", "event"]),
+            "",
+        ]
     if (d := load("capacity")) is not None:
         limit = d["open_files_limit"]
         out += [
