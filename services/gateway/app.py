@@ -16,8 +16,8 @@ from services.gateway.handlers import PUSHED_EVENTS, CatchUp, PushHandlers
 from services.gateway.limits import GatewayLimits
 from services.gateway.longpoll import StatusPoller
 from services.gateway.origins import Origins, origin_of
-from services.gateway.routes import CLIENT_IP, KEYS, LIMITS, ORIGINS, POLLER, SOCKETS, setup_routes
-from services.gateway.store import SubscriptionStore
+from services.gateway.routes import CLIENT_IP, ISSUED, KEYS, LIMITS, ORIGINS, POLLER, SOCKETS, setup_routes
+from services.gateway.store import IssuedHere, SubscriptionStore
 from services.gateway.ws import Hub, SocketEndpoint, WsMetrics, origin_allowed
 from shared.bus import MemoryBroker, reset_correlation_id, set_correlation_id
 from shared.config import Settings
@@ -270,7 +270,17 @@ def create_app(settings: Settings, *, broker: MemoryBroker | None = None) -> web
         limits = GatewayLimits.from_settings(settings, app[REGISTRY])
         client_ip = ClientIpResolver(settings.trusted_proxies)
         app[LIMITS], app[CLIENT_IP] = limits, client_ip
-        app[SOCKETS] = SocketEndpoint(hub, bus, origins.all, limits=limits, client_ip=client_ip)
+        issued = IssuedHere()
+        app[ISSUED] = issued
+        app[SOCKETS] = SocketEndpoint(
+            hub,
+            bus,
+            origins.all,
+            limits=limits,
+            client_ip=client_ip,
+            issued=issued,
+            session=lambda: bus.session,
+        )
         on_drain(app, app[SOCKETS].close_all)
         app[POLLER] = StatusPoller(hub, bus, max_wait=settings.status_max_wait_seconds)
         # Access tokens of the browser API (WXLOGIN_JWT_ISSUER) and of OpenID Connect (the issuer),
@@ -279,7 +289,7 @@ def create_app(settings: Settings, *, broker: MemoryBroker | None = None) -> web
             bus, issuer=settings.jwt_issuer, oidc_issuer=settings.issuer, audience=clients.audiences
         )
         app[KEYS] = keys
-        await bus.subscribe_broadcast(list(PUSHED_EVENTS), PushHandlers(hub).on_event)
+        await bus.subscribe_broadcast(list(PUSHED_EVENTS), PushHandlers(hub, issued).on_event)
         bus.on_reconnected(CatchUp(hub, bus))
         await keys.refresh(force=True)  # the session service may not be up yet; retried on demand
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from services.gateway.store import IssuedHere
 from services.gateway.ws import Hub
 from shared.bus import Caller
 from shared.errors import RemoteError
@@ -34,14 +35,17 @@ PUSHED_EVENTS: dict[type[Event], str] = {
 class PushHandlers:
     """Turns events into pushes (every gateway instance gets every event on its own queue)."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, issued: IssuedHere | None = None) -> None:
         self._hub = hub
+        self._issued = issued
 
     async def on_event(self, event: Event) -> None:
         state = PUSHED_EVENTS.get(type(event))
         scene = getattr(event, "scene", None)
         reason = event.reason if isinstance(event, SceneCancelled) else None
         if state is not None and isinstance(scene, str):
+            if self._issued is not None:  # before the push: a subscribe from now on sees it too
+                self._issued.saw(scene, state, reason)
             await self._hub.push(scene, state, reason)
 
 

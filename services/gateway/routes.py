@@ -25,6 +25,7 @@ from services.gateway.jsonbody import JSON_MEDIA_TYPE, loads
 from services.gateway.limits import GatewayLimits
 from services.gateway.longpoll import StatusPoller, StatusQuery, status_body
 from services.gateway.origins import Origins
+from services.gateway.store import IssuedHere
 from services.gateway.ws import SocketEndpoint, origin_allowed, ticket_hash
 from shared.clients import Client
 from shared.errors import RemoteError
@@ -59,6 +60,7 @@ SOCKETS = web.AppKey("sockets", SocketEndpoint)
 LIMITS = web.AppKey("limits", GatewayLimits)
 CLIENT_IP = web.AppKey("client_ip", ClientIpResolver)
 POLLER = web.AppKey("poller", StatusPoller)
+ISSUED = web.AppKey("issued_here", IssuedHere)
 ORIGINS = web.AppKey("origins", Origins)
 
 M = TypeVar("M", bound=BaseModel)
@@ -253,10 +255,14 @@ async def issue_qrcode(request: web.Request) -> web.Response:
         "with_login_code": body.login_code,
         "with_url_link": body.url_link,
     }
+    # Read before the call: a scene is vouched for only if the bus did not break while it was issued.
+    session = request.app[BUS].session
     if body.link_token is not None:  # a link code, bound to this ticket: the token is spent on it
         issued = await request.app[BUS].call(IssueLinkScene(link_token=SecretStr(body.link_token), **common))
     else:
         issued = await request.app[BUS].call(IssueScene(**common))
+    # The browser's subscribe, when it comes here, is answered from what this gateway knows.
+    request.app[ISSUED].add(issued.scene, common["ticket_hash"], issued.expires_at.timestamp(), session)
     expires_in = max(0, int((issued.expires_at - datetime.now(UTC)).total_seconds()))
     answer: dict[str, Any] = {
         "scene": issued.scene,

@@ -6,6 +6,8 @@ Pushes are hints and Mongo is the truth, so each subscription only ever moves fo
 
 from __future__ import annotations
 
+import hmac
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,3 +89,73 @@ class SubscriptionStore:
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.by_scene.values())
+
+
+@dataclass
+class _Issued:
+    ticket_hash: str
+    expires_at: float  # epoch seconds, as the qrcode service answered
+    session: int  # the bus session (Bus.session) it was issued under
+    state: str = "pending"
+    reason: str | None = None
+
+
+class IssuedHere:
+    """The scenes this gateway issued and what its broadcast queue has said of them since.
+
+    A browser subscribes right after its issue, usually to the same gateway. That gateway minted the
+    ticket, and its broadcast queue, bound before the issue, gets every event of the scene; so while
+    it stays connected it knows the scene's current state as well as ``qrcode.status`` would, and the
+    subscribe costs no RPC and no Mongo read. Anything it cannot vouch for is left to ``qrcode.status``:
+    a scene issued elsewhere, a ticket that does not match (the refusal is qrcode's to give), a scene
+    past its expiry, and a scene issued under another bus session (``Bus.session``: the connection
+    broke since, and events may have been missed while cut off), or while the bus is down.
+
+    Entries live as long as their scene; the oldest go first beyond ``max_entries``.
+    """
+
+    def __init__(self, *, max_entries: int = 100_000, clock: Callable[[], float] = time.time) -> None:
+        self._scenes: dict[str, _Issued] = {}  # insertion order is issue order
+        self._max = max_entries
+        self._clock = clock
+
+    def __len__(self) -> int:
+        return len(self._scenes)
+
+    def add(self, scene: str, ticket_hash: str, expires_at: float, session: int | None) -> None:
+        """Remember a scene just issued here, with the hash of the ticket minted for it, under bus
+        session ``session`` (None, the bus is down: nothing to vouch for)."""
+        self._prune()
+        if session is not None:
+            self._scenes[scene] = _Issued(ticket_hash, expires_at, session)
+
+    def saw(self, scene: str, state: str, reason: str | None = None) -> None:
+        """An event said ``scene`` moved to ``state`` (kept only if it is further on)."""
+        issued = self._scenes.get(scene)
+        if issued is None:
+            return
+        state = visible_state(state)
+        if RANK.get(state, -1) > RANK.get(issued.state, -1):
+            issued.state = state
+            issued.reason = reason if state == "cancelled" else None
+
+    def status(self, scene: str, ticket_hash: str, session: int | None) -> tuple[str, str | None] | None:
+        """``(state, reason)`` when this gateway can vouch for the scene (issued here under bus session
+        ``session``, the current one) and the ticket is its own, else None (ask ``qrcode.status``)."""
+        issued = self._scenes.get(scene)
+        if issued is None or session is None or issued.session != session:
+            return None
+        if self._clock() >= issued.expires_at:
+            return None
+        if not hmac.compare_digest(issued.ticket_hash, ticket_hash):
+            return None
+        return issued.state, issued.reason
+
+    def _prune(self) -> None:
+        now = self._clock()
+        scenes = self._scenes
+        while scenes:
+            oldest = next(iter(scenes))
+            if scenes[oldest].expires_at > now and len(scenes) < self._max:
+                break
+            del scenes[oldest]

@@ -23,7 +23,7 @@ from services.gateway.clientip import ClientIpResolver
 from services.gateway.errors import OriginNotAllowed, status_for
 from services.gateway.jsonbody import loads
 from services.gateway.limits import GatewayLimits
-from services.gateway.store import Subscription, SubscriptionStore
+from services.gateway.store import IssuedHere, Subscription, SubscriptionStore
 from shared.bus import Caller
 from shared.errors import RemoteError
 from shared.logging import get_logger
@@ -131,9 +131,14 @@ class SocketEndpoint:
         *,
         limits: GatewayLimits | None = None,
         client_ip: ClientIpResolver | None = None,
+        issued: IssuedHere | None = None,
+        session: Callable[[], int | None] = lambda: None,
     ) -> None:
         self._hub = hub
         self._bus = bus
+        # Scenes this gateway issued: their subscribe needs no qrcode.status while the bus is up.
+        self._issued = issued
+        self._session = session
         self._allowed = allowed_origins
         self._limits = limits
         self._client_ip = client_ip or ClientIpResolver()
@@ -222,10 +227,13 @@ class SocketEndpoint:
 
         sub = Subscription(frame.scene, ws.send_json, close)
         self._hub.store.add(sub)  # before reading, so no change slips between read and registration
+        hashed = ticket_hash(frame.ticket)
+        known = self._issued.status(frame.scene, hashed, self._session()) if self._issued else None
+        if known is not None:  # issued here, and every event since has reached this gateway
+            await self._hub.deliver(sub, sub.verify(*known))
+            return sub
         try:
-            status = await self._bus.call(
-                GetSceneStatus(scene=frame.scene, ticket_hash=ticket_hash(frame.ticket))
-            )
+            status = await self._bus.call(GetSceneStatus(scene=frame.scene, ticket_hash=hashed))
         except RemoteError as exc:
             self._hub.store.remove(sub)
             await self._refuse(ws, exc.error_code, exc.retry_after)

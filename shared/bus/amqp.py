@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import random
 import time
 import uuid
@@ -98,6 +99,7 @@ HEARTBEAT_SECONDS = 10
 GONE = (AMQPError, ConnectionError, RuntimeError)
 
 PlanStep = Callable[["Link"], Awaitable[None]]
+_LINK_SERIALS = itertools.count(1)
 
 
 def split_urls(url: str) -> list[str]:
@@ -131,6 +133,7 @@ class Link:
     def __init__(self, connection: AbstractConnection, node: str) -> None:
         self.connection = connection
         self.node = node
+        self.serial = next(_LINK_SERIALS)  # AmqpBus.session: which link this is
         self.lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.consumers: list[tuple[RawChannel, str, str]] = []  # (channel, consumer tag, queue name)
         self.replies_ready = False
@@ -261,6 +264,11 @@ class AmqpBus(Bus):
     @property
     def connected(self) -> bool:
         return self._link is not None and self._link.usable
+
+    @property
+    def session(self) -> int | None:
+        link = self._link
+        return link.serial if link is not None and link.usable else None
 
     def _set_connected(self, up: bool) -> None:
         if self.metrics is not None:

@@ -148,6 +148,12 @@ class Bus(abc.ABC):
     def connected(self) -> bool:
         """True while the transport is usable, RPC reply path included (for ``/readyz``)."""
 
+    @property
+    def session(self) -> int | None:
+        """Which unbroken stretch of connection this is: a number that changes each time the bus
+        reconnects, None while it is down. Broadcasts received under one number are all of them."""
+        return 0 if self.connected else None
+
     @abc.abstractmethod
     async def publish(self, event: Event, *, ttl: float | None = None, must_arrive: bool = False) -> None:
         """Publish ``event`` on this service's exchange.
