@@ -38,6 +38,7 @@ PENDING_SETTINGS: set[str] = set()
 NOT_IN_COMPOSE = {
     "WXLOGIN_SIM_HOST": "the simulator container gets its address on its command line",
     "WXLOGIN_SIM_PORT": "the simulator container gets its port on its command line",
+    "WXLOGIN_EVENT_LOOP": "the image has uvloop, and auto takes it; asyncio is for comparing the two",
 }
 SECRET_SETTINGS = {"WXLOGIN_SECRET", "WXLOGIN_BUS_KEY", "WXLOGIN_DATA_KEY"}
 # Keys a compose service may have (a typo'd key is silently ignored by nothing: compose rejects it,
