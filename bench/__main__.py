@@ -1,5 +1,5 @@
 """``python -m bench`` (``make bench``): every benchmark at full size; ``--quick`` (``make bench-quick``)
-runs each at a small size in under two minutes and writes to ``bench/results/quick/`` instead."""
+runs each at a small size in a few minutes and writes to ``bench/results/quick/`` instead."""
 
 from __future__ import annotations
 
