@@ -425,33 +425,19 @@ class AmqpBus(Bus):
             event, message_id, delivery_mode=PERSISTENT, expiration=_expiration(ttl, at_least=0.001)
         )
         body = encode(event, self._adapter.sealer, message_id=message_id)
-        exchange = self.exchange_name(self.service)
-        if event.HINT and not must_arrive:
-            # No confirm asked, none awaited, and no return: nobody bound means nobody to hurry.
-            try:
-                await link.hints_raw.basic_publish(
-                    body,
-                    exchange=exchange,
-                    routing_key=event.TYPE,
-                    properties=properties,
-                    timeout=PUBLISH_CONFIRM_SECONDS,
-                )
-            except TimeoutError:
-                raise BusUnavailable(event.TYPE, "broker did not take the publish") from None
-            except GONE as exc:
-                raise BusUnavailable(event.TYPE, f"bus: {type(exc).__name__}") from None
-            return
+        # A hint asks for no confirm and no return: nobody bound means nobody to hurry.
+        hint = event.HINT and not must_arrive
         try:
-            await link.publish_raw.basic_publish(
+            await (link.hints_raw if hint else link.publish_raw).basic_publish(
                 body,
-                exchange=exchange,
+                exchange=self.exchange_name(self.service),
                 routing_key=event.TYPE,
                 properties=properties,
-                mandatory=True,
+                mandatory=not hint,
                 timeout=PUBLISH_CONFIRM_SECONDS,
             )
         except TimeoutError:
-            raise BusUnavailable(event.TYPE, "broker did not confirm the publish") from None
+            raise BusUnavailable(event.TYPE, "broker did not take or confirm the publish") from None
         except DeliveryError as exc:
             if isinstance(exc.frame, spec.Basic.Return):
                 if must_arrive:
