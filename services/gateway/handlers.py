@@ -45,7 +45,7 @@ class PushHandlers:
         reason = event.reason if isinstance(event, SceneCancelled) else None
         if state is not None and isinstance(scene, str):
             if self._issued is not None:  # before the push: a subscribe from now on sees it too
-                self._issued.saw(scene, state, reason)
+                self._issued.saw(scene, state)
             await self._hub.push(scene, state, reason)
 
 

@@ -97,7 +97,6 @@ class _Issued:
     expires_at: float  # epoch seconds, as the qrcode service answered
     session: int  # the bus session (Bus.session) it was issued under
     state: str = "pending"
-    reason: str | None = None
 
 
 class IssuedHere:
@@ -105,11 +104,13 @@ class IssuedHere:
 
     A browser subscribes right after its issue, usually to the same gateway. That gateway minted the
     ticket, and its broadcast queue, bound before the issue, gets every event of the scene; so while
-    it stays connected it knows the scene's current state as well as ``qrcode.status`` would, and the
-    subscribe costs no RPC and no Mongo read. Anything it cannot vouch for is left to ``qrcode.status``:
-    a scene issued elsewhere, a ticket that does not match (the refusal is qrcode's to give), a scene
-    past its expiry, and a scene issued under another bus session (``Bus.session``: the connection
-    broke since, and events may have been missed while cut off), or while the bus is down.
+    it stays connected it knows whether the scene is still pending or scanned as well as
+    ``qrcode.status`` would, and the subscribe costs no RPC and no Mongo read. Anything it cannot vouch
+    for is left to ``qrcode.status``: a scene issued elsewhere, a ticket that does not match (the
+    refusal is qrcode's to give), a scene past its expiry or in a final state (a confirmed scene's
+    redeem window is qrcode's to judge), and a scene issued under another bus session (``Bus.session``:
+    the connection broke since, and events may have been missed while cut off), or while the bus is
+    down.
 
     Entries live as long as their scene; the oldest go first beyond ``max_entries``.
     """
@@ -129,27 +130,24 @@ class IssuedHere:
         if session is not None:
             self._scenes[scene] = _Issued(ticket_hash, expires_at, session)
 
-    def saw(self, scene: str, state: str, reason: str | None = None) -> None:
+    def saw(self, scene: str, state: str) -> None:
         """An event said ``scene`` moved to ``state`` (kept only if it is further on)."""
         issued = self._scenes.get(scene)
-        if issued is None:
-            return
-        state = visible_state(state)
-        if RANK.get(state, -1) > RANK.get(issued.state, -1):
-            issued.state = state
-            issued.reason = reason if state == "cancelled" else None
+        if issued is not None and RANK.get(visible_state(state), -1) > RANK.get(issued.state, -1):
+            issued.state = visible_state(state)
 
-    def status(self, scene: str, ticket_hash: str, session: int | None) -> tuple[str, str | None] | None:
-        """``(state, reason)`` when this gateway can vouch for the scene (issued here under bus session
-        ``session``, the current one) and the ticket is its own, else None (ask ``qrcode.status``)."""
+    def status(self, scene: str, ticket_hash: str, session: int | None) -> str | None:
+        """``pending`` or ``scanned`` when this gateway can vouch for the scene (issued here under bus
+        session ``session``, the current one) and the ticket is its own, else None (ask
+        ``qrcode.status``)."""
         issued = self._scenes.get(scene)
         if issued is None or session is None or issued.session != session:
             return None
-        if self._clock() >= issued.expires_at:
+        if issued.state in FINAL_STATES or self._clock() >= issued.expires_at:
             return None
         if not hmac.compare_digest(issued.ticket_hash, ticket_hash):
             return None
-        return issued.state, issued.reason
+        return issued.state
 
     def _prune(self) -> None:
         now = self._clock()

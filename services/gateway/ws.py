@@ -230,7 +230,7 @@ class SocketEndpoint:
         hashed = ticket_hash(frame.ticket)
         known = self._issued.status(frame.scene, hashed, self._session()) if self._issued else None
         if known is not None:  # issued here, and every event since has reached this gateway
-            await self._hub.deliver(sub, sub.verify(*known))
+            await self._hub.deliver(sub, sub.verify(known))
             return sub
         try:
             status = await self._bus.call(GetSceneStatus(scene=frame.scene, ticket_hash=hashed))
