@@ -317,7 +317,7 @@ class CodeUseStore:
 
     async def for_scan(self, scan_hash: str, purpose: str) -> CodeUse | None:
         """The exchanged code the phone holding ``scan_hash`` sent with its scan for ``purpose``."""
-        doc = await self._uses.find_one({"scan_hash": scan_hash, "purpose": purpose, "status": "done"})
+        doc = await self._uses.find_one(_done_for_scan(scan_hash, purpose))
         return CodeUse.from_doc(doc) if doc else None
 
     async def attach_for_scan(
@@ -326,14 +326,13 @@ class CodeUseStore:
         """:meth:`for_scan` and :meth:`attach_user` in one round trip where it can: the exchanged code of
         the phone holding ``scan_hash``, its login recorded for ``user_id``; the flag is True only the
         first time. A repeat (the user was attached already) costs a second read, as before."""
-        done = {"scan_hash": scan_hash, "purpose": purpose, "status": "done"}
         doc = await self._uses.find_one_and_update(
-            {**done, "user_id": {"$exists": False}}, {"$set": {"user_id": user_id, "done": True}}
+            {**_done_for_scan(scan_hash, purpose), "user_id": {"$exists": False}},
+            {"$set": {"user_id": user_id, "done": True}},
         )
         if doc is not None:
             return CodeUse.from_doc(doc), True
-        doc = await self._uses.find_one(done)
-        return (CodeUse.from_doc(doc) if doc else None), False
+        return await self.for_scan(scan_hash, purpose), False
 
     async def succeed(
         self, code_hash: str, openid: str, unionid: str | None, sealed_session_key: str
@@ -373,6 +372,11 @@ class CodeUseStore:
             {"_id": code_hash, "user_id": {"$exists": False}}, {"$set": {"user_id": user_id, "done": True}}
         )
         return result.modified_count == 1
+
+
+def _done_for_scan(scan_hash: str, purpose: str) -> dict[str, Any]:
+    """The filter of the exchanged code the phone holding ``scan_hash`` sent with its scan."""
+    return {"scan_hash": scan_hash, "purpose": purpose, "status": "done"}
 
 
 # --- session keys ---------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ from shared.bus.topology import (
     retry_pause,
 )
 from shared.errors import BusUnavailable, RpcTimeout, RpcUnavailable
-from shared.messages import Event, Message, Request, encode
+from shared.messages import Event, Request, encode
 from shared.sealing import Sealer
 
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
@@ -404,13 +404,16 @@ class AmqpBus(Bus):
 
     # --- publishing and calling -----------------------------------------------------------------------
 
-    def _properties(self, message: Message, message_id: str, **extra: Any) -> spec.Basic.Properties:
+    def _properties(
+        self, type_: str, version: int, message_id: str, *, correlation_id: str | None, **extra: Any
+    ) -> spec.Basic.Properties:
+        """The AMQP properties of every message this bus sends (events, requests and replies)."""
         return spec.Basic.Properties(
             content_type="application/json",
-            message_type=message.TYPE,
-            headers={"v": message.VERSION},
+            message_type=type_,
+            headers={"v": version},
             message_id=message_id,
-            correlation_id=current_correlation_id(),
+            correlation_id=correlation_id,
             timestamp=datetime.now(UTC),
             app_id=self.service,
             user_id=self.user,
@@ -422,7 +425,12 @@ class AmqpBus(Bus):
         link = self._usable_link(event.TYPE)
         message_id = uuid.uuid4().hex
         properties = self._properties(
-            event, message_id, delivery_mode=PERSISTENT, expiration=_expiration(ttl, at_least=0.001)
+            event.TYPE,
+            event.VERSION,
+            message_id,
+            correlation_id=current_correlation_id(),
+            delivery_mode=PERSISTENT,
+            expiration=_expiration(ttl, at_least=0.001),
         )
         body = encode(event, self._adapter.sealer, message_id=message_id)
         # A hint asks for no confirm and no return: nobody bound means nobody to hurry.
@@ -459,7 +467,12 @@ class AmqpBus(Bus):
         deadline = time.monotonic() + timeout
         message_id = uuid.uuid4().hex
         properties = self._properties(
-            request, message_id, reply_to=DIRECT_REPLY_TO, expiration=_expiration(timeout)
+            request.TYPE,
+            request.VERSION,
+            message_id,
+            correlation_id=current_correlation_id(),
+            reply_to=DIRECT_REPLY_TO,
+            expiration=_expiration(timeout),
         )
         body = encode(request, self._adapter.sealer, message_id=message_id)
         future: asyncio.Future[tuple[str, bytes]] = asyncio.get_running_loop().create_future()
@@ -687,16 +700,7 @@ class AmqpBus(Bus):
         link = self._link
         asked = message.header.properties
         if asked.reply_to and link is not None and link.usable:
-            properties = spec.Basic.Properties(
-                content_type="application/json",
-                message_type=type_,
-                headers={"v": version},
-                message_id=uuid.uuid4().hex,
-                correlation_id=asked.message_id,
-                timestamp=datetime.now(UTC),
-                app_id=self.service,
-                user_id=self.user,
-            )
+            properties = self._properties(type_, version, uuid.uuid4().hex, correlation_id=asked.message_id)
             try:
                 # mandatory=False: RabbitMQ returns mandatory publishes to direct reply-to even when it
                 # delivers them.
