@@ -76,6 +76,8 @@ async def main(argv: list[str] | None = None) -> int:
             print(f"  ✗ {line}")
         if len(broken) > 40:
             print(f"  … and {len(broken) - 40} more")
+        if broken:
+            print("  the services logged:" + "".join(f"\n    {line}" for line in result.warnings))
         print(f"  {len(broken)} condition(s) broken, {len(hard)} of them lost/doubled/5xx/hang", flush=True)
         failed = failed or bool(broken)
     return 1 if failed else 0

@@ -62,6 +62,14 @@ class LoginRecord:
             parts.append(f"{step} {' '.join(counted)}")
         return ", ".join(parts)
 
+    def last_answer(self, step: str) -> str:
+        """The last answer of ``step``, with its error code when it was a refusal: ``503 bus_unavailable``."""
+        last = self.seen[step][-1]
+        refusals = [code for code in self.codes if code.startswith(f"{step} ")]
+        if isinstance(last, int) and last >= 400 and refusals:
+            return refusals[-1].removeprefix(f"{step} ")
+        return str(last)
+
     def answers(self) -> Iterable[int | str]:
         """Every answer of every step."""
         return itertools.chain.from_iterable(self.seen.values())
@@ -321,7 +329,7 @@ class Driver:
             if isinstance(wait, Answer):
                 return wait
             if time.monotonic() + wait > deadline:
-                raise GiveUp(f"{step}: gave up after {rec.seen[step][-1]}", retryable=True)
+                raise GiveUp(f"{step}: gave up after {rec.last_answer(step)}", retryable=True)
             await asyncio.sleep(wait)
 
     async def _attempt(

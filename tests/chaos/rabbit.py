@@ -277,6 +277,18 @@ class RabbitNode:
         done = self.ctl("list_connections", "-q", "name", check=False)
         return len([line for line in done.stdout.splitlines() if line.strip()]) if done.returncode == 0 else 0
 
+    def quorum_state(self) -> list[str]:
+        """Each quorum queue as this node sees it: leader, members, those online, messages, consumers."""
+        columns = ("name", "type", "leader", "members", "online", "messages", "consumers")
+        done = self.ctl("list_queues", "-q", *columns, check=False, timeout=15)
+        rows = (dict(zip(columns, line.split("\t"), strict=False)) for line in done.stdout.splitlines())
+        return [
+            f"{row['name']}: leader {row.get('leader')}, members {row.get('members')}, online "
+            f"{row.get('online')}, {row.get('messages')} messages, {row.get('consumers')} consumers"
+            for row in rows
+            if row.get("type") == "quorum"
+        ]
+
     def queue_types(self) -> dict[str, str]:
         """Queue name → type (``quorum``, ``classic``) in the default vhost."""
         done = self.ctl("list_queues", "-q", "name", "type", check=False)

@@ -4,6 +4,7 @@ fault's), and the issue's conditions checked over the whole run, each broken one
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tests.chaos.driver import LoginRecord
@@ -249,8 +250,11 @@ def violations(run: Run) -> list[str]:
     ]
 
 
-def none_of(violations: list[str]) -> None:
-    """Fail with the first violations, one a line, when there are any."""
+def none_of(violations: list[str], warnings: Sequence[str] = ()) -> None:
+    """Fail with the first violations, one a line, when there are any, and the services' warnings
+    (``Run.warnings``) after them: the logs are gone once the run is over."""
     shown = "\n".join(violations[:15])
     more = f"\n… and {len(violations) - 15} more" if len(violations) > 15 else ""
-    assert not violations, f"{len(violations)} violation(s):\n{shown}{more}"
+    logged = "".join(f"\n  {line}" for line in warnings[:60])
+    said = f"\nthe services logged:{logged}" if logged else ""
+    assert not violations, f"{len(violations)} violation(s):\n{shown}{more}{said}"

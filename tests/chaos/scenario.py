@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +49,7 @@ class Run:
     load_stopped: float
     replica_names: list[str]
     errors: list[str] = field(default_factory=list)  # a fault that could not be injected
+    warnings: list[str] = field(default_factory=list)  # the services' warnings and errors, counted
 
 
 async def run(plan: Plan) -> Run:
@@ -59,9 +62,33 @@ async def run(plan: Plan) -> Run:
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
             result = await _drive(plan, s, http)
+        result.warnings = service_warnings(s.workdir / "launch" / "logs")
+        if plan.nodes > 1:  # how the quorum queues ended up, seen from a node still running
+            survivor = next((node for node in s.nodes if node.running), None)
+            if survivor is not None:
+                with contextlib.suppress(Exception):
+                    state = await asyncio.to_thread(survivor.quorum_state)
+                    result.warnings += [f"broker: {line}" for line in state]
         result.stack_start_s = stack_start_s
     result.wall_s = time.monotonic() - began
     return result
+
+
+def service_warnings(logs: Path) -> list[str]:
+    """Each replica's warning and error events, counted, with their error code or reason (to tell
+    why a condition broke when the logs themselves are gone): ``session-1: 22 x rpc_store_unavailable``."""
+    counted: Counter[str] = Counter()
+    for path in sorted(logs.glob("*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(entry, dict) or entry.get("level") not in ("warning", "error", "critical"):
+                continue
+            why = entry.get("error_code") or entry.get("error") or entry.get("reason") or ""
+            counted[f"{path.stem}: {entry.get('event')} {str(why)[:100]}".rstrip()] += 1
+    return [f"{what} (x{n})" for what, n in sorted(counted.items())]
 
 
 async def _drive(plan: Plan, s: Stack, http: aiohttp.ClientSession) -> Run:
