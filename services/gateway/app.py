@@ -102,7 +102,13 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except ServiceError as exc:
         status = status_for(exc.error_code)
         if status >= 500:
-            log.warning("request_failed", path=request.path, error_code=exc.error_code, status=status)
+            log.warning(
+                "request_failed",
+                path=request.path,
+                error_code=exc.error_code,
+                status=status,
+                reason=exc.message[:200],
+            )
         _count_error(request, exc.error_code, status)
         response = error_response(exc.error_code, exc.message, status, exc.retry_after)
         if exc.error_code == "client_auth_required":  # a site's backend route (linking.py)

@@ -21,6 +21,13 @@ closed connection, a channel error, a broker that stops), the supervisor
    service declared, in order, on the new link; then logs ``bus_reconnected`` and runs the
    ``on_reconnected`` hooks (catching up on broadcasts missed while cut off).
 
+A link is also given up when it is alive but useless: a publish fails because its channel is gone,
+or the broker has refused (``basic.nack``) every publish to one queue for :data:`REFUSED_FOR_SECONDS`.
+In the 3-node chaos run on RabbitMQ 3.10, after the node holding the quorum queues' leaders stopped,
+one service's channel kept failing every request to one queue (503 for the rest of the run) while
+another service's channel on the same node reached that queue fine, and the broker refused
+publishes to quorum queues while their leaders were being elected; a new connection is the cure.
+
 While the bus is down, :meth:`AmqpBus.call` and :meth:`AmqpBus.publish` raise
 :class:`~shared.errors.BusUnavailable` at once (503 ``bus_unavailable`` with ``Retry-After`` at the
 gateway), never waiting out the caller's timeout.
@@ -46,6 +53,7 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import math
 import random
 import time
 import uuid
@@ -97,8 +105,14 @@ BACKOFF_MAX_SECONDS = 2.0
 HEARTBEAT_SECONDS = 10
 # Failures of a channel or connection that just went away (the link is being replaced).
 GONE = (AMQPError, ConnectionError, RuntimeError)
+# A link whose publishes to one queue or exchange the broker has refused (basic.nack) for this long,
+# with no publish there taken in between, is replaced; the wait doubles, up to the cap, while links
+# keep being replaced for it (a queue that has truly lost its quorum stays refused on every link).
+REFUSED_FOR_SECONDS = 2.0
+REFUSED_FOR_MAX_SECONDS = 30.0
 
 PlanStep = Callable[["Link"], Awaitable[None]]
+REFUSED_MARK = "the broker refused every publish to"
 _LINK_SERIALS = itertools.count(1)
 
 
@@ -130,9 +144,11 @@ def backoff(attempt: int) -> float:
 class Link:
     """One connection to one broker node and everything the bus holds on it; it dies whole."""
 
-    def __init__(self, connection: AbstractConnection, node: str) -> None:
+    def __init__(self, connection: AbstractConnection, node: str, *, refused_for: float) -> None:
         self.connection = connection
         self.node = node
+        self.refused_for = refused_for  # how long refusals to one target are borne (see refused)
+        self.refused_since: dict[str, float] = {}  # target → first refusal since it last took a publish
         self.serial = next(_LINK_SERIALS)  # AmqpBus.session: which link this is
         self.lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.consumers: list[tuple[RawChannel, str, str]] = []  # (channel, consumer tag, queue name)
@@ -168,6 +184,19 @@ class Link:
         channel = await self.connection.channel(publisher_confirms=confirms, on_return_raises=confirms)
         self.watch(channel, f"{what} channel")
         return channel
+
+    def give_up(self, reason: str) -> None:
+        """Treat the link as lost (the supervisor replaces it) although nothing on it closed."""
+        if not self._closing and not self.lost.done():
+            self.lost.set_result(reason)
+
+    def refused(self, target: str) -> None:
+        """The broker refused a publish to ``target``: give the link up once that has lasted
+        :attr:`refused_for` seconds without a publish there being taken."""
+        now = time.monotonic()
+        since = self.refused_since.setdefault(target, now)
+        if now - since >= self.refused_for:
+            self.give_up(f"{REFUSED_MARK} {target} for {now - since:.1f} s")
 
     @property
     def usable(self) -> bool:
@@ -212,6 +241,9 @@ class AmqpBus(Bus):
         self._closing = False
         self._next_url = 0
         self._warned_queues: set[str] = set()
+        self._refused_for = REFUSED_FOR_SECONDS
+        self._refusal_replaced_at = -math.inf  # when a link was last replaced for refusals
+        self._handling: set[asyncio.Task[None]] = set()  # deliveries being handled (see _consume)
 
     @property
     def urls(self) -> list[str]:
@@ -301,7 +333,7 @@ class AmqpBus(Bus):
         if "heartbeat=" not in url:
             kwargs["heartbeat"] = HEARTBEAT_SECONDS
         connection = await aio_pika.connect(url, timeout=CONNECT_ATTEMPT_SECONDS, **kwargs)
-        link = Link(connection, node_of(url))
+        link = Link(connection, node_of(url), refused_for=self._refusal_window())
         try:
             link.publish = await link.channel("publish", confirms=True)
             link.hints = await link.channel("hints", confirms=False)
@@ -341,6 +373,8 @@ class AmqpBus(Bus):
             self._set_connected(False)
             log.warning("bus_disconnected", node=link.node, reason=reason, calls_failed=len(self._pending))
             self._fail_pending(f"connection lost ({reason[:60]})")
+            if reason.startswith(REFUSED_MARK):
+                self._bear_refusals_longer()
             await link.close()
             try:
                 new = await self._connect(deadline=None)
@@ -357,6 +391,18 @@ class AmqpBus(Bus):
                 consumers=len(new.consumers),
             )
             self._hooks_task = asyncio.ensure_future(self._run_reconnect_hooks())
+
+    def _bear_refusals_longer(self) -> None:
+        """A link was replaced for refusals: the next one bears them twice as long (up to the cap)."""
+        self._refused_for = min(REFUSED_FOR_MAX_SECONDS, 2 * self._refused_for)
+        self._refusal_replaced_at = time.monotonic()
+
+    def _refusal_window(self) -> float:
+        """How long a new link bears refusals: back to the first wait once the last replacement for
+        refusals is long past (it cured them; a later episode starts afresh)."""
+        if time.monotonic() - self._refusal_replaced_at > 2 * REFUSED_FOR_MAX_SECONDS:
+            self._refused_for = REFUSED_FOR_SECONDS
+        return self._refused_for
 
     def _fail_pending(self, reason: str) -> None:
         for future in self._pending.values():
@@ -435,10 +481,11 @@ class AmqpBus(Bus):
         body = encode(event, self._adapter.sealer, message_id=message_id)
         # A hint asks for no confirm and no return: nobody bound means nobody to hurry.
         hint = event.HINT and not must_arrive
+        exchange = self.exchange_name(self.service)
         try:
             await (link.hints_raw if hint else link.publish_raw).basic_publish(
                 body,
-                exchange=self.exchange_name(self.service),
+                exchange=exchange,
                 routing_key=event.TYPE,
                 properties=properties,
                 mandatory=not hint,
@@ -452,9 +499,13 @@ class AmqpBus(Bus):
                     raise EventUndeliverable(f"no queue is bound for {event.TYPE}") from None
                 log.debug("event_unroutable", type=event.TYPE)
                 return
+            link.refused(f"{exchange}/{event.TYPE}")
             raise BusUnavailable(event.TYPE, "broker refused the publish") from None
         except GONE as exc:
+            link.give_up(f"publish failed: {type(exc).__name__}")
             raise BusUnavailable(event.TYPE, f"bus: {type(exc).__name__}") from None
+        if link.refused_since and not hint:
+            link.refused_since.pop(f"{exchange}/{event.TYPE}", None)
 
     async def _on_reply(self, message: DeliveredMessage) -> None:
         properties = message.header.properties
@@ -477,12 +528,13 @@ class AmqpBus(Bus):
         body = encode(request, self._adapter.sealer, message_id=message_id)
         future: asyncio.Future[tuple[str, bytes]] = asyncio.get_running_loop().create_future()
         self._pending[message_id] = future
+        queue = self.rpc_queue_name(request.service())
         try:
             try:
                 await link.rpc_raw.basic_publish(
                     body,
                     exchange="",
-                    routing_key=self.rpc_queue_name(request.service()),
+                    routing_key=queue,
                     properties=properties,
                     mandatory=True,
                     timeout=timeout,
@@ -492,9 +544,13 @@ class AmqpBus(Bus):
             except DeliveryError as exc:
                 if isinstance(exc.frame, spec.Basic.Return):
                     raise RpcUnavailable(request.TYPE) from None
+                link.refused(queue)
                 raise BusUnavailable(request.TYPE, "broker refused the request") from None
             except GONE as exc:
+                link.give_up(f"request failed: {type(exc).__name__}")
                 raise BusUnavailable(request.TYPE, f"bus: {type(exc).__name__}") from None
+            if link.refused_since:
+                link.refused_since.pop(queue, None)
             try:
                 type_, reply = await asyncio.wait_for(future, max(0.0, deadline - time.monotonic()))
             except TimeoutError:
@@ -618,9 +674,34 @@ class AmqpBus(Bus):
     ) -> None:
         if self.draining:  # a link replaced during shutdown serves only this instance's own calls
             return
-        ok = await link.consume_raw.basic_consume(queue.name, callback, no_ack=False)
+        ok = await link.consume_raw.basic_consume(queue.name, self._detached(callback), no_ack=False)
         assert ok.consumer_tag is not None
         link.consumers.append((link.consume_raw, ok.consumer_tag, queue.name))
+
+    def _detached(
+        self, handle: Callable[[DeliveredMessage], Coroutine[Any, Any, None]]
+    ) -> Callable[[DeliveredMessage], Coroutine[Any, Any, None]]:
+        """The consumer callback: each delivery is handled in a task of its own.
+
+        aiormq runs a consumer callback as a task of its channel and cancels it when the channel
+        closes. A handler cut off halfway by a broker fault is worse than one that finishes: it may
+        have spent a single-use wx.login code at WeChat and not yet stored what came back, or be
+        inside a PyMongo call, which a cancel can wedge (shared/mongo.py). Finished, its reply and
+        ack go nowhere, the broker redelivers the message, and the handler answers the redelivery
+        from what it stored. Shutdown still cancels what outlives its deadline (``InFlight``).
+        """
+
+        async def deliver(message: DeliveredMessage) -> None:
+            task = asyncio.ensure_future(handle(message))
+            self._handling.add(task)
+            task.add_done_callback(self._handled)
+
+        return deliver
+
+    def _handled(self, task: asyncio.Task[None]) -> None:
+        self._handling.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery_handling_failed", exc_info=task.exception())
 
     # --- handling deliveries ----------------------------------------------------------------------------
 
@@ -699,7 +780,10 @@ class AmqpBus(Bus):
         type_, version, body = await self._adapter.handle_request(self._delivery(message), routes)
         link = self._link
         asked = message.header.properties
-        if asked.reply_to and link is not None and link.usable:
+        # Answered on the link the request came in on only: a request from a lost link was most likely
+        # made on a link its caller lost in the same fault (the caller has failed the call already),
+        # and RabbitMQ 3.10 closes the connection of a reply to a node that stopped (INTERNAL_ERROR).
+        if asked.reply_to and link is not None and link.usable and message.channel is link.consume_raw:
             properties = self._properties(type_, version, uuid.uuid4().hex, correlation_id=asked.message_id)
             try:
                 # mandatory=False: RabbitMQ returns mandatory publishes to direct reply-to even when it

@@ -6,6 +6,7 @@ need private RabbitMQ nodes: tests/chaos."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
 import time
@@ -17,7 +18,7 @@ import aio_pika
 import pytest
 from prometheus_client import CollectorRegistry
 
-from shared.bus import AmqpBus, BusMetrics
+from shared.bus import AmqpBus, BusMetrics, amqp
 from shared.errors import BusUnavailable
 from shared.messages import GetSceneStatus, SceneScanned, SceneStatus
 from shared.sealing import Sealer, generate_key
@@ -198,3 +199,73 @@ async def test_a_classic_queue_left_by_an_older_version_is_used_as_it_is_until_m
     vhost = unquote(urlsplit(amqp_base_url).path.lstrip("/"))
     listed = await rabbitmqctl("list_queues", "-p", vhost, "--quiet", "--no-table-headers", "name", "type")
     assert f"h{unique}.qrcode.rpc\tclassic" in listed
+
+
+async def test_a_handler_in_flight_when_the_connection_drops_finishes_instead_of_being_cancelled(
+    make_bus: Callable[..., AmqpBus], amqp_base_url: str
+) -> None:
+    # Cut off halfway, a handler may have spent a wx.login code at WeChat and not stored the result.
+    server, client = make_bus("qrcode"), make_bus("gateway")
+    await server.start()
+    await client.start()
+    release, finished, cancelled = asyncio.Event(), [], []
+
+    async def slow(request: GetSceneStatus) -> SceneStatus:
+        try:
+            await release.wait()
+        except asyncio.CancelledError:
+            cancelled.append(request.scene)
+            raise
+        finished.append(request.scene)
+        return SceneStatus(scene=request.scene, state="pending", expires_at=datetime.now(UTC))
+
+    await server.serve({GetSceneStatus: slow})
+    call = asyncio.ensure_future(client.call(GetSceneStatus(scene=SCENE), timeout=10))
+    await eventually(lambda: server.inflight == 1)
+    await close_vhost_connections(amqp_base_url)
+    with pytest.raises(BusUnavailable):
+        await call
+    release.set()
+    # The first delivery's handler finishes; the broker redelivers the unacked request, which is
+    # answered again once the server is back.
+    await eventually(lambda: finished[:1] == [SCENE])
+    await eventually(lambda: server.connected and client.connected)
+    assert (await client.call(GetSceneStatus(scene=SCENE))).scene == SCENE
+    assert cancelled == []
+
+
+async def test_a_link_whose_publishes_to_a_queue_are_refused_for_two_seconds_is_replaced(
+    make_bus: Callable[..., AmqpBus], amqp_base_url: str, unique: str
+) -> None:
+    # A queue that refuses every message (basic.nack), as RabbitMQ 3.10 does on a channel that
+    # published to a quorum queue while its leader was being elected (the 3-node chaos run).
+    connection = await aio_pika.connect(amqp_base_url)
+    try:
+        channel = await connection.channel()
+        await channel.declare_queue(
+            f"h{unique}.qrcode.rpc", durable=True, arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
+        )
+    finally:
+        await connection.close()
+    client = make_bus("gateway")
+    await client.start()
+    first = client._link
+    assert first is not None
+
+    async def refused() -> str:
+        with pytest.raises(BusUnavailable) as caught:
+            await client.call(GetSceneStatus(scene=SCENE))
+        return caught.value.message
+
+    started = time.monotonic()
+    assert "refused" in await refused()
+    while time.monotonic() - started < amqp.REFUSED_FOR_SECONDS - 0.3:
+        await refused()
+        await asyncio.sleep(0.1)
+    assert client._link is first and client.connected  # refusals borne for less than the window
+    await asyncio.sleep(0.4)
+    with contextlib.suppress(BusUnavailable):  # this one gives the link up
+        await client.call(GetSceneStatus(scene=SCENE))
+    await eventually(lambda: client._link is not None and client._link is not first and client.connected)
+    # The queue still refuses on the new link: it is borne twice as long before the next replacement.
+    assert client._link.refused_for == 2 * amqp.REFUSED_FOR_SECONDS
