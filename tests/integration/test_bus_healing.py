@@ -242,9 +242,8 @@ async def test_a_link_whose_publishes_to_a_queue_are_refused_for_two_seconds_is_
     connection = await aio_pika.connect(amqp_base_url)
     try:
         channel = await connection.channel()
-        await channel.declare_queue(
-            f"h{unique}.qrcode.rpc", durable=True, arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
-        )
+        refuse_all = {"x-max-length": 0, "x-overflow": "reject-publish"}
+        await channel.declare_queue(f"h{unique}.qrcode.rpc", durable=True, arguments=refuse_all)
     finally:
         await connection.close()
     client = make_bus("gateway")
