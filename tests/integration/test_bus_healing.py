@@ -43,6 +43,16 @@ async def close_vhost_connections(amqp_url: str) -> None:
     await rabbitmqctl("close_all_connections", "-p", vhost, "test closes connections")
 
 
+async def declare_queue(amqp_url: str, name: str, arguments: dict[str, object] | None = None) -> None:
+    """Declare a durable queue on a connection of its own, as another program would have."""
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        await channel.declare_queue(name, durable=True, arguments=arguments)
+    finally:
+        await connection.close()
+
+
 @pytest.fixture
 async def make_bus(amqp_base_url: str, unique: str) -> AsyncIterator[Callable[..., AmqpBus]]:
     sealer = Sealer.from_text(generate_key())
@@ -183,12 +193,7 @@ async def test_service_queues_are_quorum_queues_with_a_delivery_limit_and_dead_l
 async def test_a_classic_queue_left_by_an_older_version_is_used_as_it_is_until_migrated(
     make_bus: Callable[..., AmqpBus], amqp_base_url: str, unique: str
 ) -> None:
-    connection = await aio_pika.connect(amqp_base_url)
-    try:
-        channel = await connection.channel()
-        await channel.declare_queue(f"h{unique}.qrcode.rpc", durable=True)  # what version 1 declared
-    finally:
-        await connection.close()
+    await declare_queue(amqp_base_url, f"h{unique}.qrcode.rpc")  # what version 1 declared
     server, client = make_bus("qrcode"), make_bus("gateway")
     await server.start()
     await client.start()
@@ -237,15 +242,10 @@ async def test_a_handler_in_flight_when_the_connection_drops_finishes_instead_of
 async def test_a_link_whose_publishes_to_a_queue_are_refused_for_two_seconds_is_replaced(
     make_bus: Callable[..., AmqpBus], amqp_base_url: str, unique: str
 ) -> None:
-    # A queue that refuses every message (basic.nack), as RabbitMQ 3.10 does on a channel that
-    # published to a quorum queue while its leader was being elected (the 3-node chaos run).
-    connection = await aio_pika.connect(amqp_base_url)
-    try:
-        channel = await connection.channel()
-        refuse_all = {"x-max-length": 0, "x-overflow": "reject-publish"}
-        await channel.declare_queue(f"h{unique}.qrcode.rpc", durable=True, arguments=refuse_all)
-    finally:
-        await connection.close()
+    # A queue that refuses every message (basic.nack): it stands in for the channel RabbitMQ 3.10 left
+    # failing every request to a quorum queue after the node holding its leader stopped (docs/chaos.md).
+    refuse_all = {"x-max-length": 0, "x-overflow": "reject-publish"}
+    await declare_queue(amqp_base_url, f"h{unique}.qrcode.rpc", refuse_all)
     client = make_bus("gateway")
     await client.start()
     first = client._link
