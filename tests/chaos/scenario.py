@@ -63,12 +63,12 @@ async def run(plan: Plan) -> Run:
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
             result = await _drive(plan, s, http)
         result.warnings = service_warnings(s.workdir / "launch" / "logs")
-        if plan.nodes > 1:  # how the quorum queues ended up, seen from a node still running
+        if plan.nodes > 1:  # how the quorum queues ended up, seen from a node still running (listed first)
             survivor = next((node for node in s.nodes if node.running), None)
             if survivor is not None:
                 with contextlib.suppress(Exception):
                     state = await asyncio.to_thread(survivor.quorum_state)
-                    result.warnings += [f"broker: {line}" for line in state]
+                    result.warnings[:0] = [f"broker: {line}" for line in state]
         result.stack_start_s = stack_start_s
     result.wall_s = time.monotonic() - began
     return result
@@ -76,7 +76,8 @@ async def run(plan: Plan) -> Run:
 
 def service_warnings(logs: Path) -> list[str]:
     """Each replica's warning and error events, counted, with their error code or reason (to tell
-    why a condition broke when the logs themselves are gone): ``session-1: 22 x rpc_store_unavailable``."""
+    why a condition broke when the logs themselves are gone): ``gateway-2: request_failed
+    bus_unavailable (x299)``."""
     counted: Counter[str] = Counter()
     for path in sorted(logs.glob("*.log")):
         for line in path.read_text(errors="replace").splitlines():
