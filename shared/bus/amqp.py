@@ -198,6 +198,11 @@ class Link:
         if now - since >= self.refused_for:
             self.give_up(f"{REFUSED_MARK} {target} for {now - since:.1f} s")
 
+    def taken(self, target: str) -> None:
+        """The broker took a publish to ``target``: its refusals so far are forgotten."""
+        if self.refused_since:
+            self.refused_since.pop(target, None)
+
     @property
     def usable(self) -> bool:
         """True while nothing on this link has closed and the RPC reply path is consuming."""
@@ -482,6 +487,7 @@ class AmqpBus(Bus):
         # A hint asks for no confirm and no return: nobody bound means nobody to hurry.
         hint = event.HINT and not must_arrive
         exchange = self.exchange_name(self.service)
+        target = f"{exchange}/{event.TYPE}"
         try:
             await (link.hints_raw if hint else link.publish_raw).basic_publish(
                 body,
@@ -499,13 +505,13 @@ class AmqpBus(Bus):
                     raise EventUndeliverable(f"no queue is bound for {event.TYPE}") from None
                 log.debug("event_unroutable", type=event.TYPE)
                 return
-            link.refused(f"{exchange}/{event.TYPE}")
+            link.refused(target)
             raise BusUnavailable(event.TYPE, "broker refused the publish") from None
         except GONE as exc:
             link.give_up(f"publish failed: {type(exc).__name__}")
             raise BusUnavailable(event.TYPE, f"bus: {type(exc).__name__}") from None
-        if link.refused_since and not hint:
-            link.refused_since.pop(f"{exchange}/{event.TYPE}", None)
+        if not hint:  # a hint is never confirmed, so never refused either
+            link.taken(target)
 
     async def _on_reply(self, message: DeliveredMessage) -> None:
         properties = message.header.properties
@@ -549,8 +555,7 @@ class AmqpBus(Bus):
             except GONE as exc:
                 link.give_up(f"request failed: {type(exc).__name__}")
                 raise BusUnavailable(request.TYPE, f"bus: {type(exc).__name__}") from None
-            if link.refused_since:
-                link.refused_since.pop(queue, None)
+            link.taken(queue)
             try:
                 type_, reply = await asyncio.wait_for(future, max(0.0, deadline - time.monotonic()))
             except TimeoutError:
