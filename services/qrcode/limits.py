@@ -68,6 +68,11 @@ def _refusal(now: float, window: float) -> Decision:
     return Decision(False, float(max(1, math.ceil(window_end - now))))
 
 
+def _purge_at(index: int, window: float) -> float:
+    """When the counter of window ``index`` may go: a while after the window ends."""
+    return (index + 1) * window + KEEP_SECONDS
+
+
 @dataclass(slots=True)
 class _Lease:
     """Uses of window ``index`` counted in Mongo by this replica and not yet handed out."""
@@ -76,6 +81,10 @@ class _Lease:
     left: int = 0
     spent: bool = False  # Mongo had no more for this window: refuse without asking again
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def restart(self, index: int) -> None:
+        """Move to window ``index``: the leftovers of the past one are dropped."""
+        self.index, self.left, self.spent = index, 0, False
 
 
 class _Leases:
@@ -108,14 +117,14 @@ class _Leases:
             return wanted
         async with lease.lock:
             if lease.index != index:  # the window changed while this taker waited: leftovers go
-                lease.index, lease.left, lease.spent = index, 0, False
+                lease.restart(index)
             got = min(wanted, lease.left)
             lease.left -= got
             if got == wanted or lease.spent:
                 return got
             # At least a batch, and what this taker still needs: what is left over stays under a batch.
             asked = max(self.batch, wanted - got)
-            purge_at = (index + 1) * self.window + KEEP_SECONDS
+            purge_at = _purge_at(index, self.window)
             try:
                 counted = await self._store.reserve(name, index, self.capacity, asked, purge_at=purge_at)
             except BaseException:
@@ -134,7 +143,7 @@ class _Leases:
                 self._prune(index)
             lease = self._leases[name] = _Lease(index)
         elif lease.index != index and not lease.lock.locked():
-            lease.index, lease.left, lease.spent = index, 0, False  # a new window: leftovers are dropped
+            lease.restart(index)
         return lease
 
     def _prune(self, index: int) -> None:
@@ -238,7 +247,7 @@ class WindowBudget:
         if self.capacity <= 0:  # nothing is allowed: say when the next window opens all the same
             return _refusal(now, self.window)
         index = math.floor(now / self.window)
-        purge_at = (index + 1) * self.window + KEEP_SECONDS
+        purge_at = _purge_at(index, self.window)
         if await self._store.take(self._name(key), index, self.capacity, purge_at=purge_at):
             return Decision(True)
         return _refusal(now, self.window)
