@@ -112,16 +112,28 @@ class Phone:
         )
         return result
 
-    async def scan(self, scene: str, *, with_code: bool | None = None) -> dict[str, Any]:
+    async def scan(
+        self,
+        scene: str,
+        *,
+        with_code: bool | None = None,
+        code: str | None = None,
+        scan_token: str | None = None,
+    ) -> dict[str, Any]:
         """Open the login page for ``scene``: ``POST /api/mp/scan``; keeps the scan token it gets.
 
-        Like the mini-program page, it sends a wx.login code with the scan (unless ``with_code`` or
-        the phone's ``code_with_scan`` says not to), so the confirm can go without one.
+        Like the mini-program page, it sends a wx.login code with the scan (``code``, else a fresh one
+        unless ``with_code`` or the phone's ``code_with_scan`` says not to), so the confirm can go
+        without one. ``scan_token``: a token of the phone's own, which a retry sends again.
         """
         body: dict[str, Any] = {"scene": scene}
         if self.launch_scene is not None:
             body["launch_scene"] = self.launch_scene
-        if self.code_with_scan if with_code is None else with_code:
+        if scan_token is not None:
+            body["scan_token"] = scan_token
+        if code is not None:
+            body["code"] = code
+        elif self.code_with_scan if with_code is None else with_code:
             body["code"] = await self.wx_login()
         result: dict[str, Any] = await self._post(f"{self.gateway}/api/mp/scan", body)
         self.scan_tokens[scene] = str(result["scan_token"])

@@ -133,6 +133,41 @@ function wxLogin(wx) {
   });
 }
 
+const BASE64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+
+/** Bytes (an ArrayBuffer) as unpadded base64url. */
+function base64url(buffer) {
+  const bytes = new Uint8Array(buffer);
+  let out = '';
+  for (let i = 0; i < bytes.length; i += 3) {
+    const n = (bytes[i] << 16) | ((bytes[i + 1] || 0) << 8) | (bytes[i + 2] || 0);
+    const chars = Math.ceil(Math.min(3, bytes.length - i) * 4 / 3);
+    for (let j = 0; j < chars; j += 1) out += BASE64URL[(n >> (18 - 6 * j)) & 63];
+  }
+  return out;
+}
+
+/**
+ * This phone's own scan token: 32 bytes of `wx.getRandomValues` in base64url (43 characters). Sent with
+ * the scan and with every retry of it, it lets the gateway answer a retry whose first answer was lost
+ * (the scan landed, the answer did not) as it answered the first, where a token the gateway minted
+ * per request could only be refused `already_scanned`. '' where the runtime has no getRandomValues
+ * (base library before 2.20.2) or it fails: the gateway then mints the token, as before.
+ */
+function newScanToken(wx) {
+  return new Promise((resolve) => {
+    if (typeof wx.getRandomValues !== 'function') return resolve('');
+    wx.getRandomValues({
+      length: 32,
+      success: (res) => {
+        const token = res && res.randomValues ? base64url(res.randomValues) : '';
+        resolve(token.length === 43 ? token : '');
+      },
+      fail: () => resolve('')
+    });
+  });
+}
+
 /** A client of the gateway at `config.server`. */
 function createApi(wx, config) {
   const base = String(config.server || '').replace(/\/+$/, '');
@@ -169,8 +204,11 @@ function createApi(wx, config) {
 
   return {
     // `launchScene`: how WeChat opened the page (lib/launch.js); left out when the runtime does not say.
-    scan: (scene, code, launchScene) =>
-      call('POST', '/api/mp/scan', withCode(launchScene ? {scene, launch_scene: launchScene} : {scene}, code)),
+    // `scanToken`: the phone's own (newScanToken), the same in every retry; left out when it has none.
+    scan: (scene, code, launchScene, scanToken) => {
+      const body = withCode(launchScene ? {scene, launch_scene: launchScene} : {scene}, code);
+      return call('POST', '/api/mp/scan', scanToken ? Object.assign(body, {scan_token: scanToken}) : body);
+    },
     // A typed login code opens its scene like a scan (the same answer, plus `scene`); the wx.login
     // code is required: code entries are limited per WeChat user.
     enterCode: (loginCode, code) => call('POST', '/api/mp/enter_code', {login_code: loginCode, code}),
@@ -186,5 +224,5 @@ function createApi(wx, config) {
 }
 
 module.exports = {
-  ApiError, MESSAGES, RETRY, messageFor, retryable, transient, retryDelay, withRetry, retryAfterOf, wxLogin, createApi
+  ApiError, MESSAGES, RETRY, messageFor, retryable, transient, retryDelay, withRetry, retryAfterOf, wxLogin, newScanToken, base64url, createApi
 };

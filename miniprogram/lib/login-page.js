@@ -2,7 +2,7 @@
 // web site shows. Plain CommonJS, so it runs under Node with a stand-in `wx` (see test/).
 'use strict';
 
-const {MESSAGES, RETRY, createApi, messageFor, retryable, withRetry, wxLogin} = require('./api');
+const {MESSAGES, RETRY, createApi, messageFor, newScanToken, retryable, withRetry, wxLogin} = require('./api');
 const {environment, explain} = require('./explain');
 const {formatTime, sceneFromQuery} = require('./format');
 const {launchScene} = require('./launch');
@@ -138,6 +138,8 @@ function createLoginPage({wx, config, currentPages = () => []}) {
       // like a scan, it tells the page its scene.
       this.loginCode = this.scene ? '' : normalizeLoginCode(query && query.login_code);
       this.scanToken = '';
+      // The scan token this phone chose for this scene (api.newScanToken), sent with every scan of it.
+      this.ownScanToken = '';
       this.identified = false; // whether the gateway exchanged the code sent with the scan (see scan())
       this.expiresAt = null; // the scene's expiry (epoch ms), which no retry goes past
       this.confirmUnheard = false; // a confirm got no (or a busy) answer: it may have landed
@@ -157,13 +159,18 @@ function createLoginPage({wx, config, currentPages = () => []}) {
       // The code goes with the scan: the gateway has WeChat exchange it (jscode2session) while the user
       // reads this page, so the 确认登录 tap need not wait on WeChat. Without a code (wx.login failed)
       // the scan works all the same, and the confirm then carries a code as it always did. Retries of
-      // a busy or unanswered scan send the same code (it reaches WeChat only after a scan won).
-      return wxLogin(wx)
+      // a busy or unanswered scan send the same code (it reaches WeChat only after a scan won), and the
+      // same scan token of the phone's own: a scan that landed unheard is answered again.
+      const chosen = this.loginCode || this.ownScanToken ? Promise.resolve(this.ownScanToken) : newScanToken(wx);
+      return chosen
+        .then((token) => { this.ownScanToken = token; return wxLogin(wx); })
         .catch((err) => { loginError = err; return undefined; })
         .then((code) => {
           // A typed code needs the wx.login code: entries are counted per WeChat user.
           if (this.loginCode && !code) throw loginError;
-          const send = this.loginCode ? () => enterCode(this.loginCode, code) : () => api.scan(this.scene, code, this.launchScene);
+          const send = this.loginCode
+            ? () => enterCode(this.loginCode, code)
+            : () => api.scan(this.scene, code, this.launchScene, this.ownScanToken);
           return patiently(this, send, () => { waited = true; });
         })
         .then((info) => {
@@ -198,10 +205,12 @@ function createLoginPage({wx, config, currentPages = () => []}) {
             requestedAt: formatTime(requester.requested_at)
           });
         }, (err) => {
-          // The gateway scans a code once and a repeat gets a new scan token: already_scanned after a
-          // scan that got no answer is most likely this phone's own scan, whose token never arrived.
+          // Without a scan token of its own, a repeat gets a new one from the gateway: already_scanned
+          // after a scan that got no answer is then most likely this phone's own scan, whose token
+          // never arrived. With its own token a repeat is answered, so already_scanned is another phone.
           const typed = this.loginCode && loginCodeMessage(err);
-          const message = waited && err.code === 'already_scanned' ? messageFor('scan_unheard') : typed || say(err);
+          const unheard = waited && err.code === 'already_scanned' && !this.ownScanToken;
+          const message = unheard ? messageFor('scan_unheard') : typed || say(err);
           this.setData({status: 'failed', retrying: false, message, canRetry: retryable(err)});
         });
     },

@@ -2,6 +2,7 @@
 // wx.request goes over Node's http to the real gateway; wx.login gets a code from the WeChat simulator.
 'use strict';
 
+const crypto = require('node:crypto');
 const http = require('node:http');
 const https = require('node:https');
 
@@ -80,6 +81,13 @@ function createWx({simUrl, account = null}) {
           wx.calls.codes.push(r.data.code);
           options.success && options.success({code: r.data.code, errMsg: 'login:ok'});
         }, () => options.fail && options.fail({errMsg: 'login:fail'}));
+    },
+
+    // Base library 2.20.2+; a test deletes it to play an older runtime.
+    getRandomValues(options) {
+      const bytes = crypto.randomBytes(options.length);
+      const randomValues = bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length);
+      setImmediate(() => options.success && options.success({randomValues, errMsg: 'getRandomValues:ok'}));
     },
 
     exitMiniProgram() { wx.calls.exits += 1; },

@@ -129,7 +129,10 @@ test('the page sends a wx.login code with the scan, shows who asks, and confirms
   assert.match(page.data.requestedAt, /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/);
   assert.equal(wx.calls.login, 1);
   // With how WeChat opened the page: 1047, a camera scan (security review M4).
-  assert.deepEqual(scans(), [{scene: code.scene, code: wx.calls.codes[0], launch_scene: 1047}]);
+  // And with a scan token of the page's own (32 random bytes), so that a retry is answered again.
+  assert.match(page.ownScanToken, /^[A-Za-z0-9_-]{43}$/);
+  const scanned = {scene: code.scene, code: wx.calls.codes[0], launch_scene: 1047, scan_token: page.ownScanToken};
+  assert.deepEqual(scans(), [scanned]);
   assert.equal(page.identified, true); // the gateway exchanged it
   assert.equal(await code.state(), 'scanned'); // identified, yet nobody is logged in before the tap
 
@@ -145,7 +148,7 @@ test('the page sends a wx.login code with the scan, shows who asks, and confirms
   assert.equal(wx.calls.login, 1); // the tap asked WeChat for nothing
   assert.equal(confirms().length, 1);
   assert.equal('code' in confirms()[0], false);
-  assert.ok(confirms()[0].scan_token);
+  assert.equal(confirms()[0].scan_token, page.ownScanToken);
   assert.equal(await code.state(), 'confirmed');
 
   const done = await code.complete();
@@ -159,7 +162,7 @@ test('when wx.login fails the page scans without a code and confirms with one', 
   logins.push(null);
   await page.onLoad({scene: code.scene});
   assert.equal(page.data.status, 'ready');
-  assert.deepEqual(scans(), [{scene: code.scene, launch_scene: 1047}]);
+  assert.deepEqual(scans(), [{scene: code.scene, launch_scene: 1047, scan_token: page.ownScanToken}]);
   assert.equal(page.identified, false);
 
   agree(page);
@@ -349,7 +352,7 @@ test('a scan answered 503 with Retry-After says 网络繁忙，正在重试… a
   assert.ok(!seen.some((patch) => patch.status === 'failed'));
   // Every attempt carried the one code; each came after the Retry-After (1 s), plus a little jitter.
   assert.equal(scans().length, 3);
-  assert.ok(scans().every((body) => body.code === wx.calls.codes[0]));
+  assert.ok(scans().every((body) => body.code === wx.calls.codes[0] && body.scan_token === page.ownScanToken));
   assert.equal(wx.calls.login, 1);
   const at = times('/api/mp/scan');
   for (let i = 1; i < at.length; i += 1) {
@@ -424,11 +427,29 @@ test('already_confirmed after a confirm of this phone went unanswered is taken a
   assert.equal(await code.state(), 'confirmed');
 });
 
-test('a scan whose answer was lost, then refused as already scanned, asks for a new code', live, async () => {
-  // The gateway scans a code once and mints a new scan token per request, so the page cannot get back
-  // the token of a scan that landed unheard: it says so instead of "scanned by another WeChat".
+test('a scan whose answer was lost is sent again with the page\'s own scan token and answered', live, async () => {
   const code = await browserCode();
-  const {page, once, scans} = phone();
+  const {wx, page, once, scans} = phone();
+  once['/api/mp/scan'] = [{lose: true}]; // it reached the gateway; the answer did not come back
+  await page.onLoad({scene: code.scene});
+  assert.equal(scans().length, 2);
+  assert.equal(scans()[1].scan_token, scans()[0].scan_token);
+  assert.equal(page.data.status, 'ready');
+  assert.equal(page.scanToken, page.ownScanToken);
+  assert.equal(page.identified, true);
+  assert.equal(wx.calls.login, 1);
+  agree(page);
+  await page.onConfirm();
+  assert.equal(page.data.status, 'confirmed');
+  assert.equal(await code.state(), 'confirmed');
+});
+
+test('on a runtime without getRandomValues a scan whose answer was lost asks for a new code', live, async () => {
+  // Without a token of its own, the gateway mints a new scan token per request, so the page cannot
+  // get back the token of a scan that landed unheard: it says so instead of "scanned by another WeChat".
+  const code = await browserCode();
+  const {wx, page, once, scans} = phone();
+  delete wx.getRandomValues; // a base library before 2.20.2
   once['/api/mp/scan'] = [{lose: true}];
   await page.onLoad({scene: code.scene});
   assert.equal(scans().length, 2);
@@ -453,7 +474,7 @@ test('with the placeholder AppID wx.login fails and the page says so, before and
   const expected = 'wx.login 失败（login:fail appid invalid）：AppID “wx0000000000000000” 是占位符或无效。' +
     '请在 project.config.json 填你的小程序 AppID，或在开发者工具里使用“测试号”。';
   assert.equal(page.data.status, 'ready'); // the scan itself works without a code
-  assert.deepEqual(scans(), [{scene: code.scene, launch_scene: 1047}]);
+  assert.deepEqual(scans(), [{scene: code.scene, launch_scene: 1047, scan_token: page.ownScanToken}]);
   assert.equal(page.data.message, expected);
 
   agree(page);
@@ -478,7 +499,8 @@ test('tourist mode\'s mock code is named, and the scan still shows who asks', li
   const tourist = '开发者工具的“游客模式”只给出假的登录 code（the code is a mock one），网关无法用它登录。' +
     '请用你自己的 AppID 或“测试号”导入项目，不要用游客模式。';
   assert.equal(page.data.status, 'ready');
-  assert.deepEqual(scans(), [{scene: code.scene, launch_scene: 1047}]); // the mock never reaches the gateway
+  // The mock never reaches the gateway.
+  assert.deepEqual(scans(), [{scene: code.scene, launch_scene: 1047, scan_token: page.ownScanToken}]);
   assert.equal(page.data.message, tourist);
   agree(page);
   await page.onConfirm();

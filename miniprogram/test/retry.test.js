@@ -3,7 +3,7 @@
 
 const test = require('node:test');
 const assert = require('node:assert/strict');
-const {ApiError, MESSAGES, retryAfterOf, retryDelay, transient, withRetry} = require('../lib/api');
+const {ApiError, MESSAGES, base64url, newScanToken, retryAfterOf, retryDelay, transient, withRetry} = require('../lib/api');
 
 const FAST = {attempts: 5, budget: 10000, base: 10, cap: 200};
 
@@ -89,4 +89,28 @@ test('retries are bounded: by attempts, by the budget, and never past the scene 
   await assert.rejects(withRetry(expiring, {policy, deadline}), {code: 'bus_unavailable'});
   assert.equal(expiring.calls, 2);
   assert.ok(Date.now() <= deadline, 'a retry went past the expiry');
+});
+
+// --- the page's own scan token (a retried scan is answered again) --------------------------------
+
+test('base64url encodes as RFC 4648 §5 without padding', () => {
+  const bytes = (...values) => new Uint8Array(values).buffer;
+  assert.equal(base64url(bytes()), '');
+  assert.equal(base64url(bytes(0xfb)), '-w');
+  assert.equal(base64url(bytes(0xfb, 0xff)), '-_8');
+  assert.equal(base64url(bytes(0xfb, 0xff, 0xbf)), '-_-_');
+  const random = require('node:crypto').randomBytes(32);
+  assert.equal(base64url(random.buffer.slice(random.byteOffset, random.byteOffset + 32)), random.toString('base64url'));
+});
+
+test('a scan token is 32 bytes of getRandomValues, or none where the runtime has none', async () => {
+  const bytes = new Uint8Array(32).fill(7).buffer;
+  const asked = [];
+  const wx = {getRandomValues: (options) => { asked.push(options.length); options.success({randomValues: bytes}); }};
+  assert.equal(await newScanToken(wx), 'BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc');
+  assert.deepEqual(asked, [32]);
+  assert.equal(await newScanToken({}), ''); // a base library before 2.20.2: the gateway mints one
+  assert.equal(await newScanToken({getRandomValues: (options) => options.fail({errMsg: 'fail'})}), '');
+  const short = {getRandomValues: (options) => options.success({randomValues: new Uint8Array(8).buffer})};
+  assert.equal(await newScanToken(short), ''); // never a weak token
 });

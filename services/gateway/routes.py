@@ -94,14 +94,21 @@ class CompleteBody(BaseModel):
 WxCode = Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")
 
 
+# A scan token the phone chose: at least 32 random bytes in base64url (43 characters), as ours are.
+ChosenScanToken = Field(min_length=43, max_length=128, pattern=TICKET_PATTERN)
+
+
 class ScanBody(BaseModel):
     """``POST /api/mp/scan``: ``code`` (from wx.login) lets the confirm skip the WeChat exchange;
-    ``launch_scene`` is WeChat's launch scene of the page (1047: the camera scanned the code)."""
+    ``launch_scene`` is WeChat's launch scene of the page (1047: the camera scanned the code);
+    ``scan_token``, random bytes the phone chose, makes a retry of the scan get the first one's answer
+    (without it the gateway mints one, and a retry after a lost answer is ``already_scanned``)."""
 
     model_config = ConfigDict(extra="ignore")
     scene: SceneId
     code: Annotated[str, WxCode] | None = None
     launch_scene: Annotated[int, Field(ge=0, le=99999)] | None = None
+    scan_token: Annotated[str, ChosenScanToken] | None = None
 
 
 class CancelBody(BaseModel):
@@ -338,14 +345,16 @@ async def mp_scan(request: web.Request) -> web.Response:
 
     The scan token binds the scene to this phone: confirm and cancel must present it, so nobody
     else who saw the code can approve it (with their own account) or cancel it. Like the browser's
-    ticket, it is minted here and only its hash crosses the bus.
+    ticket, only its hash crosses the bus. It is minted here unless the phone sent one of its own:
+    then a retry of a scan whose answer was lost (same token) is answered as the first, where a
+    token minted per request could only be refused ``already_scanned``.
     """
     ip = client_ip(request)
     request.app[LIMITS].check("mp", ip)
     body = await read_body(request, ScanBody)
     if body.code is not None:  # a jscode2session call: the same limit as /api/mp/login
         request.app[LIMITS].check("login", ip)
-    scan_token = secrets.token_urlsafe(32)
+    scan_token = body.scan_token or secrets.token_urlsafe(32)
     scan_hash = ticket_hash(scan_token)
     info = await request.app[BUS].call(
         ScanScene(scene=body.scene, scan_hash=scan_hash, ip=ip, launch_scene=body.launch_scene)

@@ -41,7 +41,7 @@ from services.qrcode.errors import (
     ScenePurposeMismatch,
     TicketMismatch,
 )
-from services.qrcode.launch import launch_kind
+from services.qrcode.launch import LaunchKind, launch_kind
 from services.qrcode.limits import Decision
 from services.qrcode.location import IpLocator, differ
 from services.qrcode.logincodes import LoginCodes, UrlLinks
@@ -355,6 +355,10 @@ class SceneHandlers:
         mini-program) is refused before the scene changes. The phone is told where the browser and
         itself are (coarse places, never the browser's address: security review L2) and whether
         they differ, so a relayed code stands out.
+
+        The phone that scanned may scan again with the same scan token (one it chose: a retry whose
+        answer was lost) and is answered the same (``scene.scanned`` is published again: it may be
+        what the fault lost); any other phone is refused ``already_scanned``.
         """
         bind_context(scene=request.scene)
         try:
@@ -374,12 +378,27 @@ class SceneHandlers:
             set_fields=fields,
         )
         if scene is None:
-            raise await self._refusal(request.scene, "scan")
+            scene = await self._store.get(request.scene)
+            if scene is None or not self._scanned_by(scene, request.scan_hash):
+                raise await self._refusal(request.scene, "scan", read=scene)
+            # The same phone again with its own scan token: a retry whose answer was lost gets it now,
+            # and the browser the hint again (it may be what was lost; a browser drops a repeat).
+            await self._publisher.publish(SceneScanned(scene=scene.id))
+            log.info("scan_repeated")
+            return self._scan_info(scene, request, launch)
         await self._publisher.publish(SceneScanned(scene=scene.id))
         self._metrics.scanned.inc()
+        info = self._scan_info(scene, request, launch)
+        log.info("scene_scanned", launch=launch, location_mismatch=info.location_mismatch)
+        return info
+
+    def _scanned_by(self, scene: Scene, scan_hash: str) -> bool:
+        """True when ``scene`` is scanned, unexpired, by the phone holding ``scan_hash``'s token."""
+        return scene.visible_state(self._clock()) == "scanned" and _same_phone(scene, scan_hash)
+
+    def _scan_info(self, scene: Scene, request: ScanScene, launch: LaunchKind) -> ScanInfo:
+        """What the phone that scanned ``scene`` is told it is about to approve."""
         requester_at, scanner_at = self._locator.locate(scene.ip), self._locator.locate(request.ip)
-        mismatch = differ(requester_at, scanner_at)
-        log.info("scene_scanned", launch=launch, location_mismatch=mismatch)
         browser, system = summarize(scene.user_agent)
         return ScanInfo(
             site=self._site_name(scene),
@@ -388,7 +407,7 @@ class SceneHandlers:
             ),
             expires_at=_at(scene.expires_at),
             scanner=scanner_at,
-            location_mismatch=mismatch,
+            location_mismatch=differ(requester_at, scanner_at),
             launch=launch,
             purpose=scene.purpose,
             account_hint=scene.account_hint,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -189,11 +190,13 @@ class Driver:
         await self.complete(rec, ticket, deadline)
 
     async def phone(self, rec: LoginRecord, deadline: float) -> None:
-        """The mini-program: scan with a wx.login code, then confirm."""
+        """The mini-program: scan with a wx.login code and a scan token of its own (a retry of a scan
+        whose answer a fault lost is answered again), then confirm."""
         openid = self.openids[rec.n % len(self.openids)]
+        scan_token = secrets.token_urlsafe(32)
 
         async def scan_body() -> dict[str, Any]:
-            return {"scene": rec.scene, "code": await self.wx_code(openid)}
+            return {"scene": rec.scene, "code": await self.wx_code(openid), "scan_token": scan_token}
 
         scanned = await self.call(rec, "scan", "POST", "/api/mp/scan", deadline, body=scan_body)
         if scanned.status != 200:

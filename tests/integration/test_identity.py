@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from services.session.handlers import MP_LOGIN_RETRY_SECONDS, session_key_purpos
 from shared.messages import LoginConfirmed, UserCreated
 from shared.mongo import EmbeddedMongo
 from shared.sealing import Sealer
-from sim.phone import Phone
+from sim.phone import Phone, PhoneError
 from tests.integration.identity_stack import OFFICIAL_APPID, IdentityStack, identity_stack
 from tests.scenes import FakeClock
 from tests.support import Browser
@@ -262,6 +263,53 @@ async def test_a_code_sent_with_the_scan_is_exchanged_once_and_the_confirm_needs
     assert status == 200 and tokens["user"]["openid"] == openid
     assert (await user_doc(stack, tokens["user"]["id"]))["login_count"] == 1
     await assert_logins_announced(stack, 1)
+
+
+async def test_a_scan_retried_with_the_phones_own_token_gets_the_first_answer_and_logs_in_once(
+    stack: IdentityStack,
+) -> None:
+    # A scan whose answer a fault lost (docs/chaos.md): the page retries with the scan token it chose.
+    phone = Phone(stack.http, stack.gateway, stack.sim.url)
+    await phone.register()
+    earlier = Browser(stack.http, stack.gateway)  # a returning user: the scan puts them on the scene
+    await earlier.issue()
+    await phone.scan(earlier.scene)
+    await phone.confirm(earlier.scene)
+    assert (await earlier.complete())[0] == 200
+
+    browser = Browser(stack.http, stack.gateway)
+    await browser.issue()
+    token, code = secrets.token_urlsafe(32), await phone.wx_login()
+    answer = await phone.scan(browser.scene, code=code, scan_token=token)
+    again = await phone.scan(browser.scene, code=code, scan_token=token)
+    assert again == answer
+    assert again["scan_token"] == token and again["identified"] is True
+    assert (await stack.counters())["sns/jscode2session"] == 2  # the retry's code was not exchanged again
+    assert await browser.state() == "scanned"
+
+    intruder = Phone(stack.http, stack.gateway, stack.sim.url)  # any other token is another phone
+    with pytest.raises(PhoneError) as refused:
+        await intruder.scan(browser.scene, scan_token=secrets.token_urlsafe(32))
+    assert (refused.value.status, refused.value.code) == (409, "already_scanned")
+    with pytest.raises(PhoneError) as minted:  # a retry without a token of its own cannot be recognised
+        await phone.scan(browser.scene, code=code)
+    assert (minted.value.status, minted.value.code) == (409, "already_scanned")
+
+    assert await phone.confirm(browser.scene, scan_token=token) == {"state": "confirmed"}  # no code needed
+    status, tokens = await browser.complete()
+    assert status == 200
+    assert (await user_doc(stack, tokens["user"]["id"]))["login_count"] == 2
+    await assert_logins_announced(stack, 2)
+
+
+async def test_a_scan_token_the_phone_chose_must_be_long_random_base64url(stack: IdentityStack) -> None:
+    browser = Browser(stack.http, stack.gateway)
+    await browser.issue()
+    for weak in ("short", "a" * 42, "not base64url!" * 4, "x" * 129):
+        body = {"scene": browser.scene, "scan_token": weak}
+        status, body = await stack.request("POST", "/api/mp/scan", body)
+        assert (status, body["error"]["code"]) == (400, "invalid_request"), weak
+    assert await browser.state() == "pending"  # nothing was scanned
 
 
 async def test_a_returning_user_confirms_without_a_code_once_per_login_and_retries_are_harmless(

@@ -114,6 +114,13 @@
       .then(function (login) { return login.code; });
   }
 
+  /** 32 random bytes in base64url: the scan token this phone chooses (the gateway keeps its hash). */
+  function ownScanToken() {
+    var bytes = new Uint8Array(32);
+    crypto.getRandomValues(bytes);
+    return btoa(String.fromCharCode.apply(null, bytes)).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+  }
+
   $('phone-scan').addEventListener('click', function () {
     if (!scene || $('phone-scan').disabled) return;
     var scanned = scene;
@@ -125,9 +132,11 @@
     wxLogin()
       .then(null, function () { return null; })
       .then(function (code) {
-        // The retries of one scan send the same code, as the mini-program's do.
+        // The retries of one scan send the same code and the same scan token of the phone's own, as
+        // the mini-program's do: a scan that landed unheard is answered again.
         // Launch scene 1047: a camera scan, as WeChat reports it to the mini-program.
-        var body = code ? {scene: scanned, code: code, launch_scene: 1047} : {scene: scanned, launch_scene: 1047};
+        var body = {scene: scanned, launch_scene: 1047, scan_token: ownScanToken()};
+        if (code) body.code = code;
         return patiently(function () { return post('/api/mp/scan', body); });
       })
       .then(function (info) {
