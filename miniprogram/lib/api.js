@@ -211,7 +211,9 @@ function createApi(wx, config) {
     },
     // A typed login code opens its scene like a scan (the same answer, plus `scene`); the wx.login
     // code is required: code entries are limited per WeChat user.
-    enterCode: (loginCode, code) => call('POST', '/api/mp/enter_code', {login_code: loginCode, code}),
+    // `scanToken` as for scan: a retry with the same code and token is answered as the first entry.
+    enterCode: (loginCode, code, scanToken) =>
+      call('POST', '/api/mp/enter_code', scanToken ? {login_code: loginCode, code, scan_token: scanToken} : {login_code: loginCode, code}),
     confirm: (scene, scanToken, code) => call('POST', '/api/mp/confirm', withCode({scene, scan_token: scanToken}, code)),
     // `reason` 'not_me' (the 不是我 button) tells the browser why; none: a plain 取消 ('declined').
     cancel: (scene, scanToken, reason) =>

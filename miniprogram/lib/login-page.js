@@ -72,8 +72,8 @@ function createLoginPage({wx, config, currentPages = () => []}) {
    * Enter a typed login code. A limit that lasts longer than a minute (the hourly limits on code
    * entries) is not waited out: the page says so and the user may scan the saved picture instead.
    */
-  function enterCode(loginCode, code) {
-    return api.enterCode(loginCode, code).catch((err) => {
+  function enterCode(loginCode, code, scanToken) {
+    return api.enterCode(loginCode, code, scanToken).catch((err) => {
       if (err.status === 429 && err.retryAfter > 60) err.status = 0; // not transient (see api.transient)
       throw err;
     });
@@ -161,7 +161,7 @@ function createLoginPage({wx, config, currentPages = () => []}) {
       // the scan works all the same, and the confirm then carries a code as it always did. Retries of
       // a busy or unanswered scan send the same code (it reaches WeChat only after a scan won), and the
       // same scan token of the phone's own: a scan that landed unheard is answered again.
-      const chosen = this.loginCode || this.ownScanToken ? Promise.resolve(this.ownScanToken) : newScanToken(wx);
+      const chosen = this.ownScanToken ? Promise.resolve(this.ownScanToken) : newScanToken(wx);
       return chosen
         .then((token) => { this.ownScanToken = token; return wxLogin(wx); })
         .catch((err) => { loginError = err; return undefined; })
@@ -169,7 +169,7 @@ function createLoginPage({wx, config, currentPages = () => []}) {
           // A typed code needs the wx.login code: entries are counted per WeChat user.
           if (this.loginCode && !code) throw loginError;
           const send = this.loginCode
-            ? () => enterCode(this.loginCode, code)
+            ? () => enterCode(this.loginCode, code, this.ownScanToken)
             : () => api.scan(this.scene, code, this.launchScene, this.ownScanToken);
           return patiently(this, send, () => { waited = true; });
         })

@@ -90,6 +90,32 @@ test('a typed code opens the same confirm screen as a scan, and the web page log
   assert.equal(done.data.user.openid, wx.openid);
 });
 
+test('a typed code whose answer was lost is entered again with the same code and scan token', live, async () => {
+  const {scene, ticket, login_code: loginCode} = await phoneBrowserIssue();
+  const wx = createWx({simUrl: SIM});
+  const request = wx.request;
+  const entries = [];
+  wx.request = (options) => {
+    if (!options.url.endsWith('/api/mp/enter_code')) return request(options);
+    entries.push(options.data);
+    if (entries.length > 1) return request(options);
+    // The first entry reaches the gateway; its answer does not come back.
+    return request(Object.assign({}, options, {success: () => options.fail({errMsg: 'request:fail timeout'})}));
+  };
+  const page = await openLoginPage(wx, '/pages/login/index?login_code=' + loginCode);
+  assert.equal(page.data.status, 'ready', page.data.message);
+  assert.equal(entries.length, 2);
+  assert.deepEqual(entries[1], entries[0]); // the same wx.login code and the same scan token
+  assert.match(entries[0].scan_token, /^[A-Za-z0-9_-]{43}$/);
+  assert.equal(page.scene, scene);
+  page.onAgreeChange({detail: {value: ['agree']}});
+  await page.onConfirm();
+  assert.equal(page.data.status, 'confirmed', page.data.message);
+  const done = await httpJson('POST', GATEWAY + '/api/login/complete', {scene, ticket});
+  assert.equal(done.status, 200);
+  assert.equal(done.data.user.openid, wx.openid);
+});
+
 test('a wrong or used login code says what to do, in the words of a typed code', live, async () => {
   const wx = createWx({simUrl: SIM});
   const wrong = await openLoginPage(wx, '/pages/login/index?login_code=22222222');

@@ -138,6 +138,8 @@ class EnterCodeBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
     login_code: str = Field(min_length=8, max_length=16, pattern=r"^[A-Za-z0-9 -]+$")
     code: Annotated[str, WxCode]
+    # As in ScanBody: the phone's own scan token; a retry with it and the same code is answered again.
+    scan_token: Annotated[str, ChosenScanToken] | None = None
 
 
 async def read_body(request: web.Request, model: type[M]) -> M:
@@ -391,7 +393,7 @@ async def mp_enter_code(request: web.Request) -> web.Response:
         raise BadRequest(f"a login code is {LOGIN_CODE_LENGTH} characters of {LOGIN_CODE_ALPHABET}")
     limits.check("code_entry", ip)
     limits.check("login", ip)  # a jscode2session call: the same limit as /api/mp/login
-    scan_token = secrets.token_urlsafe(32)
+    scan_token = body.scan_token or secrets.token_urlsafe(32)
     entered = await request.app[BUS].call(
         EnterLoginCode(
             login_code=SecretStr(login_code),

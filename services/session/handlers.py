@@ -122,9 +122,12 @@ def mp_login_seed(code_hash: str) -> str:
 ENTER_CODE = "enter_code"
 
 
+CONFIRM_PREFIX = "confirm:"
+
+
 def confirm_purpose(scene: str) -> str:
     """What a wx.login code is spent on when it confirms ``scene``."""
-    return f"confirm:{scene}"
+    return f"{CONFIRM_PREFIX}{scene}"
 
 
 def e164(info: PhoneInfo) -> str:
@@ -229,7 +232,13 @@ class SessionHandlers:
         spend it, so the confirm needs no code, and a returning user is put on the scene.
         """
         code = request.code.get_secret_value()
-        identity = await self._exchange(code, ENTER_CODE, scan_hash=request.scan_hash)
+
+        def entered_before(use: CodeUse) -> bool:
+            """This phone's retry (same code, same scan token) of an entry whose answer was lost."""
+            same_phone = use.scan_hash is not None and hmac.compare_digest(use.scan_hash, request.scan_hash)
+            return use.purpose.startswith(CONFIRM_PREFIX) and same_phone
+
+        identity = await self._exchange(code, ENTER_CODE, scan_hash=request.scan_hash, resumes=entered_before)
         scanned = await self._bus.call(
             ScanLoginCode(
                 login_code=request.login_code,
@@ -689,9 +698,18 @@ class SessionHandlers:
             raise WeChatUnavailable("WeChat returned no phone number")
         return info
 
-    async def _exchange(self, code: str, purpose: str, *, scan_hash: str | None = None) -> Identity:
+    async def _exchange(
+        self,
+        code: str,
+        purpose: str,
+        *,
+        scan_hash: str | None = None,
+        resumes: Callable[[CodeUse], bool] | None = None,
+    ) -> Identity:
         """Exchange a wx.login code with WeChat at most once; a retry for the same purpose reuses it
-        (a mini-program login only within :data:`MP_LOGIN_RETRY_SECONDS`).
+        (a mini-program login only within :data:`MP_LOGIN_RETRY_SECONDS`), as does a request that
+        ``resumes`` an earlier use of another purpose (a typed entry retried after it was spent on
+        its scene).
 
         Any other reuse of a code is refused, and when the code had logged in on the mini-program,
         the session it started is revoked: a code seen twice may have been copied.
@@ -701,7 +719,8 @@ class SessionHandlers:
         earlier = await self._stores.code_uses.claim(code_hash, purpose, now, scan_hash=scan_hash)
         if earlier is not None:
             window = self._mp_login_retry if purpose == MP_LOGIN else CODE_LIFETIME
-            if earlier.purpose != purpose or now - earlier.created_at > window:
+            ours = earlier.purpose == purpose or (resumes is not None and resumes(earlier))
+            if not ours or now - earlier.created_at > window:
                 log.info("code_reuse_refused", first_use=earlier.purpose.partition(":")[0])
                 if earlier.purpose == MP_LOGIN:
                     await self._revoke_code_session(code_hash)

@@ -259,6 +259,7 @@ class CodeUse:
     errcode: int | None = None
     user_id: str | None = None
     done: bool = False
+    scan_hash: str | None = None  # the phone that sent the code with its scan (or typed entry)
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> CodeUse:
@@ -273,6 +274,7 @@ class CodeUse:
             errcode=doc.get("errcode"),
             user_id=doc.get("user_id"),
             done=bool(doc.get("done", False)),
+            scan_hash=doc.get("scan_hash"),
         )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import secrets
 import sys
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -105,6 +106,30 @@ async def test_a_typed_code_logs_the_phone_browser_in_like_a_scan(stack: Stack, 
     status, tokens = await browser.complete()
     assert status == 200 and tokens["user"]["openid"] == hand.openid
     await browser.close()
+    assert not errors.records, errors.lines()
+
+
+async def test_an_entry_retried_with_the_same_code_and_own_scan_token_gets_the_first_answer(
+    stack: Stack, errors: ErrorLog
+) -> None:
+    # The answer of an entry that landed was lost (docs/chaos.md): the page sends the same body again.
+    browser = PhoneBrowser(stack.http, stack.gateway)
+    login_code = (await browser.issue())["login_code"]
+    hand = phone(stack)
+    body = {"login_code": login_code, "code": await hand.wx_login(), "scan_token": secrets.token_urlsafe(32)}
+    first, again = await entered(stack, body), await entered(stack, body)
+    assert first[0] == again[0] == 200, (first, again)
+    assert again[1] == first[1] and again[1]["scan_token"] == body["scan_token"]
+    assert again[1]["scene"] == browser.scene and again[1]["identified"] is True
+
+    # The same code with another token is another phone (or a copied code): refused, as before.
+    status, refused, _ = await entered(stack, {**body, "scan_token": secrets.token_urlsafe(32)})
+    assert (status, refused["error"]["code"]) == (400, "code_invalid"), refused
+    hand.scan_tokens[browser.scene] = body["scan_token"]
+    hand.identified[browser.scene] = True
+    assert (await hand.confirm(browser.scene))["state"] == "confirmed"
+    status, tokens = await browser.complete()
+    assert status == 200 and tokens["user"]["openid"] == hand.openid
     assert not errors.records, errors.lines()
 
 
