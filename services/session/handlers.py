@@ -60,7 +60,6 @@ from shared.messages import (
     GetSceneStatus,
     Identified,
     IdentifyScanner,
-    IdentifyScene,
     Jwks,
     LoggedOut,
     LoginConfirmed,
@@ -214,12 +213,13 @@ class SessionHandlers:
         The gateway asks right after ``qrcode.scan`` bound ``scan_hash`` to this phone, while the user
         reads what they are approving; the confirm then waits on no WeChat call. The code is spent
         on this scene as a confirm with it would spend it. Nobody is created, counted or logged in
-        until the confirm.
+        until the confirm; a returning user is recorded on the code, in the write that stores the
+        exchange, so the confirm can confirm the scene for them at once.
         """
         bind_context(scene=request.scene)
         code = request.code.get_secret_value()
-        identity = await self._exchange(code, confirm_purpose(request.scene), scan_hash=request.scan_hash)
-        await self._identify_returning(request.scene, request.scan_hash, identity)
+        purpose = confirm_purpose(request.scene)
+        await self._exchange(code, purpose, scan_hash=request.scan_hash, identify=True)
         log.info("scanner_identified")
         return Identified(identified=True)
 
@@ -259,14 +259,21 @@ class SessionHandlers:
         return scanned
 
     async def _identify_returning(self, scene: str, scan_hash: str, identity: Identity) -> None:
-        """A returning user (nothing to create or link) is put on the scanned scene now, so the
-        confirm can go straight to qrcode.confirm."""
-        known = await self._stores.users.by_openid(identity.openid)
-        if known is not None and (identity.unionid is None or known.unionid == identity.unionid):
-            try:
-                await self._bus.call(IdentifyScene(scene=scene, scan_hash=scan_hash, user_id=known.id))
-            except RemoteError as exc:  # the confirm looks the user up instead
-                log.info("scene_not_identified", reason=exc.error_code)
+        """A returning user is recorded on the code of a typed entry once its scene is known (a scan's
+        code records it as it is exchanged: :meth:`identify`)."""
+        known = await self._returning_user(identity.openid, identity.unionid)
+        if known is not None:
+            purpose = confirm_purpose(scene)
+            await self._stores.code_uses.identify(identity.code_hash, scan_hash, purpose, known)
+
+    async def _returning_user(self, openid: str, unionid: str | None) -> str | None:
+        """The user of ``openid`` when there is nothing to create or link at the confirm: the confirm
+        can then go straight to qrcode.confirm for them (before, ``qrcode.identify`` put them on the
+        scene: one RPC more per login)."""
+        known = await self._stores.users.by_openid(openid)
+        if known is not None and (unionid is None or known.unionid == unionid):
+            return known.id
+        return None
 
     async def confirm(self, request: ConfirmLogin) -> ConfirmResult:
         """RPC ``session.confirm``: identify the phone's user and confirm the scene for them.
@@ -297,11 +304,17 @@ class SessionHandlers:
     async def _confirm_scanner(self, request: ConfirmLogin, purpose: str) -> ConfirmResult:
         """A confirm without a code: the code sent with the scan identified the phone.
 
-        A returning user is on the scene already (:meth:`identify`), so qrcode.confirm comes first
-        and the push leaves before anything is looked up; otherwise the user is found or created.
+        A returning user was recorded on the code (:meth:`identify`; in this replica's memory, else
+        one read), so qrcode.confirm comes first and the push leaves before anything else is looked
+        up; otherwise the user is found or created.
         """
+        # The returning user the scan's code showed (None: a new one; or a scene an older replica
+        # identified with qrcode.identify, whose user qrcode then takes).
+        known = await self._stores.code_uses.identified_user(request.scan_hash, purpose)
         try:
-            confirmed = await self._bus.call(ConfirmScene(scene=request.scene, scan_hash=request.scan_hash))
+            confirmed = await self._bus.call(
+                ConfirmScene(scene=request.scene, scan_hash=request.scan_hash, user_id=known)
+            )
         except RemoteError as exc:
             if exc.error_code == "scene_purpose_mismatch":  # a link scene (docs/linking.md)
                 identity = await self._scanner_identity(request, purpose)
@@ -705,11 +718,13 @@ class SessionHandlers:
         *,
         scan_hash: str | None = None,
         resumes: Callable[[CodeUse], bool] | None = None,
+        identify: bool = False,
     ) -> Identity:
         """Exchange a wx.login code with WeChat at most once; a retry for the same purpose reuses it
         (a mini-program login only within :data:`MP_LOGIN_RETRY_SECONDS`), as does a request that
         ``resumes`` an earlier use of another purpose (a typed entry retried after it was spent on
-        its scene).
+        its scene). ``identify``: a code sent with a scan (``scan_hash``) also records the returning
+        user it shows (:meth:`_returning_user`) in the write that stores the exchange.
 
         Any other reuse of a code is refused, and when the code had logged in on the mini-program,
         the session it started is revoked: a code seen twice may have been copied.
@@ -738,7 +753,14 @@ class SessionHandlers:
             await self._stores.code_uses.release(code_hash)
             raise WeChatUnavailable(retry_after=getattr(exc, "retry_after", 2)) from None
         sealed = self._data_sealer.seal(result.session_key, purpose=session_key_purpose(result.openid))
-        await self._stores.code_uses.succeed(code_hash, result.openid, result.unionid, sealed)
+        known = await self._returning_user(result.openid, result.unionid) if identify else None
+        await self._stores.code_uses.succeed(
+            code_hash,
+            result.openid,
+            result.unionid,
+            sealed,
+            identified=(scan_hash, purpose, known) if scan_hash and known else None,
+        )
         return Identity(code_hash, result.openid, result.unionid, sealed)
 
     async def _revoke_code_session(self, code_hash: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import secrets
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -237,6 +238,9 @@ class UserStore:
 
 # WeChat's wx.login codes live five minutes; so does our record of exchanging one.
 CODE_LIFETIME = 300.0
+# Scans whose identified user a replica remembers until their confirm (about 100 bytes each): at
+# 83 logins/s, the last three minutes of them, longer than a scene lives.
+REMEMBERED_SCANS = 16384
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +264,7 @@ class CodeUse:
     user_id: str | None = None
     done: bool = False
     scan_hash: str | None = None  # the phone that sent the code with its scan (or typed entry)
+    identified_user_id: str | None = None  # the returning user the code showed at the scan
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> CodeUse:
@@ -275,6 +280,7 @@ class CodeUse:
             user_id=doc.get("user_id"),
             done=bool(doc.get("done", False)),
             scan_hash=doc.get("scan_hash"),
+            identified_user_id=doc.get("identified_user_id"),
         )
 
 
@@ -283,11 +289,20 @@ class CodeUseStore:
 
     Documents expire with the code (a TTL index on ``purge_at``); reads also check the age, since
     the TTL monitor runs only every 60 s.
+
+    Which returning user a scan's code showed (:meth:`identify`) is also kept in this replica's
+    memory, for the confirm that follows: the fact never changes once written, so the memory needs
+    no invalidation, and a confirm that another replica (or a restart) serves reads it from Mongo.
     """
 
-    def __init__(self, db: Database, *, keep_seconds: float = CODE_LIFETIME) -> None:
+    def __init__(
+        self, db: Database, *, keep_seconds: float = CODE_LIFETIME, remembered: int = REMEMBERED_SCANS
+    ) -> None:
         self._uses = db[CODE_USES]
         self._keep = keep_seconds
+        self._remembered = remembered
+        # (scan_hash, purpose) → user id, oldest first
+        self._identified: OrderedDict[tuple[str, str], str] = OrderedDict()
 
     async def claim(
         self, code_hash: str, purpose: str, now: float, *, scan_hash: str | None = None
@@ -336,20 +351,43 @@ class CodeUseStore:
             return CodeUse.from_doc(doc), True
         return await self.for_scan(scan_hash, purpose), False
 
+    async def identify(self, code_hash: str, scan_hash: str, purpose: str, user_id: str) -> None:
+        """The code the phone holding ``scan_hash`` sent with its scan for ``purpose`` belongs to
+        ``user_id``, who already has an account: the confirm can confirm the scene for them first."""
+        await self._uses.update_one({"_id": code_hash}, {"$set": {"identified_user_id": user_id}})
+        self._remember(scan_hash, purpose, user_id)
+
+    def _remember(self, scan_hash: str, purpose: str, user_id: str) -> None:
+        self._identified[scan_hash, purpose] = user_id
+        if len(self._identified) > self._remembered:
+            self._identified.popitem(last=False)
+
+    async def identified_user(self, scan_hash: str, purpose: str) -> str | None:
+        """The user :meth:`identify` recorded for the phone holding ``scan_hash`` (None: a new user, or
+        a code that was not sent with the scan); from memory when this replica recorded it."""
+        user_id = self._identified.get((scan_hash, purpose))
+        if user_id is not None:
+            return user_id
+        use = await self.for_scan(scan_hash, purpose)
+        return use.identified_user_id if use is not None else None
+
     async def succeed(
-        self, code_hash: str, openid: str, unionid: str | None, sealed_session_key: str
+        self,
+        code_hash: str,
+        openid: str,
+        unionid: str | None,
+        sealed_session_key: str,
+        *,
+        identified: tuple[str, str, str] | None = None,
     ) -> None:
-        await self._uses.update_one(
-            {"_id": code_hash},
-            {
-                "$set": {
-                    "status": "done",
-                    "openid": openid,
-                    "unionid": unionid,
-                    "session_key": sealed_session_key,
-                }
-            },
-        )
+        """Store the exchange; ``identified`` (scan_hash, purpose, user id) as :meth:`identify` in
+        the same write."""
+        fields = {"status": "done", "openid": openid, "unionid": unionid, "session_key": sealed_session_key}
+        if identified is not None:
+            fields["identified_user_id"] = identified[2]
+        await self._uses.update_one({"_id": code_hash}, {"$set": fields})
+        if identified is not None:
+            self._remember(*identified)
 
     async def fail(self, code_hash: str, errcode: int) -> None:
         await self._uses.update_one({"_id": code_hash}, {"$set": {"status": "failed", "errcode": errcode}})

@@ -16,6 +16,7 @@ from typing import Any
 import jwt
 import pytest
 
+from services.gateway.ws import ticket_hash
 from services.session.handlers import MP_LOGIN_RETRY_SECONDS, session_key_purpose
 from shared.messages import LoginConfirmed, UserCreated
 from shared.mongo import EmbeddedMongo
@@ -318,14 +319,17 @@ async def test_a_returning_user_confirms_without_a_code_once_per_login_and_retri
     phone = Phone(stack.http, stack.gateway, stack.sim.url)
     openid = await phone.register()
     user_ids = []
-    for _ in range(2):  # the second scan finds the user already there (qrcode.identify)
+    for _ in range(2):  # the second scan finds the user already there
         browser = Browser(stack.http, stack.gateway)
         await browser.issue()
         await phone.scan(browser.scene)
-        # Only a user who exists already is put on the scanned scene (a new one is created at confirm).
+        # Only a user who exists already is recorded on the scan's code (a new one is created at
+        # confirm); the scene gets its user at the confirm.
+        scan_hash = ticket_hash(phone.scan_tokens[browser.scene])
+        use = await stack.db.code_uses.find_one({"scan_hash": scan_hash})
+        assert use is not None and use.get("identified_user_id") == (user_ids[0] if user_ids else None)
         scene = await stack.db.scenes.find_one({"_id": browser.scene})
-        assert scene is not None and scene["state"] == "scanned"
-        assert scene["user_id"] == (user_ids[0] if user_ids else None)
+        assert scene is not None and scene["state"] == "scanned" and scene["user_id"] is None
         body = {"scene": browser.scene, "scan_token": phone.scan_tokens[browser.scene]}
         assert await stack.request("POST", "/api/mp/confirm", body) == (200, {"state": "confirmed"})
         assert await stack.request("POST", "/api/mp/confirm", body) == (200, {"state": "confirmed"})

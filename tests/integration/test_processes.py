@@ -1,5 +1,5 @@
-"""The services as separate OS processes, scaled: two gateways, two qrcode replicas, one token and one
-session, over real RabbitMQ (each service its own least-privilege broker user), one nx-27017 and the
+"""The services as separate OS processes, scaled: two gateways, two qrcode and two session replicas,
+one token, over real RabbitMQ (each service its own least-privilege broker user), one nx-27017 and the
 simulator process. What `docker compose up --scale gateway=2 --scale qrcode=2` runs, without Docker.
 """
 
@@ -31,7 +31,7 @@ def cluster(
     amqp_base_url: str, mongo_server: EmbeddedMongo, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
     running = start_cluster(
-        {"gateway": 2, "qrcode": 2, "session": 1, "token": 1, "webhook": 1},
+        {"gateway": 2, "qrcode": 2, "session": 2, "token": 1, "webhook": 1},
         amqp_base_url=amqp_base_url,
         mongo=mongo_server,
         workdir=tmp_path_factory.mktemp("processes"),
@@ -48,7 +48,7 @@ def test_every_replica_is_its_own_process(cluster: Cluster) -> None:
     assert Counter(r.service for r in replicas) == {
         "gateway": 2,
         "qrcode": 2,
-        "session": 1,
+        "session": 2,
         "token": 1,
         "webhook": 1,
     }
@@ -81,6 +81,37 @@ async def test_login_completes_with_the_browser_on_one_gateway_and_the_phone_on_
             async with http.get(f"{gateway}/api/me", headers=headers) as resp:
                 assert resp.status == 200
                 assert (await resp.json())["openid"] == openid
+
+
+async def test_a_returning_user_logs_in_whichever_session_replica_serves_the_scan_and_the_confirm(
+    cluster: Cluster,
+) -> None:
+    # The broker hands session.rpc requests to the two replicas in turn, so some confirms are served
+    # by the replica that did not see the scan: it reads the user the scan identified from Mongo.
+    a, b = cluster.launcher.urls("gateway")
+    async with aiohttp.ClientSession() as http:
+        phone = Phone(http, b, cluster.sim_url)
+        await phone.register()
+        users, scenes = set(), []
+        for _ in range(6):
+            browser = Browser(http, a)
+            await browser.issue()
+            assert (await phone.scan(browser.scene))["identified"] is True
+            assert await phone.confirm(browser.scene) == {"state": "confirmed"}
+            status, tokens = await browser.complete()
+            assert status == 200, tokens
+            users.add(tokens["user"]["id"])
+            scenes.append(browser.scene)
+        assert len(users) == 1
+
+    def served(event: str) -> dict[str, str]:
+        """The replica that logged ``event`` for each scene."""
+        logs = cluster.logs("session").items()
+        return {line["scene"]: name for name, lines in logs for line in lines if line.get("event") == event}
+
+    identified, confirmed = served("scanner_identified"), served("login_confirmed")
+    crossed = [scene for scene in scenes if identified[scene] != confirmed[scene]]
+    assert crossed, (identified, confirmed)
 
 
 async def test_a_scene_issued_on_either_qrcode_replica_expires_exactly_once(cluster: Cluster) -> None:

@@ -1,0 +1,85 @@
+"""The session service's record of wx.login codes against nx-27017: which returning user a scan's code
+showed reaches the confirm whichever replica serves it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient
+
+from services.session.store import CodeUseStore
+from shared.mongo import EmbeddedMongo, make_client
+
+NOW = 1_800_000_000.0
+SCAN = "a" * 64
+OTHER_SCAN = "b" * 64
+PURPOSE = "confirm:" + "s" * 32
+
+Client = AsyncMongoClient[dict[str, Any]]
+
+
+@pytest.fixture
+async def clients(mongo_server: EmbeddedMongo, unique: str) -> AsyncIterator[list[Client]]:
+    """Two clients of one database, as two replicas of the session service would have."""
+    made: list[Client] = [make_client(mongo_server.url) for _ in range(2)]
+    try:
+        yield made
+    finally:
+        await made[0].drop_database(f"t_{unique}")
+        for client in made:
+            await client.close()
+
+
+async def exchanged(store: CodeUseStore, code_hash: str, scan_hash: str) -> None:
+    """A code sent with a scan, claimed and exchanged."""
+    assert await store.claim(code_hash, PURPOSE, NOW, scan_hash=scan_hash) is None
+    await store.succeed(code_hash, "openid-1", None, "sealed")
+
+
+async def test_the_identified_user_of_a_scan_reaches_a_confirm_on_another_replica(
+    clients: list[Client], unique: str
+) -> None:
+    here, there = (CodeUseStore(client[f"t_{unique}"]) for client in clients)
+    await exchanged(here, "c1", SCAN)
+    assert await here.identified_user(SCAN, PURPOSE) is None  # not identified: a new user
+    await here.identify("c1", SCAN, PURPOSE, "u_returning")
+
+    assert await here.identified_user(SCAN, PURPOSE) == "u_returning"
+    assert await there.identified_user(SCAN, PURPOSE) == "u_returning"  # read from Mongo
+    # Bound to the scan and to its scene: another phone, or another scene, has nobody.
+    assert await there.identified_user(OTHER_SCAN, PURPOSE) is None
+    assert await there.identified_user(SCAN, "confirm:" + "t" * 32) is None
+    # Identifying does not mark the code used: the confirm still counts the login, once.
+    use, first = await there.attach_for_scan(SCAN, PURPOSE, "u_returning")
+    assert use is not None and use.identified_user_id == "u_returning" and first is True
+    assert (await there.attach_for_scan(SCAN, PURPOSE, "u_returning"))[1] is False
+
+
+async def test_a_replica_remembers_a_bounded_number_of_scans_and_reads_the_rest(
+    clients: list[Client], unique: str
+) -> None:
+    db = clients[0][f"t_{unique}"]
+    store = CodeUseStore(db, remembered=1)
+    await exchanged(store, "c1", SCAN)
+    await exchanged(store, "c2", OTHER_SCAN)
+    await store.identify("c1", SCAN, PURPOSE, "u_first")
+    await store.identify("c2", OTHER_SCAN, PURPOSE, "u_second")
+    # The newest is answered from memory (Mongo's copy is gone here), the first, which fell out of
+    # memory, from Mongo.
+    await db["code_uses"].update_one({"_id": "c2"}, {"$unset": {"identified_user_id": ""}})
+    assert await store.identified_user(OTHER_SCAN, PURPOSE) == "u_second"
+    assert await store.identified_user(SCAN, PURPOSE) == "u_first"
+
+
+async def test_an_exchange_is_stored_with_the_user_it_identified_in_one_write(
+    clients: list[Client], unique: str
+) -> None:
+    here, there = (CodeUseStore(client[f"t_{unique}"]) for client in clients)
+    assert await here.claim("c1", PURPOSE, NOW, scan_hash=SCAN) is None
+    await here.succeed("c1", "openid-1", None, "sealed", identified=(SCAN, PURPOSE, "u_returning"))
+    assert await here.identified_user(SCAN, PURPOSE) == "u_returning"
+    assert await there.identified_user(SCAN, PURPOSE) == "u_returning"
+    use = await there.for_scan(SCAN, PURPOSE)
+    assert use is not None and use.status == "done" and use.openid == "openid-1" and not use.done
