@@ -229,7 +229,8 @@ class SessionHandlers:
         The phone's wx.login code is exchanged first: the qrcode service counts code entries per
         WeChat user (a keyed hash of the openid, never the openid). Once the typed code's scene is
         scanned for this phone, the wx.login code is spent on that scene as a scan that sent it would
-        spend it, so the confirm needs no code, and a returning user is put on the scene.
+        spend it, so the confirm needs no code, and a returning user is recorded on it. A retry with
+        the same code and scan token (its answer lost) goes on with the first exchange.
         """
         code = request.code.get_secret_value()
 
