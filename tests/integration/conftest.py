@@ -4,15 +4,31 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import pytest
+from pymongo import AsyncMongoClient
 
 from shared.bus import MemoryBroker
 from shared.config import Settings
-from shared.mongo import EmbeddedMongo
+from shared.mongo import EmbeddedMongo, make_client
 from tests.logcheck import ErrorLog, error_log
 from tests.support import Sim, System, drop_database, make_settings, start_sim
+
+Client = AsyncMongoClient[dict[str, Any]]
+
+
+@pytest.fixture
+async def clients(mongo_server: EmbeddedMongo, unique: str) -> AsyncIterator[list[Client]]:
+    """Three clients of one database (``t_<unique>``, dropped after), as three replicas would have."""
+    made: list[Client] = [make_client(mongo_server.url) for _ in range(3)]
+    try:
+        yield made
+    finally:
+        await made[0].drop_database(f"t_{unique}")
+        for client in made:
+            await client.close()
 
 
 @dataclass

@@ -3,33 +3,13 @@ showed reaches the confirm whichever replica serves it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
-
-import pytest
-from pymongo import AsyncMongoClient
-
 from services.session.store import CodeUseStore
-from shared.mongo import EmbeddedMongo, make_client
+from tests.integration.conftest import Client
 
 NOW = 1_800_000_000.0
 SCAN = "a" * 64
 OTHER_SCAN = "b" * 64
 PURPOSE = "confirm:" + "s" * 32
-
-Client = AsyncMongoClient[dict[str, Any]]
-
-
-@pytest.fixture
-async def clients(mongo_server: EmbeddedMongo, unique: str) -> AsyncIterator[list[Client]]:
-    """Two clients of one database, as two replicas of the session service would have."""
-    made: list[Client] = [make_client(mongo_server.url) for _ in range(2)]
-    try:
-        yield made
-    finally:
-        await made[0].drop_database(f"t_{unique}")
-        for client in made:
-            await client.close()
 
 
 async def exchanged(store: CodeUseStore, code_hash: str, scan_hash: str) -> None:
@@ -41,7 +21,7 @@ async def exchanged(store: CodeUseStore, code_hash: str, scan_hash: str) -> None
 async def test_the_identified_user_of_a_scan_reaches_a_confirm_on_another_replica(
     clients: list[Client], unique: str
 ) -> None:
-    here, there = (CodeUseStore(client[f"t_{unique}"]) for client in clients)
+    here, there = (CodeUseStore(client[f"t_{unique}"]) for client in clients[:2])
     await exchanged(here, "c1", SCAN)
     assert await here.identified_user(SCAN, PURPOSE) is None  # not identified: a new user
     await here.identify("c1", SCAN, PURPOSE, "u_returning")
@@ -76,7 +56,7 @@ async def test_a_replica_remembers_a_bounded_number_of_scans_and_reads_the_rest(
 async def test_an_exchange_is_stored_with_the_user_it_identified_in_one_write(
     clients: list[Client], unique: str
 ) -> None:
-    here, there = (CodeUseStore(client[f"t_{unique}"]) for client in clients)
+    here, there = (CodeUseStore(client[f"t_{unique}"]) for client in clients[:2])
     assert await here.claim("c1", PURPOSE, NOW, scan_hash=SCAN) is None
     await here.succeed("c1", "openid-1", None, "sealed", identified=(SCAN, PURPOSE, "u_returning"))
     assert await here.identified_user(SCAN, PURPOSE) == "u_returning"

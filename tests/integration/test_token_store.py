@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient
 
 from services.token.store import (
     TOKENS,
@@ -17,27 +14,13 @@ from services.token.store import (
     TokenUnreadable,
     beijing_day,
 )
-from shared.mongo import EmbeddedMongo, make_client
 from shared.sealing import Sealer, generate_key
+from tests.integration.conftest import Client
 
 APPID = "wx0123456789abcdef"
 NOW = 1_800_000_000.0
 DAY = 86400.0
 SEALER = Sealer.from_text(generate_key())
-
-Client = AsyncMongoClient[dict[str, Any]]
-
-
-@pytest.fixture
-async def clients(mongo_server: EmbeddedMongo, unique: str) -> AsyncIterator[list[Client]]:
-    """Three clients of one database, as three replicas would have."""
-    made: list[Client] = [make_client(mongo_server.url) for _ in range(3)]
-    try:
-        yield made
-    finally:
-        await made[0].drop_database(f"t_{unique}")
-        for client in made:
-            await client.close()
 
 
 @pytest.fixture
