@@ -357,8 +357,8 @@ class SceneHandlers:
         they differ, so a relayed code stands out.
 
         The phone that scanned may scan again with the same scan token (one it chose: a retry whose
-        answer was lost) and is answered the same (``scene.scanned`` is published again: it may be
-        what the fault lost); any other phone is refused ``already_scanned``.
+        answer was lost) and is answered the same, without a second ``scene.scanned``; any other
+        phone is refused ``already_scanned``.
         """
         bind_context(scene=request.scene)
         try:
@@ -381,9 +381,8 @@ class SceneHandlers:
             scene = await self._store.get(request.scene)
             if scene is None or not self._scanned_by(scene, request.scan_hash):
                 raise await self._refusal(request.scene, "scan", read=scene)
-            # The same phone again with its own scan token: a retry whose answer was lost gets it now,
-            # and the browser the hint again (it may be what was lost; a browser drops a repeat).
-            await self._publisher.publish(SceneScanned(scene=scene.id))
+            # The same phone again with its own scan token: a retry whose answer was lost gets it now.
+            # Announced once all the same: the browser reads the state when it (re)subscribes.
             log.info("scan_repeated")
             return self._scan_info(scene, request, launch)
         await self._publisher.publish(SceneScanned(scene=scene.id))
