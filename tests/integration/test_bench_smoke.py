@@ -1,10 +1,14 @@
 """The benchmarks do not rot: ``bench.confirm_push`` at a tiny size, on separate service processes,
-produces a well-formed result (``make bench`` itself is not part of ``make test``)."""
+produces a well-formed result, and ``bench.compare`` runs two trees (``make bench`` itself is not part
+of ``make test``)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 from bench import confirm_push, report
@@ -31,3 +35,27 @@ async def test_the_confirm_push_benchmark_at_a_tiny_size_writes_a_well_formed_re
     written = json.loads(path.read_text())
     assert path.parent == tmp_path
     assert written["meta"]["cpus"] >= 1 and written["rows"][0]["observer"] == "WebSocket push"
+
+
+def test_the_comparison_of_two_trees_runs_both_and_leaves_no_worktree_or_result_behind() -> None:
+    # This tree against its own HEAD, at a tiny size: the table has each measure, bench/results is
+    # untouched and the worktree of the base is gone.
+    root = Path(__file__).resolve().parents[2]
+    results = {p.name: p.read_bytes() for p in (root / "bench" / "results").glob("*.json")}
+    listed = ["git", "worktree", "list"]
+    worktrees = subprocess.run(listed, cwd=root, capture_output=True, text=True, check=True)
+    tiny = ["--base", "HEAD", "--runs", "1", "--levels", "2", "--logins", "6"]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.compare", *tiny],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = done.stdout[done.stdout.index("this tree against HEAD") :]
+    for measure in ("logins_per_s", "cpu_services", "per_sim", "cpu_nx"):
+        assert re.search(rf"^2\s+{measure}\s+1 \+ 1\s+\d", table, re.MULTILINE), table
+    assert {p.name: p.read_bytes() for p in (root / "bench" / "results").glob("*.json")} == results
+    after = subprocess.run(listed, cwd=root, capture_output=True, text=True, check=True)
+    assert after.stdout == worktrees.stdout

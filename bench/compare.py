@@ -1,0 +1,127 @@
+"""``python -m bench.compare --base REV``: this tree against commit ``REV``, in alternating runs.
+
+On a shared 2-core VM the same commit can give 58 and 33 logins/s two minutes apart, so one run of
+each side proves nothing. This runs ``bench.throughput`` (closed loop, no profile, no replicas row,
+no sustained run) for ``REV`` (a git worktree of it, its own ``bench/`` included) and for this tree in
+turn, ``--runs`` times each, and prints, per concurrency level, the mean of each side and the ratio
+this / base of:
+
+- ``logins_per_s``;
+- ``cpu_services``: CPU ms per login of gateway + qrcode + session + token (issue 18's measure);
+- ``per_sim``: the same divided by the WeChat simulator's CPU ms per login. The simulator's code is
+  the same in both trees, so its cost tracks the machine's speed: the quotient moves less when the
+  VM slows down for a while;
+- ``cpu_nx``: nx-27017's CPU ms per login.
+
+The JSON of every run goes to a temporary directory; ``bench/results`` is not touched, and the
+worktree is removed at the end. ``--base`` must be a commit whose ``bench/throughput.py`` takes
+``--replicas`` and ``--rate`` (a3709bc or later).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.report import print_table
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVICES = ("gateway-1", "qrcode-1", "session-1", "token-1")
+# What each run executes: bench.throughput, writing its JSON to the directory given as argv[1].
+RUN = (
+    "import sys; from pathlib import Path; from bench import report, throughput; "
+    "report.use_results_dir(Path(sys.argv[1])); throughput.main(sys.argv[2:])"
+)
+
+
+def run_once(tree: Path, out: Path, levels: str, logins: int) -> dict[str, Any]:
+    """One ``bench.throughput`` run of the code in ``tree``; its result."""
+    out.mkdir(parents=True)
+    args = ["--levels", levels, "--logins", str(logins), "--no-profile", "--replicas", "0", "--rate", "0"]
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    subprocess.run(
+        [sys.executable, "-c", RUN, str(out), *args],
+        cwd=tree,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    result: dict[str, Any] = json.loads((out / "throughput.json").read_text())
+    return result
+
+
+def measures(row: dict[str, Any]) -> dict[str, float]:
+    """The compared measures of one concurrency level of one run."""
+    cpu = row["cpu_ms_per_login"]
+    services = sum(float(cpu.get(name) or 0.0) for name in SERVICES)
+    sim = float(cpu.get("wechat-sim") or 0.0)
+    return {
+        "logins_per_s": float(row["logins_per_s"]),
+        "cpu_services": services,
+        "per_sim": services / sim if sim > 0 else float("nan"),
+        "cpu_nx": float(cpu.get("nx-27017") or 0.0),
+    }
+
+
+def compare(base: Sequence[dict[str, Any]], this: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per concurrency level and measure: the mean of each side's runs and this / base."""
+    rows = []
+    levels = sorted({row["concurrency"] for result in (*base, *this) for row in result["rows"]})
+    for level in levels:
+        sides = [
+            [measures(row) for result in runs for row in result["rows"] if row["concurrency"] == level]
+            for runs in (base, this)
+        ]
+        for name in ("logins_per_s", "cpu_services", "per_sim", "cpu_nx"):
+            before, after = (statistics.fmean(m[name] for m in side) for side in sides)
+            rows.append(
+                {
+                    "concurrency": level,
+                    "measure": name,
+                    "runs": f"{len(sides[0])} + {len(sides[1])}",
+                    "base": round(before, 2),
+                    "this": round(after, 2),
+                    "this/base": round(after / before, 3) if before else float("nan"),
+                }
+            )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__)
+    parser.add_argument("--base", required=True, help="the commit to compare this tree against")
+    parser.add_argument("--runs", type=int, default=4, help="runs of each side, alternating")
+    parser.add_argument("--levels", default="16,32", help="concurrency levels (bench.throughput)")
+    parser.add_argument("--logins", type=int, default=400, help="logins per level and run")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="wxlogin-compare-") as scratch:
+        worktree = Path(scratch) / "base"
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(worktree), args.base],
+            cwd=ROOT,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            base: list[dict[str, Any]] = []
+            this: list[dict[str, Any]] = []
+            for n in range(args.runs):
+                for side, tree, results in (("base", worktree, base), ("this", ROOT, this)):
+                    print(f"run {n + 1}/{args.runs}: {side}", flush=True)
+                    results.append(run_once(tree, Path(scratch) / f"{side}-{n}", args.levels, args.logins))
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, check=False)
+    print(f"\nthis tree against {args.base}: means of {args.runs} alternating runs each")
+    print_table(compare(base, this), ["concurrency", "measure", "runs", "base", "this", "this/base"])
+
+
+if __name__ == "__main__":
+    main()
