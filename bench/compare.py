@@ -13,6 +13,8 @@ this / base of:
   VM slows down for a while;
 - ``cpu_nx``: nx-27017's CPU ms per login.
 
+Each side's lowest and highest run are shown beside the means: a ratio inside that spread is noise.
+
 The JSON of every run goes to a temporary directory; ``bench/results`` is not touched, and the
 worktree is removed at the end. ``--base`` must be a commit whose ``bench/throughput.py`` takes
 ``--replicas`` and ``--rate`` (a3709bc or later).
@@ -82,6 +84,7 @@ def compare(base: Sequence[dict[str, Any]], this: Sequence[dict[str, Any]]) -> l
         ]
         for name in ("logins_per_s", "cpu_services", "per_sim", "cpu_nx"):
             before, after = (statistics.fmean(m[name] for m in side) for side in sides)
+            low_high = [(min(m[name] for m in side), max(m[name] for m in side)) for side in sides]
             rows.append(
                 {
                     "concurrency": level,
@@ -90,6 +93,9 @@ def compare(base: Sequence[dict[str, Any]], this: Sequence[dict[str, Any]]) -> l
                     "base": round(before, 2),
                     "this": round(after, 2),
                     "this/base": round(after / before, 3) if before else float("nan"),
+                    # Each side's lowest and highest run: how far apart the runs of one commit are.
+                    "base_range": "{:.2f} .. {:.2f}".format(*low_high[0]),
+                    "this_range": "{:.2f} .. {:.2f}".format(*low_high[1]),
                 }
             )
     return rows
@@ -120,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, check=False)
     print(f"\nthis tree against {args.base}: means of {args.runs} alternating runs each")
-    print_table(compare(base, this), ["concurrency", "measure", "runs", "base", "this", "this/base"])
+    columns = ["concurrency", "measure", "runs", "base", "this", "this/base", "base_range", "this_range"]
+    print_table(compare(base, this), columns)
 
 
 if __name__ == "__main__":

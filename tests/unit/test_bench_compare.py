@@ -38,6 +38,8 @@ def test_each_side_is_the_mean_of_its_runs_and_the_ratio_is_this_over_base() -> 
         "base": 40.0,
         "this": 50.0,
         "this/base": 1.25,
+        "base_range": "30.00 .. 50.00",
+        "this_range": "40.00 .. 60.00",
     }
     assert (rows["cpu_services"]["base"], rows["cpu_services"]["this"]) == (24.0, 19.5)
     assert rows["cpu_services"]["this/base"] == round(19.5 / 24.0, 3)
