@@ -87,7 +87,7 @@ class System:
 
         for name in names:
             kwargs: dict[str, Any] = {"broker": broker}
-            if clock is not None and name != "gateway":
+            if clock is not None:
                 kwargs["clock"] = clock
             app = app_factory(name)(self.settings, **kwargs)
             runner = AppRunner(app, access_log_class=AccessLogger, shutdown_timeout=2)

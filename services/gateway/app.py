@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -242,8 +243,10 @@ def _grant(response: web.StreamResponse, origin: str) -> None:
     response.headers["Vary"] = "Origin"
 
 
-def create_app(settings: Settings, *, broker: MemoryBroker | None = None) -> web.Application:
-    """The gateway as an aiohttp app."""
+def create_app(
+    settings: Settings, *, broker: MemoryBroker | None = None, clock: Callable[[], float] = time.time
+) -> web.Application:
+    """The gateway as an aiohttp app; ``clock`` is what judges whether a scene issued here has expired."""
     app = new_app(
         settings,
         client_max_size=MAX_BODY,
@@ -276,7 +279,7 @@ def create_app(settings: Settings, *, broker: MemoryBroker | None = None) -> web
         limits = GatewayLimits.from_settings(settings, app[REGISTRY])
         client_ip = ClientIpResolver(settings.trusted_proxies)
         app[LIMITS], app[CLIENT_IP] = limits, client_ip
-        issued = IssuedHere()
+        issued = IssuedHere(clock=clock)
         app[ISSUED] = issued
         app[SOCKETS] = SocketEndpoint(
             hub,
@@ -288,7 +291,9 @@ def create_app(settings: Settings, *, broker: MemoryBroker | None = None) -> web
             session=lambda: bus.session,
         )
         on_drain(app, app[SOCKETS].close_all)
-        app[POLLER] = StatusPoller(hub, bus, max_wait=settings.status_max_wait_seconds)
+        app[POLLER] = StatusPoller(
+            hub, bus, max_wait=settings.status_max_wait_seconds, issued=issued, session=lambda: bus.session
+        )
         # Access tokens of the browser API (WXLOGIN_JWT_ISSUER) and of OpenID Connect (the issuer),
         # for any registered client (the audience is the client's id).
         keys = KeySet(

@@ -1,20 +1,23 @@
 """``GET /api/login/status``: the long-poll fallback for browsers that cannot hold a WebSocket.
 
 A poll registers with the hub like a socket does, reads the current state once (ticket checked by the
-qrcode service), then waits on this gateway's own event feed, not on Mongo, until the state moves past
-what the browser already knows or ``wait`` runs out. Answers (DESIGN §2): 202 pending/scanned,
-200 confirmed, 410 cancelled, 408 expired, 404 unknown; the body always names the state.
+qrcode service; on the gateway that issued the scene, from what it knows, as a subscribe does: see
+:class:`services.gateway.store.IssuedHere`), then waits on this gateway's own event feed, not on
+Mongo, until the state moves past what the browser already knows or ``wait`` runs out. Answers
+(DESIGN §2): 202 pending/scanned, 200 confirmed, 410 cancelled, 408 expired, 404 unknown; the body
+always names the state.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.gateway.store import FINAL_STATES, Subscription, visible_state
+from services.gateway.store import FINAL_STATES, IssuedHere, Subscription, visible_state
 from services.gateway.ws import Hub
 from shared.bus import Caller
 from shared.messages import GetSceneStatus, SceneId
@@ -64,10 +67,21 @@ def status_body(scene: str, state: str, reason: str | None = None) -> tuple[int,
 class StatusPoller:
     """Waits for a scene's next state on this gateway's hub."""
 
-    def __init__(self, hub: Hub, bus: Caller, *, max_wait: float) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        bus: Caller,
+        *,
+        max_wait: float,
+        issued: IssuedHere | None = None,
+        session: Callable[[], int | None] = lambda: None,
+    ) -> None:
         self._hub = hub
         self._bus = bus
         self.max_wait = max_wait
+        # Scenes this gateway issued: a poll of one needs no qrcode.status while the bus is up.
+        self._issued = issued
+        self._session = session
 
     async def poll(self, scene: str, ticket_hash: str, *, wait: float, since: str | None = None) -> str:
         """The state to report: at once when it differs from ``since`` (or is final), else at the
@@ -93,9 +107,14 @@ class StatusPoller:
         sub = Subscription(scene, send, close)
         self._hub.store.add(sub)  # before reading, so no change slips between the read and the wait
         try:
-            status = await self._bus.call(GetSceneStatus(scene=scene, ticket_hash=ticket_hash))
-            await self._hub.deliver(sub, sub.verify(status.state, status.reason))
-            seen = changes.get_nowait() if not changes.empty() else (visible_state(status.state), sub.reason)
+            known = self._issued.status(scene, ticket_hash, self._session()) if self._issued else None
+            if known is not None:  # issued here, and every event since has reached this gateway
+                current, reason = known, None
+            else:
+                status = await self._bus.call(GetSceneStatus(scene=scene, ticket_hash=ticket_hash))
+                current, reason = status.state, status.reason
+            await self._hub.deliver(sub, sub.verify(current, reason))
+            seen = changes.get_nowait() if not changes.empty() else (visible_state(current), sub.reason)
             state = seen[0]
             unchanged = since is None or since == state
             if state in FINAL_STATES or not unchanged or wait <= 0 or self._hub.closing.is_set():

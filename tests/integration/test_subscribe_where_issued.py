@@ -4,6 +4,7 @@ vouch for still goes to qrcode."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from services.gateway.routes import ISSUED
@@ -72,3 +73,45 @@ async def test_a_scene_issued_before_the_bus_reconnected_is_read_from_qrcode(sta
     assert (await browser.subscribe())["state"] == "pending"
     assert status_calls(stack) == before + 1
     await browser.close()
+
+
+async def poll(stack: Stack, browser: Browser, *, wait: float = 0, since: str = "") -> tuple[int, str]:
+    """``GET /api/login/status`` as a long-polling browser: the HTTP status and the state."""
+    params = {"scene": browser.scene, "wait": str(wait), **({"since": since} if since else {})}
+    async with stack.http.get(
+        f"{stack.gateway}/api/login/status", params=params, headers={"X-Login-Ticket": browser.ticket}
+    ) as resp:
+        return resp.status, str((await resp.json())["state"])
+
+
+async def test_the_issuing_gateway_answers_a_long_poll_without_asking_qrcode(stack: Stack) -> None:
+    browser = Browser(stack.http, stack.gateway)
+    await browser.issue()
+    before = status_calls(stack)
+    assert await poll(stack, browser) == (202, "pending")
+    assert status_calls(stack) == before
+
+    # A poll that waits hears the scan from the gateway's own event feed.
+    waiting = asyncio.ensure_future(poll(stack, browser, wait=5, since="pending"))
+    await asyncio.sleep(0.2)
+    phone = Phone(stack.http, stack.gateway, stack.sim.url)
+    await phone.register()
+    await phone.scan(browser.scene)
+    assert await waiting == (202, "scanned")
+    await phone.confirm(browser.scene)
+    assert await poll(stack, browser) == (200, "confirmed")  # a final state is qrcode's to tell
+    assert status_calls(stack) == before + 1
+
+
+async def test_a_long_poll_with_a_wrong_ticket_is_still_refused_by_qrcode(stack: Stack) -> None:
+    browser = Browser(stack.http, stack.gateway)
+    await browser.issue()
+    before = status_calls(stack)
+    browser.ticket = "x" * 43
+    async with stack.http.get(
+        f"{stack.gateway}/api/login/status",
+        params={"scene": browser.scene, "wait": "0"},
+        headers={"X-Login-Ticket": browser.ticket},
+    ) as resp:
+        assert resp.status == 403 and (await resp.json())["error"]["code"] == "ticket_invalid"
+    assert status_calls(stack) == before + 1
