@@ -260,12 +260,10 @@ class SessionHandlers:
         return scanned
 
     async def _identify_returning(self, scene: str, scan_hash: str, identity: Identity) -> None:
-        """A returning user is recorded on the code of a typed entry once its scene is known (a scan's
-        code records it as it is exchanged: :meth:`identify`)."""
+        """Whom the code of a typed entry shows, a returning user or a new one, is recorded once its
+        scene is known (a scan's code records it as it is exchanged: :meth:`identify`)."""
         known = await self._returning_user(identity.openid, identity.unionid)
-        if known is not None:
-            purpose = confirm_purpose(scene)
-            await self._stores.code_uses.identify(identity.code_hash, scan_hash, purpose, known)
+        await self._stores.code_uses.identify(identity.code_hash, scan_hash, confirm_purpose(scene), known)
 
     async def _returning_user(self, openid: str, unionid: str | None) -> str | None:
         """The user of ``openid`` when there is nothing to create or link at the confirm: the confirm
@@ -760,7 +758,7 @@ class SessionHandlers:
             result.openid,
             result.unionid,
             sealed,
-            identified=(scan_hash, purpose, known) if scan_hash and known else None,
+            identified=(scan_hash, purpose, known) if identify and scan_hash else None,
         )
         return Identity(code_hash, result.openid, result.unionid, sealed)
 

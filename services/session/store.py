@@ -301,8 +301,8 @@ class CodeUseStore:
         self._uses = db[CODE_USES]
         self._keep = keep_seconds
         self._remembered = remembered
-        # (scan_hash, purpose) → user id, oldest first
-        self._identified: OrderedDict[tuple[str, str], str] = OrderedDict()
+        # (scan_hash, purpose) → user id (None: a new user), oldest first
+        self._identified: OrderedDict[tuple[str, str], str | None] = OrderedDict()
 
     async def claim(
         self, code_hash: str, purpose: str, now: float, *, scan_hash: str | None = None
@@ -351,13 +351,16 @@ class CodeUseStore:
             return CodeUse.from_doc(doc), True
         return await self.for_scan(scan_hash, purpose), False
 
-    async def identify(self, code_hash: str, scan_hash: str, purpose: str, user_id: str) -> None:
+    async def identify(self, code_hash: str, scan_hash: str, purpose: str, user_id: str | None) -> None:
         """The code the phone holding ``scan_hash`` sent with its scan for ``purpose`` belongs to
-        ``user_id``, who already has an account: the confirm can confirm the scene for them first."""
-        await self._uses.update_one({"_id": code_hash}, {"$set": {"identified_user_id": user_id}})
+        ``user_id``, who already has an account (None: to a new user): the confirm can confirm the
+        scene for them first."""
+        if user_id is not None:
+            await self._uses.update_one({"_id": code_hash}, {"$set": {"identified_user_id": user_id}})
         self._remember(scan_hash, purpose, user_id)
 
-    def _remember(self, scan_hash: str, purpose: str, user_id: str) -> None:
+    def _remember(self, scan_hash: str, purpose: str, user_id: str | None) -> None:
+        """Keep what the scan showed; a new user (None) too, so that its confirm reads nothing."""
         self._identified[scan_hash, purpose] = user_id
         if len(self._identified) > self._remembered:
             self._identified.popitem(last=False)
@@ -365,9 +368,9 @@ class CodeUseStore:
     async def identified_user(self, scan_hash: str, purpose: str) -> str | None:
         """The user :meth:`identify` recorded for the phone holding ``scan_hash`` (None: a new user, or
         a code that was not sent with the scan); from memory when this replica recorded it."""
-        user_id = self._identified.get((scan_hash, purpose))
-        if user_id is not None:
-            return user_id
+        key = (scan_hash, purpose)
+        if key in self._identified:
+            return self._identified[key]
         use = await self.for_scan(scan_hash, purpose)
         return use.identified_user_id if use is not None else None
 
@@ -378,12 +381,12 @@ class CodeUseStore:
         unionid: str | None,
         sealed_session_key: str,
         *,
-        identified: tuple[str, str, str] | None = None,
+        identified: tuple[str, str, str | None] | None = None,
     ) -> None:
-        """Store the exchange; ``identified`` (scan_hash, purpose, user id) as :meth:`identify` in
-        the same write."""
+        """Store the exchange; ``identified`` (scan_hash, purpose, user id or None) as :meth:`identify`
+        in the same write."""
         fields = {"status": "done", "openid": openid, "unionid": unionid, "session_key": sealed_session_key}
-        if identified is not None:
+        if identified is not None and identified[2] is not None:
             fields["identified_user_id"] = identified[2]
         await self._uses.update_one({"_id": code_hash}, {"$set": fields})
         if identified is not None:

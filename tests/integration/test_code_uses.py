@@ -63,3 +63,20 @@ async def test_an_exchange_is_stored_with_the_user_it_identified_in_one_write(
     assert await there.identified_user(SCAN, PURPOSE) == "u_returning"
     use = await there.for_scan(SCAN, PURPOSE)
     assert use is not None and use.status == "done" and use.openid == "openid-1" and not use.done
+
+
+async def test_a_scan_that_showed_a_new_user_is_answered_from_memory_on_its_replica(
+    clients: list[Client], unique: str
+) -> None:
+    db = clients[0][f"t_{unique}"]
+    here, there = CodeUseStore(db), CodeUseStore(clients[1][f"t_{unique}"])
+    assert await here.claim("c1", PURPOSE, NOW, scan_hash=SCAN) is None
+    await here.succeed("c1", "openid-1", None, "sealed", identified=(SCAN, PURPOSE, None))
+    use = await here.for_scan(SCAN, PURPOSE)
+    assert use is not None and use.identified_user_id is None  # nothing written for a new user
+    # Were Mongo to say otherwise, the replica that saw the scan still answers from memory (no read).
+    await db["code_uses"].update_one({"_id": "c1"}, {"$set": {"identified_user_id": "u_planted"}})
+    assert await here.identified_user(SCAN, PURPOSE) is None
+    assert await there.identified_user(SCAN, PURPOSE) == "u_planted"
+    await here.identify("c2", OTHER_SCAN, PURPOSE, None)  # a typed entry's new user: remembered too
+    assert await here.identified_user(OTHER_SCAN, PURPOSE) is None
