@@ -290,9 +290,10 @@ class CodeUseStore:
     Documents expire with the code (a TTL index on ``purge_at``); reads also check the age, since
     the TTL monitor runs only every 60 s.
 
-    Which returning user a scan's code showed (:meth:`identify`) is also kept in this replica's
-    memory, for the confirm that follows: the fact never changes once written, so the memory needs
-    no invalidation, and a confirm that another replica (or a restart) serves reads it from Mongo.
+    Which returning user a scan's code showed (:meth:`identify`), or that it showed a new one, is
+    also kept in this replica's memory, for the confirm that follows: the fact never changes once
+    written, so the memory needs no invalidation, and a confirm that another replica (or a restart)
+    serves reads it from Mongo.
     """
 
     def __init__(
