@@ -37,6 +37,7 @@ from services.session.store import (
     CodeUse,
     CodeUseStore,
     MpSessionStore,
+    SessionKey,
     Taken,
     User,
     UserStore,
@@ -399,7 +400,7 @@ class SessionHandlers:
             raise RemoteError("scene_purpose_mismatch", "account linking is not served here")
         await self._linking.confirm(request.scene, request.scan_hash, user_id)
         # The code's session_key is kept as a login's is; the code is spent, but no login is counted.
-        await self._stores.mp_sessions.save(user_id, identity.sealed_session_key, self._clock())
+        await self._stores.users.keep_session_key(user_id, identity.sealed_session_key, self._clock())
         await self._stores.code_uses.attach_user(identity.code_hash, user_id)
         return ConfirmResult(scene=request.scene, state="confirmed")
 
@@ -556,11 +557,19 @@ class SessionHandlers:
 
         The watermark must name our appid. A ``unionId`` inside is linked to a user who has none.
         """
-        user = await self._live_user(request.user_id, request.sid)
-        sealed = await self._stores.mp_sessions.get(user.id)
-        if sealed is None:
+        await self._families.check_live(request.sid, request.user_id)
+        # The key on the user, or one an older version kept in mp_sessions later (a rolling upgrade).
+        found, older = await asyncio.gather(
+            self._stores.users.with_session_key(request.user_id),
+            self._stores.mp_sessions.get(request.user_id),
+        )
+        if found is None:
+            raise UserNotFound()
+        user, kept = found
+        key = SessionKey.newest(kept, older)
+        if key is None:
             raise NoSessionKey()
-        session_key = self._data_sealer.open(sealed, purpose=session_key_purpose(user.openid))
+        session_key = self._data_sealer.open(key.sealed, purpose=session_key_purpose(user.openid))
         try:
             data = decrypt_encrypted_data(
                 session_key, request.encrypted_data.get_secret_value(), request.iv, appid=self._wechat.appid
@@ -651,24 +660,22 @@ class SessionHandlers:
 
     async def _note_login(self, identity: Identity, user_id: str) -> User | None:
         """Keep the code's session_key and count the login, once per code; the user as counted then."""
-        now = self._clock()
-        # The same code always carries the same key, so saving it again on a retry is harmless.
-        await self._stores.mp_sessions.save(user_id, identity.sealed_session_key, now)
-        if await self._stores.code_uses.attach_user(identity.code_hash, user_id):
-            return await self._stores.users.count_login(user_id, now)
-        return None
+        counted_now = await self._stores.code_uses.attach_user(identity.code_hash, user_id)
+        return await self._note_attached_login(identity, user_id, counted_now=counted_now)
 
-    async def _note_attached_login(self, identity: Identity, user_id: str, *, counted_now: bool) -> None:
+    async def _note_attached_login(
+        self, identity: Identity, user_id: str, *, counted_now: bool
+    ) -> User | None:
         """:meth:`_note_login` for a code already marked used for ``user_id``: the session_key is kept
-        and the login counted when this request was the one that marked it."""
+        on the user, in the write that counts the login when this request was the one that marked the
+        code (the user as counted then), else alone (the same code always carries the same key, so
+        keeping it again on a retry is harmless)."""
         now = self._clock()
+        sealed = identity.sealed_session_key
         if counted_now:
-            await asyncio.gather(
-                self._stores.mp_sessions.save(user_id, identity.sealed_session_key, now),
-                self._stores.users.count_login(user_id, now),
-            )
-        else:
-            await self._stores.mp_sessions.save(user_id, identity.sealed_session_key, now)
+            return await self._stores.users.count_login(user_id, now, sealed_session_key=sealed)
+        await self._stores.users.keep_session_key(user_id, sealed, now)
+        return None
 
     async def _link_unionid(self, user: User, unionid: str) -> User:
         if user.unionid == unionid:

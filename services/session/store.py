@@ -1,7 +1,8 @@
-"""Collections of the session service: ``users``, ``code_uses``, ``mp_sessions``, ``refresh_tokens``,
-``signing_keys``, for OpenID Connect ``oidc_codes`` and ``op_sessions``, and for account linking
-``link_requests`` and ``identity_links``. Times are epoch seconds; ``purge_at`` dates (written at
-insert) drive TTL indexes.
+"""Collections of the session service: ``users`` (with each user's latest sealed session_key),
+``code_uses``, ``refresh_tokens``, ``signing_keys``, for OpenID Connect ``oidc_codes`` and
+``op_sessions``, and for account linking ``link_requests`` and ``identity_links``; ``mp_sessions`` is
+only read (session keys older versions kept there). Times are epoch seconds; ``purge_at`` dates
+(written at insert) drive TTL indexes.
 """
 
 from __future__ import annotations
@@ -136,6 +137,25 @@ class User:
         return UserView(id=self.id, openid=self.openid, unionid=self.unionid, phone=self.phone)
 
 
+# Where a user's latest WeChat session_key is kept (sealed with the data key, bound to the openid),
+# and when: the key that opens the user's encryptedData. Never part of a user's view.
+SESSION_KEY = "session_key"
+SESSION_KEY_AT = "session_key_at"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionKey:
+    """A user's WeChat session_key as stored (sealed), and when it was kept."""
+
+    sealed: str
+    at: float
+
+    @staticmethod
+    def newest(*keys: SessionKey | None) -> SessionKey | None:
+        """The most recently kept of ``keys`` (None if there is none)."""
+        return max((key for key in keys if key is not None), key=lambda key: key.at, default=None)
+
+
 class Taken(Exception):
     """A unique field (``unionid``, ``phone``) already belongs to another user."""
 
@@ -216,16 +236,35 @@ class UserStore:
             raise Taken("phone") from None
         return result.matched_count == 1
 
-    async def count_login(self, user_id: str, now: float) -> User:
-        """Record one login: ``last_login_at`` and ``login_count``; the user as counted."""
+    async def count_login(self, user_id: str, now: float, *, sealed_session_key: str | None = None) -> User:
+        """Record one login: ``last_login_at`` and ``login_count``, and the login's sealed session_key
+        when given (the same write); the user as counted."""
+        changes: dict[str, Any] = {"last_login_at": now}
+        if sealed_session_key is not None:
+            changes |= {SESSION_KEY: sealed_session_key, SESSION_KEY_AT: now}
         doc = await self._users.find_one_and_update(
             {"_id": user_id},
-            {"$set": {"last_login_at": now}, "$inc": {"login_count": 1}},
+            {"$set": changes, "$inc": {"login_count": 1}},
             return_document=ReturnDocument.AFTER,
         )
         if doc is None:
             raise RuntimeError(f"user {user_id} vanished")
         return User.from_doc(doc)
+
+    async def keep_session_key(self, user_id: str, sealed_session_key: str, now: float) -> None:
+        """Keep the user's latest session_key (sealed) without counting a login."""
+        await self._users.update_one(
+            {"_id": user_id}, {"$set": {SESSION_KEY: sealed_session_key, SESSION_KEY_AT: now}}
+        )
+
+    async def with_session_key(self, user_id: str) -> tuple[User, SessionKey | None] | None:
+        """The user and the session_key kept on the user (None: none kept there yet), in one read."""
+        doc = await self._users.find_one({"_id": user_id})
+        if doc is None:
+            return None
+        sealed = doc.get(SESSION_KEY)
+        kept = SessionKey(str(sealed), float(doc.get(SESSION_KEY_AT, 0.0))) if sealed else None
+        return User.from_doc(doc), kept
 
     async def _must_get(self, user_id: str) -> User:
         user = await self.get(user_id)
@@ -427,19 +466,22 @@ def _done_for_scan(scan_hash: str, purpose: str) -> dict[str, Any]:
 
 
 class MpSessionStore:
-    """The latest WeChat session_key of each user, sealed with the data key."""
+    """Session keys written by versions before the key moved onto the user document: read only.
+
+    Until this release each user's latest session_key was kept here (``_id`` the user id). A key
+    written here later than the one on the user (by a replica of the older version during a rolling
+    upgrade) is the newer one; :meth:`SessionHandlers.decrypt` reads both and takes the newer.
+    Nothing writes here any more; the collection and this store go one release later.
+    """
 
     def __init__(self, db: Database) -> None:
         self._sessions = db[MP_SESSIONS]
 
-    async def save(self, user_id: str, sealed_session_key: str, now: float) -> None:
-        await self._sessions.update_one(
-            {"_id": user_id}, {"$set": {"session_key": sealed_session_key, "updated_at": now}}, upsert=True
-        )
-
-    async def get(self, user_id: str) -> str | None:
+    async def get(self, user_id: str) -> SessionKey | None:
         doc = await self._sessions.find_one({"_id": user_id})
-        return str(doc["session_key"]) if doc else None
+        if doc is None or not doc.get("session_key"):
+            return None
+        return SessionKey(str(doc["session_key"]), float(doc.get("updated_at", 0.0)))
 
 
 # --- refresh tokens -------------------------------------------------------------------------------

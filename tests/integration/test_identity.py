@@ -336,6 +336,11 @@ async def test_a_returning_user_confirms_without_a_code_once_per_login_and_retri
         status, tokens = await browser.complete()
         assert status == 200 and tokens["user"]["openid"] == openid
         user_ids.append(tokens["user"]["id"])
+        # The scan's session_key is kept on the user (the phone's encryptedData opens with it).
+        sealed = (await user_doc(stack, tokens["user"]["id"]))["session_key"]
+        sealer = Sealer.from_text(stack.settings.data_key.get_secret_value())
+        opened = sealer.open(sealed, purpose=session_key_purpose(openid))
+        assert opened == stack.sim.state.users[openid].session_key
 
     assert user_ids[0] == user_ids[1]
     assert (await stack.counters())["sns/jscode2session"] == 2
@@ -652,12 +657,44 @@ async def test_decrypting_the_official_vector_with_its_session_key(mem: Identity
     tokens = await mp.login()
     sealer = Sealer.from_text(mem.settings.data_key.get_secret_value())
     sealed = sealer.seal(VECTOR["session_key"], purpose=session_key_purpose(mp.openid))
-    await mem.db.mp_sessions.update_one({"_id": tokens["user"]["id"]}, {"$set": {"session_key": sealed}})
+    await mem.db.users.update_one({"_id": tokens["user"]["id"]}, {"$set": {"session_key": sealed}})
 
     status, body = await mp.decrypt({"encrypted_data": VECTOR["encryptedData"], "iv": VECTOR["iv"]})
     assert status == 200, body
     assert body["data"] == json.loads(VECTOR["expected_plaintext"])
     assert body["user"]["unionid"] == "ocMvos6NjeKLIBqg5Mr9QjxrP1FA"
+
+
+async def test_a_session_key_an_older_version_kept_in_mp_sessions_still_decrypts_when_it_is_newer(
+    mem: IdentityStack,
+) -> None:
+    # A rolling upgrade: replicas of the previous release keep the key in mp_sessions, this one on the
+    # user. Whichever was kept last is the phone's current key.
+    mp = await mem.phone().register()
+    tokens = await mp.login()
+    user_id = tokens["user"]["id"]
+    sealer = Sealer.from_text(mem.settings.data_key.get_secret_value())
+    vector_key = sealer.seal(VECTOR["session_key"], purpose=session_key_purpose(mp.openid))
+    kept_at = (await mem.db.users.find_one({"_id": user_id}))["session_key_at"]
+    vector = {"encrypted_data": VECTOR["encryptedData"], "iv": VECTOR["iv"]}
+
+    older = {"session_key": vector_key, "updated_at": kept_at - 60}
+    await mem.db.mp_sessions.insert_one({"_id": user_id, **older})
+    status, body = await mp.decrypt(vector)
+    assert (status, body["error"]["code"]) == (400, "decrypt_failed")  # the older key lost: not the phone's
+
+    await mem.db.mp_sessions.update_one({"_id": user_id}, {"$set": {"updated_at": kept_at + 60}})
+    status, body = await mp.decrypt(vector)
+    assert status == 200, body
+    assert body["data"] == json.loads(VECTOR["expected_plaintext"])
+
+    # A user who logged in only before the upgrade: the key is in mp_sessions alone.
+    await mem.db.users.update_one({"_id": user_id}, {"$unset": {"session_key": "", "session_key_at": ""}})
+    status, body = await mp.decrypt(vector)
+    assert status == 200, body
+    await mem.db.mp_sessions.delete_one({"_id": user_id})
+    status, body = await mp.decrypt(vector)
+    assert (status, body["error"]["code"]) == (409, "no_session_key"), body
 
 
 async def test_data_watermarked_for_another_appid_is_refused(mem: IdentityStack) -> None:
@@ -748,6 +785,7 @@ async def test_session_keys_codes_and_refresh_tokens_are_not_stored_in_clear(mem
     assert mem.sim.state.users[mp.openid].openid in dump  # the dump is real
     for secret in (session_key, code, tokens["refresh_token"], tokens["access_token"]):
         assert secret not in dump
-    sealed = (await mem.db.mp_sessions.find_one({"_id": tokens["user"]["id"]}))["session_key"]
+    sealed = (await mem.db.users.find_one({"_id": tokens["user"]["id"]}))["session_key"]
+    assert await mem.db.mp_sessions.count_documents({}) == 0  # kept on the user, nowhere else
     sealer = Sealer.from_text(mem.settings.data_key.get_secret_value())
     assert sealer.open(sealed, purpose=session_key_purpose(mp.openid)) == session_key
