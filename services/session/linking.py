@@ -433,6 +433,14 @@ class LinkHandlers:
 
     async def external_id(self, client_id: str | None, user_id: str) -> str | None:
         """The account of client ``client_id`` (None: the default client) ``user_id`` is linked to:
-        the ``external_id`` claim of tokens for that client, and for no other."""
-        link = await self._links.of_user(client_id or self._clients.default.client_id, user_id)
+        the ``external_id`` claim of tokens for that client, and for no other.
+
+        Only a confidential client has links (opening and removing one takes its secret), so a public
+        client's tokens carry none and nothing is read: the usual browser login costs no lookup. Links
+        of a client made public later stay stored, unused, until it has a secret again.
+        """
+        client = self._clients.get(client_id)
+        if client is None or client.public:
+            return None
+        link = await self._links.of_user(client.client_id, user_id)
         return link.external_id if link is not None else None

@@ -106,10 +106,12 @@ class Links:
 
     def __init__(self) -> None:
         self.links: list[IdentityLink] = []
+        self.asked: list[tuple[str, str]] = []  # of_user lookups
         self.exclusive: dict[str, bool] = {}
         self.race: IdentityLink | None = None  # stored by "another request" just before the next insert
 
     async def of_user(self, client_id: str, user_id: str) -> IdentityLink | None:
+        self.asked.append((client_id, user_id))
         return next((x for x in self.links if (x.client_id, x.user_id) == (client_id, user_id)), None)
 
     async def of_account(self, client_id: str, external_id: str) -> list[IdentityLink]:
@@ -194,6 +196,12 @@ async def test_a_confirm_links_confirms_the_scene_for_the_link_and_announces_it(
     assert isinstance(event, IdentityLinked) and event.external_id == "acct-1" and event.client_id == "shop"
     assert await linking.external_id("shop", "u_1") == "acct-1"
     assert await linking.external_id("blog", "u_1") is None and await linking.external_id(None, "u_1") is None
+    # A public client (no secret) can neither open nor remove links: its tokens are not looked up.
+    links.links.append(dataclasses.replace(links.links[0], id="il_planted", client_id="blog"))
+    links.asked.clear()
+    assert await linking.external_id("blog", "u_1") is None and links.asked == []
+    assert await linking.external_id("shop", "u_1") == "acct-1" and links.asked == [("shop", "u_1")]
+    links.links.pop()
     # The same phone again (its answer was lost): the same answer, nothing twice.
     await linking.confirm(SCENE, SCAN, "u_1")
     assert len(published.events) == 1 and len(links.links) == 1
