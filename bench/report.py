@@ -172,7 +172,8 @@ def markdown(results: Path = RESULTS) -> str:
             out += [
                 f"**Sustained: logins started at {run['rate_per_s']:g}/s for {run['duration_s']:g} s** "
                 f"(open loop, at most {run['max_in_flight']} at once, latency from the scheduled start; "
-                f"pool {run['pool']}; the global issue limit caps this at {run['issue_limit_per_s']}/s)",
+                f"pool {run['pool']}; the global issue limit allows {run['issue_limit_per_s']}/s, the render "
+                f"budget refills {run.get('render_budget_per_s', 71.4)}/s and the pool covers the rest)",
                 "",
                 table([row], columns),
                 "",

@@ -187,6 +187,43 @@ async def test_an_empty_pool_with_the_render_budget_spent_refuses_with_a_retry_a
     assert refused.value.retry_after is not None and 0 < refused.value.retry_after <= 10
 
 
+async def test_an_issue_limit_above_the_render_budget_serves_a_burst_from_the_pool_and_renders_stay_within_it(
+    db: Database,
+) -> None:
+    # The issue limit guards load, the render budget WeChat's quota: issues beyond the budget's rate
+    # are served from the pool while it lasts, then refused until a render fits the budget.
+    renderer = FakeRenderer()
+    clock = FakeClock(start=math.ceil(time.time() / 10) * 10 + 10)  # the start of a 10 s window
+    pool = make_pool(db, renderer, clock, size=30, refill_below=30, renders_per_minute=60)  # 10 per 10 s
+    for _ in range(3):
+        assert await pool.refill_once() == 10
+        clock.advance(10)
+    handlers = scene_handlers(
+        db,
+        clock,
+        RecordingPublisher(),
+        codes=pool,
+        issue_limit=SharedRateLimit(RateWindowStore(db), "issue", 600),
+    )  # 100 issues per window: ten times the render budget
+
+    issued, refused = [], []
+    for _ in range(45):
+        try:
+            issued.append(
+                await handlers.issue(IssueScene(ticket_hash=ticket_hash(new_ticket()), ip="198.51.100.1"))
+            )
+        except CodeQuotaExhausted as exc:
+            refused.append(exc)
+    rendered_now = renderer.rendered[30:]
+    assert len(rendered_now) == 10  # this window's whole render budget, and no more
+    assert len(issued) == 40 and len({scene.scene for scene in issued}) == 40  # the pool's 30, 10 rendered
+    assert len(refused) == 5 and all(0 < (exc.retry_after or 0) <= 10 for exc in refused)
+
+    clock.advance(10)  # the next window: renders fit the budget again
+    again = await handlers.issue(IssueScene(ticket_hash=ticket_hash(new_ticket()), ip="198.51.100.1"))
+    assert again.scene == renderer.rendered[-1]
+
+
 async def test_fifty_concurrent_issues_never_share_a_code(db: Database) -> None:
     renderer, clock = FakeRenderer(), FakeClock()
     pool = make_pool(db, renderer, clock, size=20, refill_below=20)
