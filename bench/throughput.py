@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run, print the tables and the profile, write ``bench/results/throughput.json``."""
     parser = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__)
     parser.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 16, 32, 64])
-    parser.add_argument("--logins", type=int, default=400, help="logins per level (at most 694)")
+    parser.add_argument("--logins", type=int, default=400, help="logins per level (at most 980)")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument(
         "--replicas", type=int, default=2, help="replicas of gateway, qrcode, session (0: off)"
