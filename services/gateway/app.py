@@ -279,7 +279,7 @@ def create_app(
         limits = GatewayLimits.from_settings(settings, app[REGISTRY])
         client_ip = ClientIpResolver(settings.trusted_proxies)
         app[LIMITS], app[CLIENT_IP] = limits, client_ip
-        issued = IssuedHere(clock=clock)
+        issued = IssuedHere(clock=clock, session=lambda: bus.session)
         app[ISSUED] = issued
         app[SOCKETS] = SocketEndpoint(
             hub,
@@ -288,12 +288,9 @@ def create_app(
             limits=limits,
             client_ip=client_ip,
             issued=issued,
-            session=lambda: bus.session,
         )
         on_drain(app, app[SOCKETS].close_all)
-        app[POLLER] = StatusPoller(
-            hub, bus, max_wait=settings.status_max_wait_seconds, issued=issued, session=lambda: bus.session
-        )
+        app[POLLER] = StatusPoller(hub, bus, max_wait=settings.status_max_wait_seconds, issued=issued)
         # Access tokens of the browser API (WXLOGIN_JWT_ISSUER) and of OpenID Connect (the issuer),
         # for any registered client (the audience is the client's id).
         keys = KeySet(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -74,14 +73,12 @@ class StatusPoller:
         *,
         max_wait: float,
         issued: IssuedHere | None = None,
-        session: Callable[[], int | None] = lambda: None,
     ) -> None:
         self._hub = hub
         self._bus = bus
         self.max_wait = max_wait
         # Scenes this gateway issued: a poll of one needs no qrcode.status while the bus is up.
         self._issued = issued
-        self._session = session
 
     async def poll(self, scene: str, ticket_hash: str, *, wait: float, since: str | None = None) -> str:
         """The state to report: at once when it differs from ``since`` (or is final), else at the
@@ -107,7 +104,7 @@ class StatusPoller:
         sub = Subscription(scene, send, close)
         self._hub.store.add(sub)  # before reading, so no change slips between the read and the wait
         try:
-            known = self._issued.status(scene, ticket_hash, self._session()) if self._issued else None
+            known = self._issued.status(scene, ticket_hash) if self._issued else None
             if known is not None:  # issued here, and every event since has reached this gateway
                 current, reason = known, None
             else:

@@ -112,13 +112,21 @@ class IssuedHere:
     the connection broke since, and events may have been missed while cut off), or while the bus is
     down.
 
-    Entries live as long as their scene; the oldest go first beyond ``max_entries``.
+    Entries live as long as their scene; the oldest go first beyond ``max_entries``. ``session``
+    reads the bus session now (``Bus.session``; None while the bus is down: nothing is vouched for).
     """
 
-    def __init__(self, *, max_entries: int = 100_000, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        *,
+        max_entries: int = 100_000,
+        clock: Callable[[], float] = time.time,
+        session: Callable[[], int | None] = lambda: None,
+    ) -> None:
         self._scenes: dict[str, _Issued] = {}  # insertion order is issue order
         self._max = max_entries
         self._clock = clock
+        self._session = session
 
     def __len__(self) -> int:
         return len(self._scenes)
@@ -136,11 +144,12 @@ class IssuedHere:
         if issued is not None and RANK.get(visible_state(state), -1) > RANK.get(issued.state, -1):
             issued.state = visible_state(state)
 
-    def status(self, scene: str, ticket_hash: str, session: int | None) -> str | None:
-        """``pending`` or ``scanned`` when this gateway can vouch for the scene (issued here under bus
-        session ``session``, the current one) and the ticket is its own, else None (ask
+    def status(self, scene: str, ticket_hash: str) -> str | None:
+        """``pending`` or ``scanned`` when this gateway can vouch for the scene (issued here under the
+        bus session that is still the current one) and the ticket is its own, else None (ask
         ``qrcode.status``)."""
         issued = self._scenes.get(scene)
+        session = self._session()
         if issued is None or session is None or issued.session != session:
             return None
         if issued.state in FINAL_STATES or self._clock() >= issued.expires_at:

@@ -132,13 +132,11 @@ class SocketEndpoint:
         limits: GatewayLimits | None = None,
         client_ip: ClientIpResolver | None = None,
         issued: IssuedHere | None = None,
-        session: Callable[[], int | None] = lambda: None,
     ) -> None:
         self._hub = hub
         self._bus = bus
         # Scenes this gateway issued: their subscribe needs no qrcode.status while the bus is up.
         self._issued = issued
-        self._session = session
         self._allowed = allowed_origins
         self._limits = limits
         self._client_ip = client_ip or ClientIpResolver()
@@ -228,7 +226,7 @@ class SocketEndpoint:
         sub = Subscription(frame.scene, ws.send_json, close)
         self._hub.store.add(sub)  # before reading, so no change slips between read and registration
         hashed = ticket_hash(frame.ticket)
-        known = self._issued.status(frame.scene, hashed, self._session()) if self._issued else None
+        known = self._issued.status(frame.scene, hashed) if self._issued else None
         if known is not None:  # issued here, and every event since has reached this gateway
             await self._hub.deliver(sub, sub.verify(known))
             return sub
