@@ -37,18 +37,27 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.cluster import Cluster, Login, cluster, from_pool_share, full_login, machine_cpu
+from bench.cluster import LIMITS_OFF, Cluster, Login, cluster, from_pool_share, full_login, machine_cpu
 from bench.profile import record, summarize_raw
 from bench.report import print_table, summarize, write_json
 from services.launch import SERVICES as SERVICE_NAMES
+from services.qrcode.limits import WINDOW_SECONDS as ISSUE_WINDOW_S
 from shared.logging import configure_logging
 
 POOL = 100
 POOL_MAX = 10_000  # the most WXLOGIN_CODE_POOL_SIZE allows
-ISSUE_WINDOW_S = 10.0
-ISSUE_WINDOW_CAPACITY = 1000  # WXLOGIN_LIMIT_ISSUE_GLOBAL_PER_MINUTE 6000 / 6 (bench.cluster)
-RENDER_WINDOW_CAPACITY = 714  # WXLOGIN_CODE_RENDERS_PER_MINUTE 4285 / 6, shared by refills and renders
+
+
+def _window_capacity(setting: str) -> int:
+    """Uses one 10 s window of a per-minute limit the cluster is launched with allows (as qrcode counts)."""
+    return math.floor(int(LIMITS_OFF[setting]) * ISSUE_WINDOW_S / 60.0)
+
+
+ISSUE_WINDOW_CAPACITY = _window_capacity("WXLOGIN_LIMIT_ISSUE_GLOBAL_PER_MINUTE")  # 1000 (6000/min)
+# Shared by refills and on-demand renders: 714 (4285/min).
+RENDER_WINDOW_CAPACITY = _window_capacity("WXLOGIN_CODE_RENDERS_PER_MINUTE")
 ISSUE_LIMIT_PER_S = ISSUE_WINDOW_CAPACITY / ISSUE_WINDOW_S
+RENDER_BUDGET_PER_S = RENDER_WINDOW_CAPACITY / ISSUE_WINDOW_S
 WECHAT_CODES_PER_S = 5000 / 60
 SUSTAINED_BUFFER_S = 3.0  # pool headroom: this many seconds of arrivals, beyond what renders refill
 SERVICES = ("gateway-1", "qrcode-1", "session-1", "token-1")
@@ -261,7 +270,7 @@ async def sustained(rate: float, duration: float, max_in_flight: int, pool: int 
         await c.make_users(100)
         await c.wait_for_pool(POOL)
         await step(c, len(c.users), 8)  # warm-up: every user logs in once, the run has returning users
-        await c.wait_for_pool(pool, timeout=max(180.0, pool * ISSUE_WINDOW_S / RENDER_WINDOW_CAPACITY + 60))
+        await c.wait_for_pool(pool, timeout=max(180.0, pool / RENDER_BUDGET_PER_S + 60))
         await next_window()
         before = await c.issued_by_source()
         slots = asyncio.Semaphore(max_in_flight)
@@ -317,7 +326,7 @@ async def sustained(rate: float, duration: float, max_in_flight: int, pool: int 
         "stack_busy_share": round(ours / wall / _cpus(), 2),
         "cpu_ms_per_login": {k: round(v * 1000 / max(completed, 1), 2) for k, v in sorted(cpu.items())},
         "issue_limit_per_s": round(ISSUE_LIMIT_PER_S, 1),
-        "render_budget_per_s": round(RENDER_WINDOW_CAPACITY / ISSUE_WINDOW_S, 1),
+        "render_budget_per_s": round(RENDER_BUDGET_PER_S, 1),
         "wechat_codes_per_s": round(WECHAT_CODES_PER_S, 1),
     }
 
@@ -353,7 +362,9 @@ def main(argv: list[str] | None = None) -> None:
     """Run, print the tables and the profile, write ``bench/results/throughput.json``."""
     parser = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__)
     parser.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 16, 32, 64])
-    parser.add_argument("--logins", type=int, default=400, help="logins per level (at most 980)")
+    parser.add_argument(
+        "--logins", type=int, default=400, help=f"logins per level (at most {ISSUE_WINDOW_CAPACITY - 20})"
+    )
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument(
         "--replicas", type=int, default=2, help="replicas of gateway, qrcode, session (0: off)"
