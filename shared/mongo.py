@@ -22,6 +22,12 @@ wire server used by the demo and the tests):
   without a TTL index, 2.2 ms with one at 3,000 documents); writes and ``find_one_and_update`` do not
   purge. Nothing here works around it: a real mongod's TTL monitor runs once a minute instead. It
   shows in long benchmark runs on nx-27017 (docs/benchmarks.md);
+* nx-27017 uses a secondary index for ``find`` but not for ``find_one_and_update``: a conditional
+  update by any field but ``_id`` scans the collection until it matches (measured on 5,000 documents,
+  the match the newest: 3.6 ms, against 0.8 ms by ``_id`` with the same other conditions; a ``find``
+  by the indexed field 0.6 ms). Where the ``_id`` is known, put it in the filter (``CodeUseStore``
+  remembers a scan's code for its confirm); a claim by other fields whose matches sit near the front
+  (the code pool) costs little;
 * nx-27017 takes 1 to 4 s to exit on SIGTERM, and once stopped (or killed) its port refuses connections
   at once, so a client sees ``AutoReconnect`` (connection refused or reset) rather than a timeout; a
   restart on the same port and data directory listens within ~0.1 s with the same data, and the

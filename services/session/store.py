@@ -330,9 +330,10 @@ class CodeUseStore:
     the TTL monitor runs only every 60 s.
 
     Which returning user a scan's code showed (:meth:`identify`), or that it showed a new one, is
-    also kept in this replica's memory, for the confirm that follows: the fact never changes once
-    written, so the memory needs no invalidation, and a confirm that another replica (or a restart)
-    serves reads it from Mongo.
+    also kept in this replica's memory with the code's hash, for the confirm that follows: the fact
+    never changes once written, so the memory needs no invalidation, and a confirm that another
+    replica (or a restart) serves reads it from Mongo. Knowing the code, the confirm's write finds it
+    by ``_id`` (on nx-27017 a ``find_one_and_update`` by any other field scans the collection).
     """
 
     def __init__(
@@ -341,8 +342,8 @@ class CodeUseStore:
         self._uses = db[CODE_USES]
         self._keep = keep_seconds
         self._remembered = remembered
-        # (scan_hash, purpose) → user id (None: a new user), oldest first
-        self._identified: OrderedDict[tuple[str, str], str | None] = OrderedDict()
+        # (scan_hash, purpose) → (the code's hash, the user id or None: a new user), oldest first
+        self._identified: OrderedDict[tuple[str, str], tuple[str, str | None]] = OrderedDict()
 
     async def claim(
         self, code_hash: str, purpose: str, now: float, *, scan_hash: str | None = None
@@ -382,11 +383,16 @@ class CodeUseStore:
     ) -> tuple[CodeUse | None, bool]:
         """:meth:`for_scan` and :meth:`attach_user` in one round trip where it can: the exchanged code of
         the phone holding ``scan_hash``, its login recorded for ``user_id``; the flag is True only the
-        first time. A repeat (the user was attached already) costs a second read, as before."""
-        doc = await self._uses.find_one_and_update(
-            {**_done_for_scan(scan_hash, purpose), "user_id": {"$exists": False}},
-            {"$set": {"user_id": user_id, "done": True}},
-        )
+        first time. A repeat (the user was attached already) costs a second read, as before; so does
+        a scan this replica remembers whose code no longer matches (then the scan's filter decides)."""
+        unattached = {**_done_for_scan(scan_hash, purpose), "user_id": {"$exists": False}}
+        attach = {"$set": {"user_id": user_id, "done": True}}
+        remembered = self._identified.get((scan_hash, purpose))
+        if remembered is not None:
+            doc = await self._uses.find_one_and_update({"_id": remembered[0], **unattached}, attach)
+            if doc is not None:
+                return CodeUse.from_doc(doc), True
+        doc = await self._uses.find_one_and_update(unattached, attach)
         if doc is not None:
             return CodeUse.from_doc(doc), True
         return await self.for_scan(scan_hash, purpose), False
@@ -397,11 +403,11 @@ class CodeUseStore:
         scene for them first."""
         if user_id is not None:
             await self._uses.update_one({"_id": code_hash}, {"$set": {"identified_user_id": user_id}})
-        self._remember(scan_hash, purpose, user_id)
+        self._remember(code_hash, scan_hash, purpose, user_id)
 
-    def _remember(self, scan_hash: str, purpose: str, user_id: str | None) -> None:
+    def _remember(self, code_hash: str, scan_hash: str, purpose: str, user_id: str | None) -> None:
         """Keep what the scan showed; a new user (None) too, so that its confirm reads nothing."""
-        self._identified[scan_hash, purpose] = user_id
+        self._identified[scan_hash, purpose] = (code_hash, user_id)
         if len(self._identified) > self._remembered:
             self._identified.popitem(last=False)
 
@@ -410,7 +416,7 @@ class CodeUseStore:
         a code that was not sent with the scan); from memory when this replica recorded it."""
         key = (scan_hash, purpose)
         if key in self._identified:
-            return self._identified[key]
+            return self._identified[key][1]
         use = await self.for_scan(scan_hash, purpose)
         return use.identified_user_id if use is not None else None
 
@@ -430,7 +436,7 @@ class CodeUseStore:
             fields["identified_user_id"] = identified[2]
         await self._uses.update_one({"_id": code_hash}, {"$set": fields})
         if identified is not None:
-            self._remember(*identified)
+            self._remember(code_hash, *identified)
 
     async def fail(self, code_hash: str, errcode: int) -> None:
         await self._uses.update_one({"_id": code_hash}, {"$set": {"status": "failed", "errcode": errcode}})

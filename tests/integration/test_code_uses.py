@@ -80,3 +80,27 @@ async def test_a_scan_that_showed_a_new_user_is_answered_from_memory_on_its_repl
     assert await there.identified_user(SCAN, PURPOSE) == "u_planted"
     await here.identify("c2", OTHER_SCAN, PURPOSE, None)  # a typed entry's new user: remembered too
     assert await here.identified_user(OTHER_SCAN, PURPOSE) is None
+
+
+async def test_the_confirm_marks_the_very_code_the_replica_saw_at_the_scan(
+    clients: list[Client], unique: str
+) -> None:
+    """The replica that saw the scan knows its code and marks it by ``_id`` (a primary-key write; a
+    write by the scan's fields scans the whole collection on nx-27017), even when an older exchanged
+    code of the same scan and scene is stored first; a replica that did not see it finds one by the
+    scan's fields."""
+    db = clients[0][f"t_{unique}"]
+    here, there = CodeUseStore(db), CodeUseStore(clients[1][f"t_{unique}"])
+    await exchanged(there, "c_older", SCAN)
+    assert await here.claim("c_scan", PURPOSE, NOW, scan_hash=SCAN) is None
+    await here.succeed("c_scan", "openid-1", None, "sealed", identified=(SCAN, PURPOSE, "u_returning"))
+
+    use, first = await here.attach_for_scan(SCAN, PURPOSE, "u_returning")
+    assert use is not None and use.code_hash == "c_scan" and first is True
+    assert (await db["code_uses"].find_one({"_id": "c_older"}) or {}).get("user_id") is None
+    # Another replica, with nothing in memory, attaches the code the scan's fields find.
+    use, first = await there.attach_for_scan(SCAN, PURPOSE, "u_returning")
+    assert use is not None and use.code_hash == "c_older" and first is True
+    # Both marked: a repeat is told so, from either replica.
+    assert (await here.attach_for_scan(SCAN, PURPOSE, "u_returning"))[1] is False
+    assert (await there.attach_for_scan(SCAN, PURPOSE, "u_returning"))[1] is False
