@@ -43,6 +43,14 @@ cost about as much CPU as the handlers of a login (docs/benchmarks.md). Each del
 in a task of its own (:meth:`AmqpBus._detached`, about 6 µs), so that a closing channel cannot cancel it.
 aio-pika still opens the connection and declares exchanges, queues and bindings.
 
+No frame waits for its own socket write (aiormq's ``wait=False``): a publish, reply, ack or reject is
+queued for the connection's writer, in order, and the caller goes on. By default aiormq holds the
+channel's lock until the writer has written and drained the frame, which costs every frame a future
+and two task switches and serialises the publishes of a channel behind the writer. What the broker
+confirms is still awaited, and a dead connection still fails it (``GONE``); a written frame was never
+proof of arrival, and the writer's bounded queue (10 frames) still holds publishers back when the
+socket is slow.
+
 aio-pika's robust connection is not used because it does not restore a direct reply-to consumer on
 the channel that publishes requests: after a reconnect every call failed with ``PRECONDITION_FAILED -
 fast reply consumer does not exist`` until the process was restarted.
@@ -64,6 +72,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from aio_pika.exceptions import AMQPError, ChannelNotFoundEntity, ChannelPreconditionFailed, DeliveryError
 from aiormq.abc import AbstractChannel as RawChannel
@@ -164,11 +173,11 @@ class Link:
         self.consume: AbstractChannel
         self.exchange: AbstractExchange
         # The aiormq channels under publish, hints, rpc, reply and consume, which messages go through.
-        self.publish_raw: RawChannel
-        self.hints_raw: RawChannel
-        self.rpc_raw: RawChannel
-        self.reply_raw: RawChannel
-        self.consume_raw: RawChannel
+        self.publish_raw: aiormq.Channel
+        self.hints_raw: aiormq.Channel
+        self.rpc_raw: aiormq.Channel
+        self.reply_raw: aiormq.Channel
+        self.consume_raw: aiormq.Channel
 
     def watch(self, closable: Any, what: str) -> None:
         """Treat the closing of ``closable`` (the connection or a channel) as the loss of the link."""
@@ -347,11 +356,11 @@ class AmqpBus(Bus):
             link.reply = await link.channel("reply", confirms=False)
             link.consume = await link.channel("consume", confirms=False)
             await link.consume.set_qos(prefetch_count=self._prefetch)
-            link.publish_raw = await link.publish.get_underlay_channel()
-            link.hints_raw = await link.hints.get_underlay_channel()
-            link.rpc_raw = await link.rpc.get_underlay_channel()
-            link.reply_raw = await link.reply.get_underlay_channel()
-            link.consume_raw = await link.consume.get_underlay_channel()
+            link.publish_raw = _concrete(await link.publish.get_underlay_channel())
+            link.hints_raw = _concrete(await link.hints.get_underlay_channel())
+            link.rpc_raw = _concrete(await link.rpc.get_underlay_channel())
+            link.reply_raw = _concrete(await link.reply.get_underlay_channel())
+            link.consume_raw = _concrete(await link.consume.get_underlay_channel())
             # The reply consumer must be on the channel that publishes the requests.
             await link.rpc_raw.basic_consume(DIRECT_REPLY_TO, self._on_reply, no_ack=True)
             link.replies_ready = True
@@ -497,6 +506,7 @@ class AmqpBus(Bus):
                 properties=properties,
                 mandatory=not hint,
                 timeout=PUBLISH_CONFIRM_SECONDS,
+                wait=False,
             )
         except TimeoutError:
             raise BusUnavailable(event.TYPE, "broker did not take or confirm the publish") from None
@@ -545,6 +555,7 @@ class AmqpBus(Bus):
                     properties=properties,
                     mandatory=True,
                     timeout=timeout,
+                    wait=False,
                 )
             except TimeoutError:
                 raise RpcTimeout(request.TYPE, timeout) from None
@@ -736,9 +747,10 @@ class AmqpBus(Bus):
         assert tag is not None
         try:
             if outcome is Outcome.ACK:
-                await message.channel.basic_ack(tag)
+                await message.channel.basic_ack(tag, wait=False)
             else:
-                await message.channel.basic_reject(tag, requeue=outcome in (Outcome.REQUEUE, Outcome.RETRY))
+                requeue = outcome in (Outcome.REQUEUE, Outcome.RETRY)
+                await message.channel.basic_reject(tag, requeue=requeue, wait=False)
         except GONE:
             log.debug("delivery_settle_failed", type=_type_of(message), outcome=outcome.value)
 
@@ -747,7 +759,7 @@ class AmqpBus(Bus):
         tag = message.delivery_tag
         if tag is not None:
             with contextlib.suppress(*GONE):
-                await message.channel.basic_reject(tag, requeue=True)
+                await message.channel.basic_reject(tag, requeue=True, wait=False)
         if self.metrics is not None:
             self.metrics.delivered(kind, "requeue")
         log.info("delivery_requeued", type=_type_of(message), reason="stopping")
@@ -801,6 +813,7 @@ class AmqpBus(Bus):
                     properties=properties,
                     mandatory=False,
                     timeout=PUBLISH_CONFIRM_SECONDS,
+                    wait=False,
                 )
             except (*GONE, TimeoutError):
                 log.warning("rpc_reply_failed", type=asked.message_type)
@@ -808,6 +821,14 @@ class AmqpBus(Bus):
 
 
 PERSISTENT = 2  # AMQP delivery mode: the broker writes the message to disk
+
+
+def _concrete(channel: RawChannel) -> aiormq.Channel:
+    """aiormq's own channel under aio-pika's: its ``basic_publish`` takes ``wait``, which the abstract
+    signature leaves out."""
+    if not isinstance(channel, aiormq.Channel):
+        raise TypeError(f"not an aiormq channel: {type(channel).__name__}")
+    return channel
 
 
 def _expiration(seconds: float | None, *, at_least: float = 0.0) -> str | None:
