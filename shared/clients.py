@@ -304,6 +304,7 @@ class ClientRegistry:
         self._path = path
         self._stamp: tuple[int, int] | None = None
         self._clients: dict[str, Client] = {}
+        self._origins: tuple[str, ...] = ()
         self._install(list(clients))
 
     @classmethod
@@ -320,7 +321,11 @@ class ClientRegistry:
     def _install(self, clients: list[Client]) -> None:
         table = {self._default_id: self._fallback}
         table.update({client.client_id: client for client in clients})
-        self._clients = table
+        # Every client's web origins, once per table: CORS and the WebSocket ask at every request.
+        seen: dict[str, None] = {}
+        for client in table.values():
+            seen.update(dict.fromkeys(client.web_origins))
+        self._clients, self._origins = table, tuple(seen)
 
     def _file_stamp(self) -> tuple[int, int] | None:
         if self._path is None:
@@ -355,10 +360,7 @@ class ClientRegistry:
 
     def origins(self) -> list[str]:
         """Every client's web origins (what CORS and the WebSocket may allow)."""
-        seen: dict[str, None] = {}
-        for client in self._clients.values():
-            seen.update(dict.fromkeys(client.web_origins))
-        return list(seen)
+        return list(self._origins)
 
     def audiences(self) -> list[str]:
         """The audiences of access tokens this deployment issues: one per client."""

@@ -105,10 +105,15 @@ def test_a_client_declared_twice_is_refused(tmp_path: Path) -> None:
 def test_reload_picks_up_a_change_and_keeps_the_last_good_clients_on_a_broken_file(tmp_path: Path) -> None:
     path = write(tmp_path, YAML)
     registry = ClientRegistry.from_settings(settings(clients_file=str(path)))
-    path.write_text(YAML.replace("某某商城", "新商城"), encoding="utf-8")
+    path.write_text(
+        YAML.replace("某某商城", "新商城").replace("https://shop.example.com", "https://mall.example.com"),
+        encoding="utf-8",
+    )
     os.utime(path, ns=(1, 1))  # a different stamp even within the file system's time resolution
     assert registry.reload()
     assert registry.require("shop").site_name == "新商城"
+    # CORS and the WebSocket follow: the origins are those of the clients now loaded.
+    assert set(registry.origins()) == {"https://legacy.example.com", "https://mall.example.com"}
     path.write_text("clients: [ {client_id: shop", encoding="utf-8")
     assert not registry.reload(force=True)
     assert registry.require("shop").site_name == "新商城"
