@@ -8,7 +8,7 @@ import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from pydantic import SecretStr
@@ -36,6 +36,7 @@ from services.session.store import (
     CODE_LIFETIME,
     CodeUse,
     CodeUseStore,
+    ConfirmedUsers,
     MpSessionStore,
     SessionKey,
     Taken,
@@ -154,6 +155,7 @@ class SessionStores:
     users: UserStore
     code_uses: CodeUseStore
     mp_sessions: MpSessionStore
+    confirmed: ConfirmedUsers = field(default_factory=ConfirmedUsers)  # this replica's memory
 
 
 class Linking(Protocol):
@@ -390,7 +392,9 @@ class SessionHandlers:
             if attached is None
             else self._note_attached_login(identity, user_id, counted_now=attached)
         )
-        await asyncio.gather(announce(), bookkeeping)
+        _, counted = await asyncio.gather(announce(), bookkeeping)
+        if counted is not None:  # the user as this login counted it, for the browser's complete
+            self._stores.confirmed.keep(scene, counted)
         log.info("login_confirmed", user_id=user_id)
 
     async def _confirm_link(self, request: ConfirmLogin, identity: Identity, user_id: str) -> ConfirmResult:
@@ -431,7 +435,10 @@ class SessionHandlers:
         redeemed = await self._bus.call(
             RedeemScene(scene=request.scene, ticket_hash=request.ticket_hash, client_id=request.client_id)
         )
-        user = await self._stores.users.get(redeemed.user_id)
+        # The user the confirm counted, when this replica served it (no read), else from Mongo.
+        user = self._stores.confirmed.take(request.scene, redeemed.user_id)
+        if user is None:
+            user = await self._stores.users.get(redeemed.user_id)
         if user is None:
             raise UserNotFound()
         log.info("login_completed", user_id=user.id, client=redeemed.client_id)

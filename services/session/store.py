@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import secrets
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -271,6 +272,51 @@ class UserStore:
         if user is None:
             raise RuntimeError(f"user {user_id} vanished")
         return user
+
+
+# A confirmed scene must be collected within the redeem window (60 s by default); a user kept for its
+# complete longer than this is not used. At 83 logins/s, 16,384 users cover more than that.
+CONFIRMED_USER_SECONDS = 120.0
+CONFIRMED_USERS = 16384
+
+
+class ConfirmedUsers:
+    """The user each login scene was confirmed for, as the confirm counted the login, kept in this
+    replica's memory until the browser's complete takes it: that complete then reads no user.
+
+    Memory only, about 300 bytes a scene, at most ``size`` of them, none older than ``max_age``
+    seconds. A complete served by another replica, after a restart, or retried after its first answer
+    was lost reads the user from Mongo, as every complete did before. The tokens then describe the
+    user as the confirm counted it, a second or so earlier; a phone bound in between shows in the next
+    refresh, as one bound after the complete would.
+    """
+
+    def __init__(
+        self,
+        *,
+        size: int = CONFIRMED_USERS,
+        max_age: float = CONFIRMED_USER_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._size = size
+        self._max_age = max_age
+        self._clock = clock
+        self._users: OrderedDict[str, tuple[float, User]] = OrderedDict()  # scene → (kept at, user)
+
+    def keep(self, scene: str, user: User) -> None:
+        """Remember ``user`` for the complete of ``scene`` (the oldest goes beyond ``size``)."""
+        self._users[scene] = (self._clock(), user)
+        self._users.move_to_end(scene)
+        if len(self._users) > self._size:
+            self._users.popitem(last=False)
+
+    def take(self, scene: str, user_id: str) -> User | None:
+        """The user kept for ``scene``, once, if it is ``user_id`` and young enough; else None."""
+        kept = self._users.pop(scene, None)
+        if kept is None:
+            return None
+        at, user = kept
+        return user if user.id == user_id and self._clock() - at <= self._max_age else None
 
 
 # --- wx.login code exchanges ----------------------------------------------------------------------
