@@ -59,3 +59,27 @@ def test_the_comparison_of_two_trees_runs_both_and_leaves_no_worktree_or_result_
     assert {p.name: p.read_bytes() for p in (root / "bench" / "results").glob("*.json")} == results
     after = subprocess.run(listed, cwd=root, capture_output=True, text=True, check=True)
     assert after.stdout == worktrees.stdout
+
+
+def test_the_rpc_cost_benchmark_measures_both_trees_and_leaves_nothing_behind() -> None:
+    # Against its own HEAD, 32 calls a phase: every measure has a number on each side, and neither the
+    # base's worktree nor a result file is left (a comparison writes none).
+    root = Path(__file__).resolve().parents[2]
+    results = {p.name: p.read_bytes() for p in (root / "bench" / "results").glob("*.json")}
+    listed = ["git", "worktree", "list"]
+    worktrees = subprocess.run(listed, cwd=root, capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.rpc_cost", "--base", "HEAD", "--runs", "1", "--calls", "32"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    for phase in ("one_at_a_time", "sixteen_at_a_time"):
+        for measure in ("server_cpu_us_per_call", "caller_cpu_us_per_call", "wall_ms_per_call"):
+            row = rf"^{phase}\s+{measure}\s+\d+(\.\d+)?\s+\d+(\.\d+)?\s+\d"
+            assert re.search(row, done.stdout, re.MULTILINE), done.stdout
+    assert {p.name: p.read_bytes() for p in (root / "bench" / "results").glob("*.json")} == results
+    after = subprocess.run(listed, cwd=root, capture_output=True, text=True, check=True)
+    assert after.stdout == worktrees.stdout
