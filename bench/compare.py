@@ -29,7 +29,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,22 @@ RUN = (
     "import sys; from pathlib import Path; from bench import report, throughput; "
     "report.use_results_dir(Path(sys.argv[1])); throughput.main(sys.argv[2:])"
 )
+
+
+@contextmanager
+def worktree_of(rev: str, where: Path) -> Iterator[Path]:
+    """A detached git worktree of ``rev`` at ``where``, removed afterwards."""
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(where), rev],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield where
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(where)], cwd=ROOT, check=False)
 
 
 def run_once(tree: Path, out: Path, levels: str, logins: int) -> dict[str, Any]:
@@ -108,23 +125,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--levels", default="16,32", help="concurrency levels (bench.throughput)")
     parser.add_argument("--logins", type=int, default=400, help="logins per level and run")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="wxlogin-compare-") as scratch:
-        worktree = Path(scratch) / "base"
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", str(worktree), args.base],
-            cwd=ROOT,
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        try:
-            base: list[dict[str, Any]] = []
-            this: list[dict[str, Any]] = []
-            for n in range(args.runs):
-                for side, tree, results in (("base", worktree, base), ("this", ROOT, this)):
-                    print(f"run {n + 1}/{args.runs}: {side}", flush=True)
-                    results.append(run_once(tree, Path(scratch) / f"{side}-{n}", args.levels, args.logins))
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, check=False)
+    with (
+        tempfile.TemporaryDirectory(prefix="wxlogin-compare-") as scratch,
+        worktree_of(args.base, Path(scratch) / "base") as worktree,
+    ):
+        base: list[dict[str, Any]] = []
+        this: list[dict[str, Any]] = []
+        for n in range(args.runs):
+            for side, tree, results in (("base", worktree, base), ("this", ROOT, this)):
+                print(f"run {n + 1}/{args.runs}: {side}", flush=True)
+                results.append(run_once(tree, Path(scratch) / f"{side}-{n}", args.levels, args.logins))
     print(f"\nthis tree against {args.base}: means of {args.runs} alternating runs each")
     columns = ["concurrency", "measure", "runs", "base", "this", "this/base", "base_range", "this_range"]
     print_table(compare(base, this), columns)
