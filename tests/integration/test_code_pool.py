@@ -13,10 +13,11 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 
 from services.qrcode.errors import CodeQuotaExhausted, CodeUnavailable, IssueRateLimited
+from services.qrcode.handlers import SceneHandlers
 from services.qrcode.limits import SharedRateLimit
 from services.qrcode.pool import LEASE_TTL, CodePool, PoolSettings, RenderSettings
 from services.qrcode.store import PooledCode, PoolStore, RateWindowStore, SceneStore
-from shared.messages import IssueScene
+from shared.messages import IssuedScene, IssueScene
 from shared.mongo import EmbeddedMongo
 from shared.runtime import Database
 from shared.wechat import CodeImage
@@ -67,6 +68,22 @@ def make_pool(
         clock=clock,
         holder=holder,
     )
+
+
+def at_a_window_start() -> FakeClock:
+    """A clock at the start of a 10 s window of the shared limits (the next one from now)."""
+    return FakeClock(start=math.ceil(time.time() / 10) * 10 + 10)
+
+
+def issuing_from(db: Database, clock: FakeClock, pool: CodePool, issues_per_minute: int) -> SceneHandlers:
+    """qrcode's handlers issuing with ``pool`` under a global issue limit of ``issues_per_minute``."""
+    issue_limit = SharedRateLimit(RateWindowStore(db), "issue", issues_per_minute)
+    return scene_handlers(db, clock, RecordingPublisher(), codes=pool, issue_limit=issue_limit)
+
+
+async def issue_one(handlers: SceneHandlers) -> IssuedScene:
+    """One browser's issue, with a fresh ticket, from one address."""
+    return await handlers.issue(IssueScene(ticket_hash=ticket_hash(new_ticket()), ip="198.51.100.1"))
 
 
 async def test_issuing_from_a_warm_pool_does_not_call_wechat(db: Database) -> None:
@@ -169,7 +186,7 @@ async def test_refill_starts_below_the_threshold_and_fills_up_to_the_size(db: Da
 
 async def test_refill_stays_within_the_shared_render_budget(db: Database) -> None:
     renderer = FakeRenderer()
-    clock = FakeClock(start=math.ceil(time.time() / 10) * 10 + 10)  # the start of a 10 s window
+    clock = at_a_window_start()
     pool = make_pool(db, renderer, clock, size=30, refill_below=30, renders_per_minute=60)  # 10 per 10 s
     assert await pool.refill_once() == 10
     assert await pool.refill_once() == 0  # this window is spent
@@ -193,25 +210,17 @@ async def test_an_issue_limit_above_the_render_budget_serves_a_burst_from_the_po
     # The issue limit guards load, the render budget WeChat's quota: issues beyond the budget's rate
     # are served from the pool while it lasts, then refused until a render fits the budget.
     renderer = FakeRenderer()
-    clock = FakeClock(start=math.ceil(time.time() / 10) * 10 + 10)  # the start of a 10 s window
+    clock = at_a_window_start()
     pool = make_pool(db, renderer, clock, size=30, refill_below=30, renders_per_minute=60)  # 10 per 10 s
     for _ in range(3):
         assert await pool.refill_once() == 10
         clock.advance(10)
-    handlers = scene_handlers(
-        db,
-        clock,
-        RecordingPublisher(),
-        codes=pool,
-        issue_limit=SharedRateLimit(RateWindowStore(db), "issue", 600),
-    )  # 100 issues per window: ten times the render budget
+    handlers = issuing_from(db, clock, pool, 600)  # 100 issues per window: ten times the render budget
 
     issued, refused = [], []
     for _ in range(45):
         try:
-            issued.append(
-                await handlers.issue(IssueScene(ticket_hash=ticket_hash(new_ticket()), ip="198.51.100.1"))
-            )
+            issued.append(await issue_one(handlers))
         except CodeQuotaExhausted as exc:
             refused.append(exc)
     rendered_now = renderer.rendered[30:]
@@ -220,7 +229,7 @@ async def test_an_issue_limit_above_the_render_budget_serves_a_burst_from_the_po
     assert len(refused) == 5 and all(0 < (exc.retry_after or 0) <= 10 for exc in refused)
 
     clock.advance(10)  # the next window: renders fit the budget again
-    again = await handlers.issue(IssueScene(ticket_hash=ticket_hash(new_ticket()), ip="198.51.100.1"))
+    again = await issue_one(handlers)
     assert again.scene == renderer.rendered[-1]
 
 
@@ -274,25 +283,19 @@ async def test_the_browser_gets_a_pooled_code_that_encodes_its_own_scene(
 
 async def test_an_issue_refused_by_the_global_limit_gives_its_pooled_code_back(db: Database) -> None:
     renderer = FakeRenderer()
-    clock = FakeClock(start=math.ceil(time.time() / 10) * 10 + 10)  # the start of a 10 s window
+    clock = at_a_window_start()
     pool = make_pool(db, renderer, clock, size=3, refill_below=1)
     assert await pool.refill_once() == 3
-    handlers = scene_handlers(
-        db,
-        clock,
-        RecordingPublisher(),
-        codes=pool,
-        issue_limit=SharedRateLimit(RateWindowStore(db), "issue", 6),
-    )  # 6/min: one issue per 10 s window
+    handlers = issuing_from(db, clock, pool, 6)  # 6/min: one issue per 10 s window
 
-    first = await handlers.issue(IssueScene(ticket_hash=ticket_hash(new_ticket()), ip="198.51.100.1"))
+    first = await issue_one(handlers)
     with pytest.raises(IssueRateLimited):
-        await handlers.issue(IssueScene(ticket_hash=ticket_hash(new_ticket()), ip="198.51.100.1"))
+        await issue_one(handlers)
     assert await PoolStore(db).count_ready(pool.variant, up_to=10) == 2  # the refused issue's code is back
     assert await SceneStore(db).get(first.scene) is not None
 
     clock.advance(10)
-    again = await handlers.issue(IssueScene(ticket_hash=ticket_hash(new_ticket()), ip="198.51.100.1"))
+    again = await issue_one(handlers)
     assert again.scene in renderer.rendered and again.scene != first.scene
     assert len(renderer.rendered) == 3  # nothing was rendered on demand, nothing was lost
 
