@@ -51,6 +51,10 @@ confirms is still awaited, and a dead connection still fails it (``GONE``); a wr
 proof of arrival, and the writer's bounded queue (10 frames) still holds publishers back when the
 socket is slow.
 
+The writer sends the frames it finds queued together in one socket write
+(:mod:`shared.bus.gather`): a reply and the hint before it, the acks and replies of concurrent
+requests. A frame with nothing queued behind it is written at once.
+
 aio-pika's robust connection is not used because it does not restore a direct reply-to consumer on
 the channel that publishes requests: after a reconnect every call failed with ``PRECONDITION_FAILED -
 fast reply consumer does not exist`` until the process was restarted.
@@ -78,6 +82,7 @@ from aio_pika.exceptions import AMQPError, ChannelNotFoundEntity, ChannelPrecond
 from aiormq.abc import AbstractChannel as RawChannel
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
+from yarl import URL
 
 from shared.bus.adapter import (
     Delivery,
@@ -91,6 +96,7 @@ from shared.bus.adapter import (
     log,
     version_of,
 )
+from shared.bus.gather import GatheringConnection, GatheringTransports, GatheringWriter
 from shared.bus.interface import Bus, EventUndeliverable
 from shared.bus.metrics import BusMetrics
 from shared.bus.topology import (
@@ -163,6 +169,7 @@ class Link:
         self.lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.consumers: list[tuple[RawChannel, str, str]] = []  # (channel, consumer tag, queue name)
         self.replies_ready = False
+        self.writer: GatheringWriter | None = None  # the connection's socket writer (shared.bus.gather)
         self._closing = False
         self.watch(connection, "connection")
         # Set by AmqpBus._open once opened:
@@ -344,11 +351,17 @@ class AmqpBus(Bus):
 
     async def _open(self, url: str) -> Link:
         """Connect to ``url``, open the channels and the reply path, and replay the plan."""
-        kwargs: dict[str, Any] = {"client_properties": {"connection_name": self.instance}}
-        if "heartbeat=" not in url:
-            kwargs["heartbeat"] = HEARTBEAT_SECONDS
-        connection = await aio_pika.connect(url, timeout=CONNECT_ATTEMPT_SECONDS, **kwargs)
+        query = {} if "heartbeat=" in url else {"heartbeat": HEARTBEAT_SECONDS}
+        transports = GatheringTransports(url)
+        connection = GatheringConnection(
+            URL(url).update_query(query),
+            client_properties={"connection_name": self.instance},
+            transport_factory=transports,
+        )
+        await connection.connect(timeout=CONNECT_ATTEMPT_SECONDS)
+        transports.bind(connection)
         link = Link(connection, node_of(url), refused_for=self._refusal_window())
+        link.writer = transports.writer
         try:
             link.publish = await link.channel("publish", confirms=True)
             link.hints = await link.channel("hints", confirms=False)

@@ -228,3 +228,36 @@ async def test_garbage_and_twice_failing_events_end_in_the_dead_letter_queue(
         await connection.close()
     assert attempts == [SCENE, SCENE]  # delivered, requeued once, then dead-lettered
     assert {first.body, second.body} >= {b"{not json"}
+
+
+async def test_frames_queued_together_share_a_socket_write_and_arrive_whole_and_in_order(
+    make_bus: Callable[[str], AmqpBus],
+) -> None:
+    server, client = await started(make_bus("qrcode")), await started(make_bus("gateway"))
+    watcher = await started(make_bus("gateway"))
+    seen: list[str] = []
+
+    async def status(request: GetSceneStatus) -> SceneStatus:
+        await server.publish(SceneScanned(scene=request.scene))  # a hint, then the reply: two frames
+        return SceneStatus(scene=request.scene, state="scanned", expires_at=datetime.now(UTC))
+
+    async def watch(event: SceneScanned) -> None:
+        seen.append(event.scene)
+
+    await watcher.subscribe_broadcast([SceneScanned], watch)
+    await server.serve({GetSceneStatus: status})
+    writer = server._link.writer if server._link is not None else None
+    assert writer is not None
+    before = (writer.frames, writer.writes)
+
+    scenes = [f"{i:032d}" for i in range(64)]
+    for start in range(0, len(scenes), 16):  # sixteen calls at a time
+        batch = scenes[start : start + 16]
+        answers = await asyncio.gather(*(client.call(GetSceneStatus(scene=scene)) for scene in batch))
+        assert [answer.scene for answer in answers] == batch
+    await eventually(lambda: len(seen) == len(scenes))
+
+    assert sorted(seen) == scenes  # every hint arrived once and whole
+    frames, writes = writer.frames - before[0], writer.writes - before[1]
+    assert frames >= 3 * len(scenes)  # a hint, a reply and an ack for each request
+    assert writes < frames * 0.8, (frames, writes)  # the frames of concurrent requests shared sends
