@@ -5,7 +5,7 @@ several replicas of each service, and a sustained run at a fixed arrival rate.
 Each step starts at a fresh 10 s window of the global issue limit (set to 1000 issues per window here:
 6000/min, above WeChat's 5000 codes/min, which the render budget keeps at 4285/min) with a full code
 pool, so the step measures the services rather than the quota. The CPU seconds of every process during a step
-give CPU per login; the busiest service is then sampled with py-spy (``pip install -e '.[bench]'``)
+give CPU per login; gateway, qrcode and session are then sampled with py-spy (``pip install -e '.[bench]'``)
 during one more run at the best concurrency.
 
 Scaling (``--replicas N``, 2 by default, 0 for none): a second launch with N gateways, N qrcode and N
@@ -189,11 +189,12 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def profiled_run(c: Cluster, best: dict[str, Any], per_step: int) -> list[dict[str, Any]]:
-    """Sample, during one more run at the best concurrency, the service that used the most CPU per
-    login and the database server (nx-27017 is Python too), each with its own py-spy."""
+    """Sample, during one more run at the best concurrency, each service that does work in a login
+    (gateway, qrcode, session, busiest first) and the database server (nx-27017 is Python too), each
+    with its own py-spy."""
     cpu = best["cpu_ms_per_login"]
-    busiest = max(SERVICES, key=lambda name: cpu.get(name, 0.0))
-    targets = [busiest, "nx-27017"]
+    working = sorted((name for name in SERVICES if name != "token-1"), key=lambda name: -cpu.get(name, 0.0))
+    targets = [*working, "nx-27017"]
     pids = c.pids()
     await c.wait_for_pool(POOL)
     await next_window()
