@@ -10,6 +10,7 @@ field and (when the bus passes it) the message id, so it opens nowhere else.
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
@@ -96,6 +97,12 @@ Sealed = Annotated[
     WrapValidator(_open_field),
     PlainSerializer(_seal_field, return_type=str, when_used="json"),
 ]
+
+
+def new_id() -> str:
+    """A fresh random id of 32 hex digits (message ids, trace ids): 128 bits from the OS, as unique as
+    ``uuid4().hex`` without building a UUID (0.6 µs against 3.5 here; a login makes about twenty)."""
+    return os.urandom(16).hex()
 
 
 def utcnow() -> datetime:

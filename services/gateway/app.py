@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -24,6 +23,7 @@ from shared.bus import MemoryBroker, reset_correlation_id, set_correlation_id
 from shared.config import Settings
 from shared.errors import ServiceError
 from shared.logging import bind_context, get_logger, unbind_context
+from shared.messages import new_id
 from shared.runtime import (
     BUS,
     CLIENTS,
@@ -82,7 +82,7 @@ def error_response(code: str, message: str, status: int, retry_after: float | No
 async def correlation(request: web.Request, handler: Handler) -> web.StreamResponse:
     """One trace id per request (``X-Request-ID`` if sane), bound to logs and bus messages."""
     incoming = request.headers.get("X-Request-ID", "")
-    request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request_id = incoming if _REQUEST_ID.match(incoming) else new_id()
     token = set_correlation_id(request_id)
     bind_context(correlation_id=request_id)
     try:

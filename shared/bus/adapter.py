@@ -8,7 +8,6 @@ the embedded process and over RabbitMQ. The ack policy is written down once, in 
 from __future__ import annotations
 
 import contextvars
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -37,6 +36,7 @@ from shared.messages import (
     decode_error,
     encode,
     encode_error,
+    new_id,
 )
 from shared.sealing import Sealer
 
@@ -67,7 +67,7 @@ UNAVAILABLE_CODES = frozenset(
 
 def current_correlation_id() -> str:
     """The trace id of the flow being handled, or a fresh one."""
-    return _correlation.get() or uuid.uuid4().hex
+    return _correlation.get() or new_id()
 
 
 def current_message_id() -> str | None:

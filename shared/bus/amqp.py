@@ -106,7 +106,7 @@ from shared.bus.topology import (
     retry_pause,
 )
 from shared.errors import BusUnavailable, RpcTimeout, RpcUnavailable
-from shared.messages import Event, Request, encode
+from shared.messages import Event, Request, encode, new_id
 from shared.sealing import Sealer
 
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
@@ -497,7 +497,7 @@ class AmqpBus(Bus):
     async def publish(self, event: Event, *, ttl: float | None = None, must_arrive: bool = False) -> None:
         self._check_publisher(event)
         link = self._usable_link(event.TYPE)
-        message_id = uuid.uuid4().hex
+        message_id = new_id()
         properties = self._properties(
             event.TYPE,
             event.VERSION,
@@ -546,7 +546,7 @@ class AmqpBus(Bus):
     async def _call(self, request: Request[R], timeout: float) -> R:
         link = self._usable_link(request.TYPE)
         deadline = time.monotonic() + timeout
-        message_id = uuid.uuid4().hex
+        message_id = new_id()
         properties = self._properties(
             request.TYPE,
             request.VERSION,
@@ -815,7 +815,7 @@ class AmqpBus(Bus):
         # made on a link its caller lost in the same fault (the caller has failed the call already),
         # and RabbitMQ 3.10 closes the connection of a reply to a node that stopped (INTERNAL_ERROR).
         if asked.reply_to and link is not None and link.usable and message.channel is link.consume_raw:
-            properties = self._properties(type_, version, uuid.uuid4().hex, correlation_id=asked.message_id)
+            properties = self._properties(type_, version, new_id(), correlation_id=asked.message_id)
             try:
                 # mandatory=False: RabbitMQ returns mandatory publishes to direct reply-to even when it
                 # delivers them.

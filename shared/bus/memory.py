@@ -25,7 +25,7 @@ from shared.bus.interface import Bus, EventUndeliverable
 from shared.bus.metrics import BusMetrics
 from shared.bus.topology import DELIVERY_LIMIT
 from shared.errors import BusUnavailable, RpcTimeout, RpcUnavailable
-from shared.messages import Event, Message, Request, encode
+from shared.messages import Event, Message, Request, encode, new_id
 from shared.sealing import Sealer
 
 # A delivery whose handler found a dependency down is offered again after this pause.
@@ -157,7 +157,7 @@ class MemoryBus(Bus):
         return self._started
 
     def _delivery(self, message: Message) -> Delivery:
-        message_id = uuid.uuid4().hex
+        message_id = new_id()
         return Delivery(
             type=message.TYPE,
             version=message.VERSION,

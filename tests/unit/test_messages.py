@@ -315,3 +315,9 @@ def _seal_v1(key: bytes, plaintext: str, *, purpose: str) -> str:
 def _plain(message: m.Message) -> dict[str, object]:
     out = message.model_dump()
     return {k: (v.get_secret_value() if isinstance(v, SecretStr) else v) for k, v in out.items()}
+
+
+def test_message_and_trace_ids_are_32_hex_digits_and_never_repeat() -> None:
+    ids = [m.new_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
