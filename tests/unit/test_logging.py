@@ -118,3 +118,30 @@ def test_a_broker_outage_is_not_a_flood_of_client_library_tracebacks(captured: i
     logging.getLogger("aio_pika.robust_connection").warning("Unexpected connection close from remote")
     assert "creating transport" not in captured.getvalue()
     assert "Unexpected connection close" not in captured.getvalue()
+
+
+def test_short_and_odd_cased_secrets_are_still_scrubbed(captured: io.StringIO) -> None:
+    # The patterns run only on text that could hold a match: "=" or "%" for a query parameter, eight
+    # characters and the word "bearer" in any case for a bearer token.
+    get_logger("t").info("short", detail="code=ab", header="bEaReR tok", encoded="x?js_code%3Dq1")
+    (line,) = lines(captured)
+    assert line["detail"] == "code=[redacted]"
+    assert line["header"] == "Bearer [redacted]"
+    assert line["encoded"] == "x?js_code%3D[redacted]"
+
+
+def test_a_logger_kept_across_a_level_change_follows_the_new_level() -> None:
+    # Loggers are cached on first use; what they drop below the level must follow the level set now.
+    log = get_logger("kept")
+    stream = io.StringIO()
+    try:
+        configure_logging(service="test", fmt="json", level="WARNING", stream=stream)
+        log.info("dropped")
+        log.debug("dropped too")
+        log.warning("kept_warning")
+        configure_logging(service="test", fmt="json", level="DEBUG", stream=stream)
+        log.debug("now_kept", a=1)
+        log.info("also_kept")
+    finally:
+        configure_logging(service="tests", fmt="json", level="WARNING")
+    assert [line["event"] for line in lines(stream)] == ["kept_warning", "now_kept", "also_kept"]
