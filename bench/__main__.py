@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     # module: (full-size arguments, quick arguments)
     "hops": ([], ["--logins", "10"]),
     "rpc_cost": ([], ["--calls", "300"]),
+    "log_cost": ([], ["--calls", "2000", "--runs", "1"]),
     "issue_latency": ([], ["--requests", "30", "--cold-requests", "5"]),
     "confirm_push": ([], ["--logins", "60", "--code-at-confirm", "20"]),
     # Full size: levels, then 2 replicas of each service, then 60 s at 83 logins/s (WeChat's ceiling).

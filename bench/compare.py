@@ -23,16 +23,17 @@ worktree is removed at the end. ``--base`` must be a commit whose ``bench/throug
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench.report import print_table
 
@@ -59,6 +60,25 @@ def worktree_of(rev: str, where: Path) -> Iterator[Path]:
         yield where
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(where)], cwd=ROOT, check=False)
+
+
+T = TypeVar("T")
+
+
+def alternating(base: str | None, runs: int, measure: Callable[[Path], T]) -> dict[str, list[T]]:
+    """``measure(tree)`` ``runs`` times for this tree and, with ``base``, for a worktree of that commit
+    in turn (base first): each side's results, under "base" and "this"."""
+    with contextlib.ExitStack() as stack:
+        trees = [("this", ROOT)]
+        if base:
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="wxlogin-bench-")))
+            trees.insert(0, ("base", stack.enter_context(worktree_of(base, scratch / "base"))))
+        results: dict[str, list[T]] = {side: [] for side, _ in trees}
+        for n in range(runs):
+            for side, tree in trees:
+                print(f"run {n + 1}/{runs}: {side}", flush=True)
+                results[side].append(measure(tree))
+    return results
 
 
 def run_once(tree: Path, out: Path, levels: str, logins: int) -> dict[str, Any]:

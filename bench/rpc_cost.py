@@ -15,17 +15,15 @@ worker code is passed with ``-c`` and uses only the bus API both trees have.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from bench.cluster import amqp_vhost
-from bench.compare import worktree_of
+from bench.compare import alternating
 from bench.report import print_table, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,16 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base", help="also measure this commit, alternating")
     parser.add_argument("--runs", type=int, default=1, help="runs of each side")
     args = parser.parse_args(argv)
-    with contextlib.ExitStack() as stack:
-        trees = [("this", ROOT)]
-        if args.base:
-            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="wxlogin-rpc-")))
-            trees.insert(0, ("base", stack.enter_context(worktree_of(args.base, scratch / "base"))))
-        runs: dict[str, list[dict[str, Any]]] = {side: [] for side, _ in trees}
-        for n in range(args.runs):
-            for side, tree in trees:
-                print(f"run {n + 1}/{args.runs}: {side}", flush=True)
-                runs[side].append(measure(tree, args.calls))
+    runs = alternating(args.base, args.runs, lambda tree: measure(tree, args.calls))
     rows = rows_of(runs)
     print(f"\none RPC (a hint, then the reply), {args.calls} calls a phase, mean of {args.runs} run(s)")
     print_table(rows, list(rows[0]))

@@ -37,49 +37,58 @@ async def test_the_confirm_push_benchmark_at_a_tiny_size_writes_a_well_formed_re
     assert written["meta"]["cpus"] >= 1 and written["rows"][0]["observer"] == "WebSocket push"
 
 
-def test_the_comparison_of_two_trees_runs_both_and_leaves_no_worktree_or_result_behind() -> None:
-    # This tree against its own HEAD, at a tiny size: the table has each measure, bench/results is
-    # untouched and the worktree of the base is gone.
-    root = Path(__file__).resolve().parents[2]
-    results = {p.name: p.read_bytes() for p in (root / "bench" / "results").glob("*.json")}
-    listed = ["git", "worktree", "list"]
-    worktrees = subprocess.run(listed, cwd=root, capture_output=True, text=True, check=True)
-    tiny = ["--base", "HEAD", "--runs", "1", "--levels", "2", "--logins", "6"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_against_head(module: str, *args: str) -> str:
+    """``python -m bench.<module> --base HEAD --runs 1 *args``: its output, after checking that it
+    succeeded and left neither a worktree of the base nor a changed file in bench/results behind."""
+
+    def results() -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in (ROOT / "bench" / "results").glob("*.json")}
+
+    def worktrees() -> str:
+        listed = ["git", "worktree", "list"]
+        return subprocess.run(listed, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+    results_before, worktrees_before = results(), worktrees()
     done = subprocess.run(
-        [sys.executable, "-m", "bench.compare", *tiny],
-        cwd=root,
+        [sys.executable, "-m", f"bench.{module}", "--base", "HEAD", "--runs", "1", *args],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    table = done.stdout[done.stdout.index("this tree against HEAD") :]
+    assert results() == results_before
+    assert worktrees() == worktrees_before
+    return done.stdout
+
+
+def test_the_comparison_of_two_trees_runs_both_and_leaves_no_worktree_or_result_behind() -> None:
+    # This tree against its own HEAD, at a tiny size: the table has each measure.
+    out = run_against_head("compare", "--levels", "2", "--logins", "6")
+    table = out[out.index("this tree against HEAD") :]
     for measure in ("logins_per_s", "cpu_services", "per_sim", "cpu_nx"):
         assert re.search(rf"^2\s+{measure}\s+1 \+ 1\s+\d", table, re.MULTILINE), table
-    assert {p.name: p.read_bytes() for p in (root / "bench" / "results").glob("*.json")} == results
-    after = subprocess.run(listed, cwd=root, capture_output=True, text=True, check=True)
-    assert after.stdout == worktrees.stdout
 
 
 def test_the_rpc_cost_benchmark_measures_both_trees_and_leaves_nothing_behind() -> None:
-    # Against its own HEAD, 32 calls a phase: every measure has a number on each side, and neither the
-    # base's worktree nor a result file is left (a comparison writes none).
-    root = Path(__file__).resolve().parents[2]
-    results = {p.name: p.read_bytes() for p in (root / "bench" / "results").glob("*.json")}
-    listed = ["git", "worktree", "list"]
-    worktrees = subprocess.run(listed, cwd=root, capture_output=True, text=True, check=True)
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.rpc_cost", "--base", "HEAD", "--runs", "1", "--calls", "32"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    # 32 calls a phase: every measure has a number on each side.
+    out = run_against_head("rpc_cost", "--calls", "32")
     for phase in ("one_at_a_time", "sixteen_at_a_time"):
         for measure in ("server_cpu_us_per_call", "caller_cpu_us_per_call", "wall_ms_per_call"):
             row = rf"^{phase}\s+{measure}\s+\d+(\.\d+)?\s+\d+(\.\d+)?\s+\d"
-            assert re.search(row, done.stdout, re.MULTILINE), done.stdout
-    assert {p.name: p.read_bytes() for p in (root / "bench" / "results").glob("*.json")} == results
-    after = subprocess.run(listed, cwd=root, capture_output=True, text=True, check=True)
-    assert after.stdout == worktrees.stdout
+            assert re.search(row, out, re.MULTILINE), out
+
+
+def test_the_log_cost_benchmark_measures_a_written_line_and_one_below_the_level() -> None:
+    # 500 calls: both measures have a number on each side, and a line below the level costs less
+    # than a written one.
+    out = run_against_head("log_cost", "--calls", "500")
+    found = {}
+    for measure in ("info_written_cpu_us_per_call", "info_below_level_cpu_us_per_call"):
+        match = re.search(rf"^{measure}\s+\d+(?:\.\d+)?\s+(\d+(?:\.\d+)?)\s+\d", out, re.MULTILINE)
+        assert match, out
+        found[measure] = float(match.group(1))
+    assert found["info_below_level_cpu_us_per_call"] < found["info_written_cpu_us_per_call"]
