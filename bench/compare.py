@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bench.report import print_table
+from bench.report import print_table, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("gateway-1", "qrcode-1", "session-1", "token-1")
@@ -79,6 +79,28 @@ def alternating(base: str | None, runs: int, measure: Callable[[Path], T]) -> di
                 print(f"run {n + 1}/{runs}: {side}", flush=True)
                 results[side].append(measure(tree))
     return results
+
+
+def mean_row(label: dict[str, Any], runs: dict[str, list[T]], value: Callable[[T], float]) -> dict[str, Any]:
+    """``label`` with the mean of ``value`` over each side's runs and, with a base, this / base."""
+    row = dict(label)
+    for side, results in runs.items():
+        row[side] = round(statistics.mean(value(r) for r in results), 2)
+    if "base" in runs:
+        row["this/base"] = round(row["this"] / row["base"], 3)
+    return row
+
+
+def report_runs(
+    name: str, title: str, runs: dict[str, list[Any]], rows: list[dict[str, Any]], **meta: Any
+) -> None:
+    """Print ``title`` and the rows; without a base, also write them (and this tree's runs) to
+    ``bench/results/<name>.json``."""
+    print(f"\n{title}")
+    print_table(rows, list(rows[0]))
+    if "base" not in runs:
+        payload = {"benchmark": name, **meta, "runs": runs["this"], "rows": rows}
+        print(f"wrote {write_json(name, payload)}")
 
 
 def run_once(tree: Path, out: Path, levels: str, logins: int) -> dict[str, Any]:

@@ -16,15 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from bench.compare import alternating
-from bench.report import print_table, write_json
+from bench.compare import alternating, mean_row, report_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,15 +69,7 @@ def measure(tree: Path, calls: int) -> dict[str, float]:
 
 
 def rows_of(runs: dict[str, list[dict[str, float]]]) -> list[dict[str, Any]]:
-    rows = []
-    for name in LEVELS:
-        row: dict[str, Any] = {"measure": f"{name}_cpu_us_per_call"}
-        for side, results in runs.items():
-            row[side] = round(statistics.mean(r[name] for r in results), 2)
-        if "base" in runs:
-            row["this/base"] = round(row["this"] / row["base"], 3)
-        rows.append(row)
-    return rows
+    return [mean_row({"measure": f"{name}_cpu_us_per_call"}, runs, itemgetter(name)) for name in LEVELS]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,12 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=3, help="runs of each side")
     args = parser.parse_args(argv)
     runs = alternating(args.base, args.runs, lambda tree: measure(tree, args.calls))
-    rows = rows_of(runs)
-    print(f"\none log.info call (two fields, a bound context), {args.calls} calls, mean of {args.runs} runs")
-    print_table(rows, list(rows[0]))
-    if not args.base:
-        payload = {"benchmark": "log_cost", "calls": args.calls, "runs": runs["this"], "rows": rows}
-        print(f"wrote {write_json('log_cost', payload)}")
+    title = f"one log.info call (two fields, a bound context), {args.calls} calls, mean of {args.runs} runs"
+    report_runs("log_cost", title, runs, rows_of(runs), calls=args.calls)
 
 
 if __name__ == "__main__":

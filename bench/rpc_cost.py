@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench.cluster import amqp_vhost
-from bench.compare import alternating
-from bench.report import print_table, write_json
+from bench.compare import alternating, mean_row, report_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -140,16 +139,14 @@ def measure(tree: Path, calls: int) -> dict[str, Any]:
 
 
 def rows_of(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    rows = []
-    for phase in ("one_at_a_time", "sixteen_at_a_time"):
-        for measure_name in ("server_cpu_us_per_call", "caller_cpu_us_per_call", "wall_ms_per_call"):
-            row: dict[str, Any] = {"phase": phase, "measure": measure_name}
-            for side, results in runs.items():
-                row[side] = round(statistics.mean(r[phase][measure_name] for r in results), 2)
-            if "base" in runs:
-                row["this/base"] = round(row["this"] / row["base"], 3)
-            rows.append(row)
-    return rows
+    def value(phase: str, name: str) -> Callable[[dict[str, Any]], float]:
+        return lambda result: float(result[phase][name])
+
+    return [
+        mean_row({"phase": phase, "measure": name}, runs, value(phase, name))
+        for phase in ("one_at_a_time", "sixteen_at_a_time")
+        for name in ("server_cpu_us_per_call", "caller_cpu_us_per_call", "wall_ms_per_call")
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -159,12 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=1, help="runs of each side")
     args = parser.parse_args(argv)
     runs = alternating(args.base, args.runs, lambda tree: measure(tree, args.calls))
-    rows = rows_of(runs)
-    print(f"\none RPC (a hint, then the reply), {args.calls} calls a phase, mean of {args.runs} run(s)")
-    print_table(rows, list(rows[0]))
-    if not args.base:
-        payload = {"benchmark": "rpc_cost", "calls": args.calls, "runs": runs["this"], "rows": rows}
-        print(f"wrote {write_json('rpc_cost', payload)}")
+    title = f"one RPC (a hint, then the reply), {args.calls} calls a phase, mean of {args.runs} run(s)"
+    report_runs("rpc_cost", title, runs, rows_of(runs), calls=args.calls)
 
 
 if __name__ == "__main__":
