@@ -147,15 +147,26 @@ def redact_secrets(
 
 class _BoundLogger(structlog.stdlib.BoundLogger):
     """structlog's standard-library logger, which drops a debug or info line below the level before
-    anything is built for it (about 1 µs instead of 8: every login makes a dozen such calls)."""
+    anything is built for it (about 1 µs instead of 8: every login makes a dozen such calls).
+
+    It drops only what the first processor, ``filter_by_level``, would drop: under another chain
+    (``structlog.testing.capture_logs``) every line goes through as before."""
+
+    def __init__(self, logger: Any, processors: Iterable[Any], context: Any) -> None:
+        processors = list(processors)
+        super().__init__(logger, processors, context)
+        self._filtered = bool(processors) and processors[0] is structlog.stdlib.filter_by_level
+
+    def _below_level(self, level: int) -> bool:
+        return self._filtered and not self._logger.isEnabledFor(level)
 
     def debug(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
-        if not self._logger.isEnabledFor(logging.DEBUG):
+        if self._below_level(logging.DEBUG):
             return None
         return super().debug(event, *args, **kw)
 
     def info(self, event: str | None = None, *args: Any, **kw: Any) -> Any:
-        if not self._logger.isEnabledFor(logging.INFO):
+        if self._below_level(logging.INFO):
             return None
         return super().info(event, *args, **kw)
 
@@ -171,10 +182,15 @@ def _shared_processors() -> list[Any]:
     ]
 
 
-def configure_logging(*, service: str, fmt: str = "auto", level: str = "INFO", stream: Any = None) -> None:
+def configure_logging(
+    *, service: str, fmt: str = "auto", level: str = "INFO", stream: Any = None, cache_loggers: bool = True
+) -> None:
     """Configure structlog and the standard library once per process.
 
-    ``fmt`` is ``json``, ``console`` or ``auto`` (console on a TTY, JSON otherwise).
+    ``fmt`` is ``json``, ``console`` or ``auto`` (console on a TTY, JSON otherwise). ``cache_loggers``:
+    each logger keeps the configuration it first logged with (a written line costs about half), which
+    is what a service wants; tests that swap the configuration (``structlog.testing.capture_logs``)
+    turn it off, as a cached logger would not see the swap.
     """
     stream = stream or sys.stderr
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
@@ -195,7 +211,7 @@ def configure_logging(*, service: str, fmt: str = "auto", level: str = "INFO", s
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=_BoundLogger,
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache_loggers,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*shared, _stdlib_message_to_event],

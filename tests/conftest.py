@@ -16,7 +16,9 @@ RABBIT_HOST = os.environ.get("WXLOGIN_TEST_RABBIT_HOST", "127.0.0.1")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    configure_logging(service="tests", fmt="json", level=os.environ.get("WXLOGIN_TEST_LOG_LEVEL", "WARNING"))
+    # Uncached loggers: structlog.testing.capture_logs swaps the configuration under them.
+    level = os.environ.get("WXLOGIN_TEST_LOG_LEVEL", "WARNING")
+    configure_logging(service="tests", fmt="json", level=level, cache_loggers=False)
 
 
 @pytest.fixture(scope="session")
