@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import statistics
@@ -167,19 +168,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--levels", default="16,32", help="concurrency levels (bench.throughput)")
     parser.add_argument("--logins", type=int, default=400, help="logins per level and run")
     args = parser.parse_args(argv)
-    with (
-        tempfile.TemporaryDirectory(prefix="wxlogin-compare-") as scratch,
-        worktree_of(args.base, Path(scratch) / "base") as worktree,
-    ):
-        base: list[dict[str, Any]] = []
-        this: list[dict[str, Any]] = []
-        for n in range(args.runs):
-            for side, tree, results in (("base", worktree, base), ("this", ROOT, this)):
-                print(f"run {n + 1}/{args.runs}: {side}", flush=True)
-                results.append(run_once(tree, Path(scratch) / f"{side}-{n}", args.levels, args.logins))
+    with tempfile.TemporaryDirectory(prefix="wxlogin-compare-") as scratch:
+        outputs = (Path(scratch) / f"run-{n}" for n in itertools.count())
+
+        def measure(tree: Path) -> dict[str, Any]:
+            return run_once(tree, next(outputs), args.levels, args.logins)
+
+        runs = alternating(args.base, args.runs, measure)
     print(f"\nthis tree against {args.base}: means of {args.runs} alternating runs each")
     columns = ["concurrency", "measure", "runs", "base", "this", "this/base", "base_range", "this_range"]
-    print_table(compare(base, this), columns)
+    print_table(compare(runs["base"], runs["this"]), columns)
 
 
 if __name__ == "__main__":
