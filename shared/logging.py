@@ -153,9 +153,8 @@ class _BoundLogger(structlog.stdlib.BoundLogger):
     (``structlog.testing.capture_logs``) every line goes through as before."""
 
     def __init__(self, logger: Any, processors: Iterable[Any], context: Any) -> None:
-        processors = list(processors)
         super().__init__(logger, processors, context)
-        self._filtered = bool(processors) and processors[0] is structlog.stdlib.filter_by_level
+        self._filtered = next(iter(processors), None) is structlog.stdlib.filter_by_level
 
     def _below_level(self, level: int) -> bool:
         return self._filtered and not self._logger.isEnabledFor(level)
