@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     miniprogram_env_version: EnvVersion = "release"
     miniprogram_check_path: bool = True
     miniprogram_code_width: int = Field(default=430, ge=280, le=1280)
+    # Publish `scene.issued` for every new scene. No service consumes it (docs/architecture.md §5);
+    # it is off unless something of yours listens, so a login costs one bus message fewer.
+    announce_scene_issued: bool = False
     # The offline IP databases that place the browser and the phone on the confirm screen: ip2region
     # xdb files, comma-separated (each one's IP version is read from its header). Empty: the IPv4
     # database installed with the package (IPv6 addresses are then shown as unknown).

@@ -136,13 +136,14 @@ def scene_handlers(
     codes: Any = None,
     ttl: float = 120.0,
     issue_limit: Any = None,
+    announce_issued: bool = False,
 ) -> SceneHandlers:
     """The real handlers on the real store, with fakes for codes and the bus."""
     return SceneHandlers(
         SceneStore(db),
         codes or StaticCodes(),
         publisher,
-        SceneSettings(scene_ttl=ttl, site_name="Test Site"),
+        SceneSettings(scene_ttl=ttl, site_name="Test Site", announce_issued=announce_issued),
         issue_limit=issue_limit,
         clock=clock,
     )

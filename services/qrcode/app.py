@@ -60,7 +60,11 @@ log = get_logger(__name__)
 
 def scene_settings(settings: Settings) -> SceneSettings:
     """Scene lifetime and what the phone is shown, from configuration."""
-    return SceneSettings(scene_ttl=float(settings.scene_ttl_seconds), site_name=settings.site_name)
+    return SceneSettings(
+        scene_ttl=float(settings.scene_ttl_seconds),
+        site_name=settings.site_name,
+        announce_issued=settings.announce_scene_issued,
+    )
 
 
 def render_settings(settings: Settings) -> RenderSettings:

@@ -125,6 +125,7 @@ class SceneSettings:
     scene_ttl: float
     site_name: str
     redeem_window: float = 60.0  # a confirmed scene must be collected within this
+    announce_issued: bool = False  # publish scene.issued (nothing of ours consumes it)
 
 
 class Codes(Protocol):
@@ -282,12 +283,15 @@ class SceneHandlers:
             purpose=request.purpose,
             account_hint=request.account_hint if request.purpose == "link" else None,
         )
-        # Stored and announced together: scene.issued is a notice (Mongo is the truth), which no
-        # service waits on; should the insert fail, the issue fails and the notice names no scene.
-        await asyncio.gather(
-            self._store.insert(scene),
-            self._publisher.publish(SceneIssued(scene=scene.id, expires_at=_at(scene.expires_at))),
-        )
+        if self._settings.announce_issued:
+            # Stored and announced together: scene.issued is a notice (Mongo is the truth), which no
+            # service waits on; should the insert fail, the issue fails and the notice names no scene.
+            await asyncio.gather(
+                self._store.insert(scene),
+                self._publisher.publish(SceneIssued(scene=scene.id, expires_at=_at(scene.expires_at))),
+            )
+        else:
+            await self._store.insert(scene)
         self._metrics.issued.labels(code.source).inc()
         log.info("scene_issued", source=code.source, purpose=scene.purpose)
         login_code, url_link = await asyncio.gather(
