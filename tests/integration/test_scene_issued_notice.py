@@ -10,7 +10,14 @@ import pytest
 from shared.config import Settings
 from shared.messages import IssueScene, ScanScene, SceneIssued, SceneScanned
 from shared.mongo import EmbeddedMongo
-from tests.scenes import FakeClock, RecordingPublisher, new_ticket, scene_database, scene_handlers, ticket_hash
+from tests.scenes import (
+    FakeClock,
+    RecordingPublisher,
+    new_ticket,
+    scene_database,
+    scene_handlers,
+    ticket_hash,
+)
 
 
 def test_the_notice_is_off_unless_configured() -> None:
@@ -19,7 +26,9 @@ def test_the_notice_is_off_unless_configured() -> None:
 
 
 @pytest.mark.parametrize("announce", [False, True])
-async def test_an_issue_announces_its_scene_only_when_asked(mongo_server: EmbeddedMongo, announce: bool) -> None:
+async def test_an_issue_announces_its_scene_only_when_asked(
+    mongo_server: EmbeddedMongo, announce: bool
+) -> None:
     async with scene_database(mongo_server) as db:
         publisher = RecordingPublisher()
         handlers = scene_handlers(db, FakeClock(), publisher, announce_issued=announce)
