@@ -22,6 +22,21 @@ from sim.wechat.app import STATE
 from sim.wechat.app import create_app as create_sim
 from sim.wechat.state import SimState
 
+
+class ManualClock:
+    """Seconds (epoch or monotonic, as the code under test reads them) that move only when a test moves
+    them: by setting ``now`` or with :meth:`advance`. Pass it where the code takes ``clock=``."""
+
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 SERVICES = ("token", "qrcode", "session", "gateway")
 ORIGIN = "http://127.0.0.1:8080"
 

@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 from services.gateway.store import IssuedHere
+from tests.support import ManualClock
 
 SCENE = "S" * 32
 HASH = "a" * 64
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class BusSession:
@@ -28,7 +21,7 @@ class BusSession:
 
 def test_a_scene_issued_here_is_pending_to_its_own_ticket_under_the_same_bus_session() -> None:
     bus = BusSession(7)
-    issued = IssuedHere(clock=Clock(), session=bus)
+    issued = IssuedHere(clock=ManualClock(1_000.0), session=bus)
     issued.add(SCENE, HASH, 1_300.0, session=7)
 
     assert issued.status(SCENE, HASH) == "pending"
@@ -41,7 +34,7 @@ def test_a_scene_issued_here_is_pending_to_its_own_ticket_under_the_same_bus_ses
 
 
 def test_events_move_it_forward_only_and_a_final_state_is_left_to_qrcode() -> None:
-    issued = IssuedHere(clock=Clock(), session=BusSession())
+    issued = IssuedHere(clock=ManualClock(1_000.0), session=BusSession())
     issued.add(SCENE, HASH, 1_300.0, session=1)
 
     issued.saw(SCENE, "scanned")
@@ -54,7 +47,7 @@ def test_events_move_it_forward_only_and_a_final_state_is_left_to_qrcode() -> No
 
 
 def test_a_scene_past_its_expiry_is_left_to_qrcode_and_dropped_at_the_next_issue() -> None:
-    clock = Clock()
+    clock = ManualClock(1_000.0)
     issued = IssuedHere(clock=clock, session=BusSession())
     issued.add(SCENE, HASH, 1_300.0, session=1)
 
@@ -65,7 +58,7 @@ def test_a_scene_past_its_expiry_is_left_to_qrcode_and_dropped_at_the_next_issue
 
 
 def test_it_holds_at_most_max_entries_the_oldest_going_first() -> None:
-    issued = IssuedHere(max_entries=3, clock=Clock(), session=BusSession())
+    issued = IssuedHere(max_entries=3, clock=ManualClock(1_000.0), session=BusSession())
     scenes = [f"{i:032d}" for i in range(5)]
     for scene in scenes:
         issued.add(scene, HASH, 2_000.0, session=1)
@@ -76,6 +69,6 @@ def test_it_holds_at_most_max_entries_the_oldest_going_first() -> None:
 
 
 def test_nothing_is_kept_when_the_bus_was_down_at_the_issue() -> None:
-    issued = IssuedHere(clock=Clock(), session=BusSession())
+    issued = IssuedHere(clock=ManualClock(1_000.0), session=BusSession())
     issued.add(SCENE, HASH, 1_300.0, session=None)
     assert len(issued) == 0

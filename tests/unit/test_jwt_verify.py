@@ -22,6 +22,7 @@ from services.gateway.auth import KeySet, bearer_token, canonical_segments
 from services.gateway.errors import Unauthorized
 from services.session.keys import public_jwk
 from shared.messages import GetJwks, Jwks
+from tests.support import ManualClock
 
 ISS, AUD = "wxlogin", "wxlogin-site"
 
@@ -37,14 +38,6 @@ class FakeSession:
         assert isinstance(request, GetJwks)
         self.calls += 1
         return Jwks(keys=[public_jwk(k) for k in self.keys])
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def b64(raw: bytes) -> str:
@@ -239,7 +232,7 @@ def test_only_the_canonical_spelling_of_a_segment_is_accepted() -> None:
 
 
 async def test_an_unknown_kid_refetches_the_keys_at_most_every_30_seconds(key: Ed25519PrivateKey) -> None:
-    session, clock = FakeSession(key), Clock()
+    session, clock = FakeSession(key), ManualClock(1000.0)
     keys = KeySet(session, issuer=ISS, audience=AUD, clock=clock)
     await keys.refresh(force=True)
     newcomer = Ed25519PrivateKey.generate()

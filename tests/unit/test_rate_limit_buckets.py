@@ -7,21 +7,11 @@ import pytest
 from services.gateway.errors import RateLimited
 from services.gateway.limits import GatewayLimits, KeyedRateLimit
 from shared.prefixes import prefix_keys
-from tests.support import make_settings
-
-
-class Ticker:
-    """A monotonic clock the test moves."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support import ManualClock, make_settings
 
 
 def test_a_burst_is_allowed_then_one_request_per_interval() -> None:
-    clock = Ticker()
+    clock = ManualClock(100.0)
     limit = KeyedRateLimit("issue", per_minute=6, burst=3, clock=clock)
     assert [limit.hit("a") for _ in range(3)] == [None, None, None]
     assert limit.hit("a") == pytest.approx(10.0)
@@ -33,7 +23,7 @@ def test_a_burst_is_allowed_then_one_request_per_interval() -> None:
 
 
 def test_an_idle_client_gets_its_burst_back_but_no_more() -> None:
-    clock = Ticker()
+    clock = ManualClock(100.0)
     limit = KeyedRateLimit("mp", per_minute=60, burst=2, clock=clock)
     limit.hit("a")
     limit.hit("a")
@@ -48,7 +38,7 @@ def test_zero_per_minute_disables_a_limit() -> None:
 
 
 def test_memory_is_bounded_by_forgetting_the_least_recent_clients() -> None:
-    limit = KeyedRateLimit("issue", per_minute=6, burst=1, clock=Ticker(), max_keys=3)
+    limit = KeyedRateLimit("issue", per_minute=6, burst=1, clock=ManualClock(100.0), max_keys=3)
     for key in ("a", "b", "c", "a", "d"):
         limit.hit(key)
     assert len(limit) == 3
@@ -57,7 +47,7 @@ def test_memory_is_bounded_by_forgetting_the_least_recent_clients() -> None:
 
 
 def test_the_gateway_refuses_with_rate_limited_and_a_whole_number_of_seconds() -> None:
-    clock = Ticker()
+    clock = ManualClock(100.0)
     limits = GatewayLimits.from_settings(
         make_settings(limit_issue_per_ip_per_minute=7, limit_issue_per_ip_burst=1), clock=clock
     )
@@ -80,7 +70,7 @@ def test_a_client_is_counted_under_its_address_and_each_wider_prefix() -> None:
 
 
 def test_a_refusal_by_a_wider_prefix_spends_nothing_of_the_address_itself() -> None:
-    clock = Ticker()
+    clock = ManualClock(100.0)
     limits = GatewayLimits.from_settings(
         make_settings(limit_issue_per_ip_per_minute=6, limit_issue_per_ip_burst=1, limit_prefix_factor=2),
         clock=clock,
@@ -95,7 +85,7 @@ def test_a_refusal_by_a_wider_prefix_spends_nothing_of_the_address_itself() -> N
 
 def test_the_per_user_limit_counts_a_user_wherever_the_requests_come_from() -> None:
     limits = GatewayLimits.from_settings(
-        make_settings(limit_user_per_minute=6, limit_user_burst=2), clock=Ticker()
+        make_settings(limit_user_per_minute=6, limit_user_burst=2), clock=ManualClock(100.0)
     )
     limits.check_user("user", "u1")
     limits.check_user("user", "u1")

@@ -18,6 +18,7 @@ from services.session.keys import (
 )
 from services.session.store import SigningKeyRecord, User
 from shared.sealing import Sealer, generate_key
+from tests.support import ManualClock
 
 TTL = 900
 
@@ -77,22 +78,14 @@ class DictKeys:
         self.records.pop(kid, None)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 2_000_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def store() -> DictKeys:
     return DictKeys()
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> ManualClock:
+    return ManualClock(2_000_000_000.0)
 
 
 @pytest.fixture
@@ -101,7 +94,7 @@ def sealer() -> Sealer:
 
 
 @pytest.fixture
-async def signer(store: DictKeys, sealer: Sealer, clock: Clock) -> Signer:
+async def signer(store: DictKeys, sealer: Sealer, clock: ManualClock) -> Signer:
     signer = Signer(store, sealer, issuer="wxlogin", audience="site", ttl=TTL, clock=clock)
     await signer.load()
     return signer
@@ -110,7 +103,7 @@ async def signer(store: DictKeys, sealer: Sealer, clock: Clock) -> Signer:
 USER = User("u_1", "o" * 28, "ocMvos6NjeKLIBqg5Mr9QjxrP1FA", "+8613800138000", 1.0, 1.0, 1)
 
 
-def verify(signer: Signer, token: str, clock: Clock) -> dict[str, object]:
+def verify(signer: Signer, token: str, clock: ManualClock) -> dict[str, object]:
     jwk = next(k for k in signer.jwks() if k["kid"] == jwt.get_unverified_header(token)["kid"])
     claims: dict[str, object] = jwt.decode(
         token,
@@ -124,7 +117,7 @@ def verify(signer: Signer, token: str, clock: Clock) -> dict[str, object]:
 
 
 async def test_the_first_replica_creates_a_key_and_tokens_carry_every_claim(
-    signer: Signer, store: DictKeys, clock: Clock
+    signer: Signer, store: DictKeys, clock: ManualClock
 ) -> None:
     assert sorted((r.alg, r.status) for r in store.records.values()) == [
         ("EdDSA", "current"),
@@ -141,7 +134,7 @@ async def test_the_first_replica_creates_a_key_and_tokens_carry_every_claim(
 
 
 async def test_a_second_replica_adopts_the_existing_key(
-    signer: Signer, store: DictKeys, sealer: Sealer, clock: Clock
+    signer: Signer, store: DictKeys, sealer: Sealer, clock: ManualClock
 ) -> None:
     other = Signer(store, sealer, issuer="wxlogin", audience="site", ttl=TTL, clock=clock)
     await other.load()
@@ -150,7 +143,7 @@ async def test_a_second_replica_adopts_the_existing_key(
 
 
 async def test_a_rotated_in_key_is_published_at_once_and_signs_after_the_lead(
-    signer: Signer, store: DictKeys, sealer: Sealer, clock: Clock
+    signer: Signer, store: DictKeys, sealer: Sealer, clock: ManualClock
 ) -> None:
     old = signer.kid
     rotated = await rotate_keys(store, sealer, now=clock.now, min_age=TTL, lead=300)
@@ -166,7 +159,7 @@ async def test_a_rotated_in_key_is_published_at_once_and_signs_after_the_lead(
 
 
 async def test_retiring_waits_until_the_previous_keys_tokens_have_expired(
-    signer: Signer, store: DictKeys, sealer: Sealer, clock: Clock
+    signer: Signer, store: DictKeys, sealer: Sealer, clock: ManualClock
 ) -> None:
     rotated = await rotate_keys(store, sealer, now=clock.now, min_age=TTL, lead=60)
     for elapsed in (0, 60, 60 + TTL - 1):
@@ -179,7 +172,7 @@ async def test_retiring_waits_until_the_previous_keys_tokens_have_expired(
 
 
 async def test_rotating_twice_in_a_row_needs_force(
-    store: DictKeys, sealer: Sealer, signer: Signer, clock: Clock
+    store: DictKeys, sealer: Sealer, signer: Signer, clock: ManualClock
 ) -> None:
     first = await rotate_keys(store, sealer, now=clock.now, min_age=TTL)
     with pytest.raises(RotationRefused, match="--force"):
@@ -228,7 +221,7 @@ class SlowKeys(DictKeys):
 
 
 async def test_no_token_is_signed_with_a_rotated_in_key_before_its_lead_not_even_during_a_reload(
-    sealer: Sealer, clock: Clock
+    sealer: Sealer, clock: ManualClock
 ) -> None:
     store = SlowKeys()
     signer = Signer(store, sealer, issuer="wxlogin", audience="site", ttl=TTL, clock=clock)
@@ -274,7 +267,9 @@ async def test_id_tokens_are_signed_with_the_asked_algorithm_and_verify_with_the
     assert signer.access_claims(token) is None
 
 
-async def test_access_claims_reads_our_access_tokens_expired_or_not(signer: Signer, clock: Clock) -> None:
+async def test_access_claims_reads_our_access_tokens_expired_or_not(
+    signer: Signer, clock: ManualClock
+) -> None:
     token = signer.issue(USER, "family_1", audience="site-b")
     clock.now += 10 * TTL
     claims = signer.access_claims(token)
@@ -286,7 +281,7 @@ async def test_access_claims_reads_our_access_tokens_expired_or_not(signer: Sign
 
 
 async def test_rotating_the_rsa_key_leaves_the_ed25519_key_alone(
-    signer: Signer, store: DictKeys, sealer: Sealer, clock: Clock
+    signer: Signer, store: DictKeys, sealer: Sealer, clock: ManualClock
 ) -> None:
     ed, rsa = signer.kid, signer.kid_of("RS256")
     rotated = await rotate_keys(store, sealer, now=clock.now, min_age=TTL, lead=60, alg="RS256")

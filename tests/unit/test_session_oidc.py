@@ -40,6 +40,7 @@ from shared.messages import (
     SessionRevoked,
 )
 from shared.sealing import Sealer, generate_key
+from tests.support import ManualClock
 from tests.unit.test_session_keys import DictKeys
 from tests.unit.test_session_refresh import DictStore
 
@@ -63,15 +64,8 @@ SITE_B = Client(
     id_token_signed_response_alg="EdDSA",
     scopes=["openid", "profile"],
 )
+
 USER = User("u_1", "o" * 28, None, "+8613800138000", NOW, NOW, 1)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class DictCodes:
@@ -184,14 +178,14 @@ class World:
     families: RefreshFamilies
     signer: Signer
     logout: RecordingLogout
-    clock: Clock
+    clock: ManualClock
     qrcode: Qrcode
     publisher: RecordingPublisher
 
 
 @pytest.fixture
 async def world() -> World:
-    clock = Clock()
+    clock = ManualClock(NOW)
     signer = Signer(
         DictKeys(),
         Sealer.from_text(generate_key()),

@@ -22,6 +22,7 @@ from services.session.refresh import (
     sha256_hex,
 )
 from services.session.store import RefreshRecord
+from tests.support import ManualClock
 
 TTL, GRACE = 30 * 86400.0, 10.0
 
@@ -81,26 +82,18 @@ class DictStore:
         return [r for r in self.records.values() if r.family == family and r.rotated_at is None]
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def store() -> DictStore:
     return DictStore()
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> ManualClock:
+    return ManualClock(1_000_000.0)
 
 
 @pytest.fixture
-def families(store: DictStore, clock: Clock) -> RefreshFamilies:
+def families(store: DictStore, clock: ManualClock) -> RefreshFamilies:
     return RefreshFamilies(store, os.urandom(32), ttl=TTL, grace=GRACE, clock=clock)
 
 
@@ -134,7 +127,7 @@ def _planted(token_hash: str, user_id: str, now: float, mac: str = "") -> Refres
 
 
 async def test_a_token_planted_under_its_bare_sha256_is_refused(
-    families: RefreshFamilies, store: DictStore, clock: Clock
+    families: RefreshFamilies, store: DictStore, clock: ManualClock
 ) -> None:
     token = "attacker-chosen-refresh-token-0000"
     await store.insert(_planted(sha256_hex(token), "u_victim", clock.now))
@@ -143,7 +136,7 @@ async def test_a_token_planted_under_its_bare_sha256_is_refused(
 
 
 async def test_a_token_planted_without_the_server_key_is_refused(
-    families: RefreshFamilies, store: DictStore, clock: Clock
+    families: RefreshFamilies, store: DictStore, clock: ManualClock
 ) -> None:
     token, guess = "attacker-chosen-refresh-token-0000", os.urandom(32)
     planted = _planted(keyed_id(guess, sha256_hex(token)), "u_victim", clock.now)
@@ -164,7 +157,7 @@ async def test_a_stored_token_moved_to_another_user_is_refused(
 
 
 async def test_tokens_stored_under_a_rotated_out_data_key_still_refresh(
-    store: DictStore, clock: Clock
+    store: DictStore, clock: ManualClock
 ) -> None:
     old, new = os.urandom(32), os.urandom(32)
     first = await RefreshFamilies(store, old, ttl=TTL, grace=GRACE, clock=clock).start("u_1")
@@ -179,7 +172,7 @@ async def test_tokens_stored_under_a_rotated_out_data_key_still_refresh(
 
 
 async def test_a_session_ends_at_its_maximum_lifetime_however_often_it_refreshes(
-    store: DictStore, clock: Clock
+    store: DictStore, clock: ManualClock
 ) -> None:
     families = RefreshFamilies(
         store, os.urandom(32), ttl=7 * 86400, grace=GRACE, max_age=30 * 86400, clock=clock
@@ -211,7 +204,7 @@ async def test_log_out_everywhere_ends_every_session_of_the_user_only(families: 
 
 
 async def test_reuse_after_the_grace_revokes_the_family(
-    families: RefreshFamilies, store: DictStore, clock: Clock
+    families: RefreshFamilies, store: DictStore, clock: ManualClock
 ) -> None:
     first = await families.start("u_1")
     second = await families.rotate(first.token)
@@ -224,7 +217,7 @@ async def test_reuse_after_the_grace_revokes_the_family(
 
 
 async def test_reuse_within_the_grace_returns_the_same_successor_without_revoking(
-    families: RefreshFamilies, store: DictStore, clock: Clock
+    families: RefreshFamilies, store: DictStore, clock: ManualClock
 ) -> None:
     first = await families.start("u_1")
     second = await families.rotate(first.token)
@@ -257,7 +250,7 @@ async def test_within_the_grace_a_spent_successor_means_reuse(
 
 
 async def test_an_unknown_or_expired_token_is_invalid_and_revokes_nothing(
-    families: RefreshFamilies, store: DictStore, clock: Clock
+    families: RefreshFamilies, store: DictStore, clock: ManualClock
 ) -> None:
     with pytest.raises(RefreshInvalid):
         await families.rotate("never-issued")

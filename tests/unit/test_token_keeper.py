@@ -27,24 +27,12 @@ from shared.messages import Event, GetCurrentToken, TokenInvalidated, TokenRefre
 from shared.sealing import Sealer, generate_key
 from shared.tokens import fingerprint
 from shared.wechat import AccessToken, WeChatError, classify
+from tests.support import ManualClock
 
 START = 1_800_000_000.0  # a fixed epoch second (2027-01-15), far from any Beijing midnight edge cases
 DAY = 86400.0
 SEALER = Sealer.from_text(generate_key())
 PURPOSE = "access-token:test"
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class StableWeChat:
@@ -54,7 +42,7 @@ class StableWeChat:
     one; force mode always mints. ``failures`` are raised first, one per call.
     """
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: ManualClock) -> None:
         self.clock = clock
         self.calls: list[tuple[float, bool]] = []  # (when, force)
         self.failures: list[WeChatError] = []
@@ -178,7 +166,7 @@ class Replica:
 class World:
     """One WeChat, one store, one lease, and as many replicas as a test asks for."""
 
-    clock: Clock = field(default_factory=Clock)
+    clock: ManualClock = field(default_factory=lambda: ManualClock(START))
     tokens: MemoryTokens = field(default_factory=MemoryTokens)
     lease: MemoryLease = field(default_factory=MemoryLease)
     publisher: RecordingPublisher = field(default_factory=RecordingPublisher)
@@ -544,7 +532,7 @@ async def test_the_metrics_show_the_tokens_age_and_remaining_life() -> None:
 class SlowWeChat(StableWeChat):
     """stable_token answering only after ``delay`` real seconds."""
 
-    def __init__(self, clock: Clock, delay: float) -> None:
+    def __init__(self, clock: ManualClock, delay: float) -> None:
         super().__init__(clock)
         self.delay = delay
 

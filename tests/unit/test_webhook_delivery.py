@@ -14,17 +14,10 @@ from services.webhook.sender import Attempt
 from services.webhook.store import DeliveryRecord, EndpointState, OutboxItem
 from shared.clients import Client, ClientRegistry, WebhookEndpoint
 from shared.messages import LoginConfirmed, SceneCancelled, SessionRevoked
+from tests.support import ManualClock
 
 SCENE = "S" * 32
 SECRET = "whsec_" + "A" * 43 + "="
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeOutbox:
@@ -163,7 +156,7 @@ class World:
     """The recorder, the deliverer and the admin over one set of fakes."""
 
     def __init__(self, *endpoints: WebhookEndpoint, sender: ScriptedSender | None = None) -> None:
-        self.clock = Clock()
+        self.clock = ManualClock(1_000_000.0)
         self.outbox, self.log, self.states = FakeOutbox(), FakeLog(), FakeStates()
         self.directory = Directory(registry(*endpoints), {"HOOK_SECRET": SECRET})
         self.metrics = WebhookMetrics()
