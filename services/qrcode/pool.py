@@ -1,12 +1,15 @@
 """Mini-program codes: rendering them through WeChat, and the pool of pre-rendered ones.
 
-Issuing takes a ready code from ``scene_pool`` (claim, then delete) and renders on demand only when
-the pool is empty, so a browser does not wait for WeChat. One replica at a time refills the pool (the
-holder of a lease in Mongo), so replicas neither over-fill it nor render the same scene twice; every
-render, refill or on demand, takes a use of the shared render budget first (leased: see
-services.qrcode.limits), and a refill stores each batch of rendered codes with one insert. Codes
-rendered for another configuration (appid, page, env_version, check_path, width) carry another
-``variant`` and are never handed out; the TTL index collects them.
+Issuing takes a ready code from ``scene_pool`` (claim, then delete: a few at a time, off the issue
+path) and renders on demand only when the pool is empty, so a browser does not wait for WeChat. One
+replica at a time refills the pool (the holder of a lease in Mongo), so replicas neither over-fill it
+nor render the same scene twice; every render, refill or on demand, takes a use of the shared render
+budget first (leased: see services.qrcode.limits), and a refill stores each batch of rendered codes
+with one insert. A round that finds nothing to do costs one count: the holder does not re-take a
+young lease, claimed entries are deleted in batches, and a claim wakes the refiller early only when
+the pool may have fallen below its threshold. Codes rendered for another configuration (appid, page,
+env_version, check_path, width) carry another ``variant`` and are never handed out; the TTL index
+collects them.
 """
 
 from __future__ import annotations
@@ -33,6 +36,11 @@ from shared.wechat import CodeImage, TokenProvider, WeChatClient, WeChatError, c
 log = get_logger(__name__)
 
 LEASE_TTL = 15.0  # a refiller that dies is replaced after at most this long
+# A lease this replica took less than this long ago is not taken again (it has at least
+# LEASE_TTL - LEASE_RENEW_AFTER seconds left, by this replica's clock): most rounds need no lease write.
+LEASE_RENEW_AFTER = LEASE_TTL / 3
+PURGE_BATCH = 8  # claimed entries are deleted once this many are waiting ...
+PURGE_EVERY = 5.0  # ... or this many seconds after the last delete
 REFILL_INTERVAL = 1.0  # how often a replica checks the pool (the lease holder) or the lease (others)
 MAX_BACKOFF = 30.0
 MIN_ROUND_GAP = 0.1  # the least time, in seconds, between the starts of two refill rounds
@@ -151,7 +159,12 @@ class CodePool:
         self.holder = holder or uuid.uuid4().hex
         self._filling = False
         self._wake = asyncio.Event()
-        self._claimed: list[str] = []  # taken from the pool since the last refill round deleted them
+        self._claimed: list[str] = []  # taken from the pool since the last purge deleted them
+        self._purged_at = clock()
+        self._lease_taken_at: float | None = None  # when this replica last took or extended the lease
+        # Ready codes as this replica last counted them, less its own claims since (None: not known,
+        # or not the refiller); a claim wakes the refiller only when this falls below the threshold.
+        self._ready_estimate: int | None = None
 
     @property
     def variant(self) -> str:
@@ -167,17 +180,34 @@ class CodePool:
         if self._pool.size == 0:
             return None
         pooled = await self._store.claim(self._variant, self._clock())
-        self._wake.set()
         if pooled is None:
+            self._wake.set()
             return None
         self._claimed.append(pooled.scene)
+        if self._ready_estimate is not None:
+            self._ready_estimate -= 1
+        if self._round_wanted():
+            self._wake.set()
         return IssuedCode(pooled.scene, CodeImage(pooled.image, pooled.content_type), "pool")
+
+    def _round_wanted(self) -> bool:
+        """Whether a claim should start a round now rather than at the next interval: enough claims
+        wait to be deleted, or this replica refills and its count says the pool may be below the
+        threshold (or it has no count yet). A replica without the lease tries for it every interval;
+        the refiller sees other replicas' claims at its next count."""
+        if len(self._claimed) >= PURGE_BATCH:
+            return True
+        if self._lease_taken_at is None:
+            return False
+        return self._ready_estimate is None or self._ready_estimate < self._pool.threshold
 
     async def give_back(self, code: IssuedCode) -> None:
         """Return a claimed code whose scene was not issued after all, so the next issue gets it."""
         if code.source == "pool" and code.scene in self._claimed:  # not yet purged
             self._claimed.remove(code.scene)
             await self._store.unclaim(code.scene)
+            if self._ready_estimate is not None:
+                self._ready_estimate += 1
 
     async def render_now(self) -> IssuedCode:
         """A code rendered for a new scene now, within the shared render budget."""
@@ -195,10 +225,12 @@ class CodePool:
         if self._pool.size == 0:
             return 0
         await self._purge_claimed()  # every replica its own claims, lease or not
-        if not await self._store.hold_lease(self.holder, self._clock(), LEASE_TTL):
+        if not await self._hold_lease():
             self._filling = False
+            self._ready_estimate = None
             return 0
         ready = await self._store.count_ready(self._variant, up_to=self._pool.size)
+        self._ready_estimate = ready
         self._metrics.pool_size.set(ready)
         if ready >= self._pool.size or (not self._filling and ready >= self._pool.threshold):
             self._filling = False
@@ -218,10 +250,9 @@ class CodePool:
             if granted < wanted:
                 break
             # The lease is extended only to go on rendering: a round that just filled the pool ends.
-            if ready + added < self._pool.size and not await self._store.hold_lease(
-                self.holder, self._clock(), LEASE_TTL
-            ):
+            if ready + added < self._pool.size and not await self._hold_lease():
                 break
+        self._ready_estimate = ready + added
         self._metrics.pool_size.set(ready + added)
         if ready + added >= self._pool.size:
             self._filling = False  # full: wait for the threshold again
@@ -256,16 +287,34 @@ class CodePool:
                         await self._wake.wait()
                 await asyncio.sleep(started + min_gap - time.monotonic())  # no wait when already past
         finally:
+            self._lease_taken_at = None
             await self._store.release_lease(self.holder)
 
+    async def _hold_lease(self) -> bool:
+        """Take or extend the refill lease; a lease this replica took less than
+        :data:`LEASE_RENEW_AFTER` ago is still its own (another replica may take it only once it has
+        run out, :data:`LEASE_TTL` after it was taken, unless its clock is that far ahead of ours)."""
+        now = self._clock()
+        if self._lease_taken_at is not None and 0 <= now - self._lease_taken_at < LEASE_RENEW_AFTER:
+            return True
+        held = await self._store.hold_lease(self.holder, now, LEASE_TTL)
+        self._lease_taken_at = now if held else None
+        return held
+
     async def _purge_claimed(self) -> None:
-        """Delete the entries this replica claimed since the last round."""
+        """Delete the entries this replica claimed, once :data:`PURGE_BATCH` of them wait or
+        :data:`PURGE_EVERY` seconds after the last delete. Until then they are only marked claimed
+        (never handed out again); should this replica die first, the ``purge_at`` TTL collects them."""
+        now = self._clock()
+        if not self._claimed or (len(self._claimed) < PURGE_BATCH and now - self._purged_at < PURGE_EVERY):
+            return
         claimed, self._claimed = self._claimed, []
         try:
             await self._store.purge_claimed(claimed)
         except BaseException:
             self._claimed.extend(claimed)  # try again next round
             raise
+        self._purged_at = now
 
     async def _take_budget(self, wanted: int) -> int:
         """Up to ``wanted`` uses of the render budget, in one call (mostly from this replica's lease)."""

@@ -15,7 +15,15 @@ import pytest
 from services.qrcode.errors import CodeQuotaExhausted, CodeUnavailable, IssueRateLimited
 from services.qrcode.handlers import SceneHandlers
 from services.qrcode.limits import SharedRateLimit
-from services.qrcode.pool import LEASE_TTL, CodePool, PoolSettings, RenderSettings
+from services.qrcode.pool import (
+    LEASE_RENEW_AFTER,
+    LEASE_TTL,
+    PURGE_BATCH,
+    PURGE_EVERY,
+    CodePool,
+    PoolSettings,
+    RenderSettings,
+)
 from services.qrcode.store import PooledCode, PoolStore, RateWindowStore, SceneStore
 from shared.messages import IssuedScene, IssueScene
 from shared.mongo import EmbeddedMongo
@@ -121,7 +129,11 @@ async def test_codes_of_another_configuration_are_never_handed_out(db: Database)
     assert await PoolStore(db).count_ready(old.variant, up_to=10) == 3
 
 
-async def test_a_claimed_code_is_never_handed_out_again_and_the_next_refill_round_deletes_it(
+async def claimed_entries(db: Database) -> int:
+    return await db["scene_pool"].count_documents({"kind": "code", "state": "claimed"})
+
+
+async def test_a_claimed_code_is_never_handed_out_again_and_is_deleted_a_few_seconds_later(
     db: Database,
 ) -> None:
     renderer, clock = FakeRenderer(), FakeClock()
@@ -130,9 +142,22 @@ async def test_a_claimed_code_is_never_handed_out_again_and_the_next_refill_roun
     taken = [(await pool.take()).scene for _ in range(3)]
     assert len(set(taken)) == 3
     assert (await pool.take()).source == "render"  # the claimed entries are not ready any more
-    assert await PoolStore(db).purge_claimed(taken[:1]) == 1
+    assert await pool.refill_once() == 3
+    assert await claimed_entries(db) == 3  # fewer than PURGE_BATCH, too soon: kept, marked claimed
+    clock.advance(PURGE_EVERY)
     await pool.refill_once()
-    assert await PoolStore(db).purge_claimed(taken) == 0  # the round deleted the other two
+    assert await claimed_entries(db) == 0  # deleted with one delete, off the issue path
+    assert await PoolStore(db).purge_claimed(taken) == 0
+
+
+async def test_claimed_entries_are_deleted_as_soon_as_a_batch_of_them_waits(db: Database) -> None:
+    clock = FakeClock()
+    pool = make_pool(db, FakeRenderer(), clock, size=PURGE_BATCH + 2, refill_below=1)
+    assert await pool.refill_once() == PURGE_BATCH + 2
+    for _ in range(PURGE_BATCH):
+        await pool.take()
+    await pool.refill_once()
+    assert await claimed_entries(db) == 0
 
 
 async def test_a_replica_without_the_refill_lease_still_deletes_what_it_claimed(db: Database) -> None:
@@ -141,6 +166,7 @@ async def test_a_replica_without_the_refill_lease_still_deletes_what_it_claimed(
     other = make_pool(db, FakeRenderer(), clock, size=3, refill_below=1, holder="other")
     assert await holder.refill_once() == 3
     taken = [(await other.take()).scene for _ in range(2)]
+    clock.advance(PURGE_EVERY)
     assert await other.refill_once() == 0  # the holder's lease still runs
     assert await PoolStore(db).purge_claimed(taken) == 0  # but other deleted its own claims
 
@@ -301,7 +327,7 @@ async def test_an_issue_refused_by_the_global_limit_gives_its_pooled_code_back(d
 
 
 class CountingPoolStore(PoolStore):
-    """The real pool store, noting when each refill round starts (a round first purges its claims),
+    """The real pool store, noting when the refiller counts the pool (once a round, as the holder),
     the size of each insert and how often the lease is held."""
 
     def __init__(self, db: Database) -> None:
@@ -310,9 +336,9 @@ class CountingPoolStore(PoolStore):
         self.inserts: list[int] = []
         self.lease_holds = 0
 
-    async def purge_claimed(self, scenes: Sequence[str]) -> int:
+    async def count_ready(self, variant: str, *, up_to: int) -> int:
         self.round_starts.append(time.monotonic())
-        return await super().purge_claimed(scenes)
+        return await super().count_ready(variant, up_to=up_to)
 
     async def add_many(self, codes: Sequence[PooledCode]) -> None:
         self.inserts.append(len(codes))
@@ -363,7 +389,7 @@ async def test_a_refill_stores_each_batch_with_one_insert_and_leases_the_render_
     assert await pool.refill_once() == 12
     assert store.inserts == [4, 4, 4]  # one insert per batch, not one per code
     assert rates.reserves == [16]  # one Mongo reserve for twelve renders
-    assert store.lease_holds == 3  # at the start and between batches, not after the one that filled
+    assert store.lease_holds == 1  # at the start only: the holder's own lease is young between batches
     assert await PoolStore(db).count_ready(RENDER.variant, up_to=100) == 12
 
 
@@ -418,3 +444,92 @@ async def test_a_burst_of_issues_costs_a_few_refill_rounds_not_one_each_and_the_
     finally:
         refilling.cancel()
         await asyncio.gather(refilling, return_exceptions=True)
+
+
+async def test_the_holder_takes_its_lease_again_only_once_it_is_a_third_of_its_ttl_old(db: Database) -> None:
+    store, clock = CountingPoolStore(db), FakeClock()
+    pool = CodePool(
+        store,
+        FakeRenderer(),
+        SharedRateLimit(RateWindowStore(db), "renders", 4200),
+        RENDER,
+        PoolSettings(size=4, refill_below=4, concurrency=4),
+        clock=clock,
+    )
+    assert await pool.refill_once() == 4
+    await pool.take()
+    assert await pool.refill_once() == 1
+    assert store.lease_holds == 1
+    clock.advance(LEASE_RENEW_AFTER)
+    await pool.take()
+    assert await pool.refill_once() == 1
+    assert store.lease_holds == 2  # extended: another replica cannot have taken it meanwhile
+
+
+async def test_claims_that_leave_the_pool_above_its_threshold_start_no_round_and_the_refill_comes_below(
+    db: Database,
+) -> None:
+    store = CountingPoolStore(db)
+    pool = CodePool(
+        store,
+        FakeRenderer(),
+        SharedRateLimit(RateWindowStore(db), "renders", 4200),
+        RENDER,
+        PoolSettings(size=10, refill_below=4, concurrency=4),
+        clock=FakeClock(follow_real_time=True),
+    )
+    assert await pool.refill_once() == 10
+    refilling = asyncio.create_task(pool.run(interval=30.0, min_gap=0.0))
+    try:
+        await eventually(lambda: len(store.round_starts) == 2, timeout=5)  # the loop's first round
+        for _ in range(6):  # 4 left: not below the threshold
+            assert (await pool.take()).source == "pool"
+        await asyncio.sleep(0.3)
+        assert len(store.round_starts) == 2  # six issues, no Mongo round
+        await pool.take()  # 3 left: below it
+
+        async def full() -> bool:
+            return await PoolStore(db).count_ready(pool.variant, up_to=30) == 10
+
+        await eventually(full, timeout=10)
+        assert len(store.round_starts) >= 3
+    finally:
+        refilling.cancel()
+        await asyncio.gather(refilling, return_exceptions=True)
+
+
+async def test_claims_on_a_replica_without_the_lease_start_no_round_until_a_batch_waits_to_be_deleted(
+    db: Database,
+) -> None:
+    clock = FakeClock(follow_real_time=True)
+    holder = make_pool(db, FakeRenderer(), clock, size=PURGE_BATCH + 4, refill_below=1, holder="holder")
+    assert await holder.refill_once() == PURGE_BATCH + 4
+    store = CountingPoolStore(db)
+    other = CodePool(
+        store,
+        FakeRenderer(),
+        SharedRateLimit(RateWindowStore(db), "renders", 4200),
+        RENDER,
+        PoolSettings(size=PURGE_BATCH + 4, refill_below=1, concurrency=4),
+        clock=clock,
+        holder="other",
+    )
+    refilling = asyncio.create_task(other.run(interval=30.0, min_gap=0.0))
+    try:
+        await eventually(lambda: store.lease_holds == 1, timeout=5)  # its first round: refused
+        for _ in range(PURGE_BATCH - 1):
+            await other.take()
+        await asyncio.sleep(0.3)
+        assert store.lease_holds == 1  # no round for these claims
+        assert await claimed_entries(db) == PURGE_BATCH - 1
+        await other.take()
+        await eventually(lambda: _none_claimed(db), timeout=5)  # a batch: deleted at once
+        assert store.round_starts == []  # never counted: only the lease holder refills
+    finally:
+        refilling.cancel()
+        await asyncio.gather(refilling, return_exceptions=True)
+
+
+async def _none_claimed(db: Database) -> bool:
+    return await claimed_entries(db) == 0
+
