@@ -9,6 +9,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -130,7 +131,12 @@ async def test_codes_of_another_configuration_are_never_handed_out(db: Database)
 
 
 async def claimed_entries(db: Database) -> int:
+    """Claimed entries not yet deleted."""
     return await db["scene_pool"].count_documents({"kind": "code", "state": "claimed"})
+
+
+async def none_claimed(db: Database) -> bool:
+    return await claimed_entries(db) == 0
 
 
 async def test_a_claimed_code_is_never_handed_out_again_and_is_deleted_a_few_seconds_later(
@@ -349,6 +355,34 @@ class CountingPoolStore(PoolStore):
         return await super().hold_lease(holder, now, ttl)
 
 
+def counting_pool(
+    db: Database, size: int, refill_below: int, clock: FakeClock, *, holder: str | None = None
+) -> tuple[CodePool, CountingPoolStore]:
+    """A pool over a :class:`CountingPoolStore`, refilling in batches of 4."""
+    store = CountingPoolStore(db)
+    pool = CodePool(
+        store,
+        FakeRenderer(),
+        SharedRateLimit(RateWindowStore(db), "renders", 4200),
+        RENDER,
+        PoolSettings(size=size, refill_below=refill_below, concurrency=4),
+        clock=clock,
+        holder=holder,
+    )
+    return pool, store
+
+
+@asynccontextmanager
+async def refilling(pool: CodePool, *, min_gap: float) -> AsyncIterator[None]:
+    """The pool's refill loop in the background (its interval far beyond the test), then stopped."""
+    task = asyncio.create_task(pool.run(interval=30.0, min_gap=min_gap))
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 class CountingRates(RateWindowStore):
     """The real ``scene_rates`` store, counting its reserve calls."""
 
@@ -416,46 +450,23 @@ async def test_a_failed_render_does_not_lose_the_codes_of_its_batch_that_rendere
 async def test_a_burst_of_issues_costs_a_few_refill_rounds_not_one_each_and_the_pool_fills_again(
     db: Database,
 ) -> None:
-    store = CountingPoolStore(db)
-    pool = CodePool(
-        store,
-        FakeRenderer(),
-        SharedRateLimit(RateWindowStore(db), "renders", 4200),
-        RENDER,
-        PoolSettings(size=30, refill_below=30, concurrency=4),
-        clock=FakeClock(follow_real_time=True),
-    )
+    pool, store = counting_pool(db, 30, 30, FakeClock(follow_real_time=True))
     assert await pool.refill_once() == 30
-    refilling = asyncio.create_task(pool.run(interval=30.0, min_gap=0.1))
-    try:
+    async with refilling(pool, min_gap=0.1):
         await asyncio.sleep(0.05)  # the first round (the pool is full) is behind us
         started = time.monotonic()
         for _ in range(30):  # one issue every 10 ms, each claim waking the refiller
             assert (await pool.take()).source == "pool"
             await asyncio.sleep(0.01)
         ended = time.monotonic()
-
-        async def full() -> bool:
-            return await PoolStore(db).count_ready(pool.variant, up_to=30) == 30
-
-        await eventually(full, timeout=10)
+        await eventually(lambda: pool_holds(db, pool, 30), timeout=10)
         during = [t for t in store.round_starts if started <= t <= ended]
         assert len(during) <= (ended - started) / 0.1 + 1, (len(during), ended - started)  # ~30 without
-    finally:
-        refilling.cancel()
-        await asyncio.gather(refilling, return_exceptions=True)
 
 
 async def test_the_holder_takes_its_lease_again_only_once_it_is_a_third_of_its_ttl_old(db: Database) -> None:
-    store, clock = CountingPoolStore(db), FakeClock()
-    pool = CodePool(
-        store,
-        FakeRenderer(),
-        SharedRateLimit(RateWindowStore(db), "renders", 4200),
-        RENDER,
-        PoolSettings(size=4, refill_below=4, concurrency=4),
-        clock=clock,
-    )
+    clock = FakeClock()
+    pool, store = counting_pool(db, 4, 4, clock)
     assert await pool.refill_once() == 4
     await pool.take()
     assert await pool.refill_once() == 1
@@ -469,33 +480,17 @@ async def test_the_holder_takes_its_lease_again_only_once_it_is_a_third_of_its_t
 async def test_claims_that_leave_the_pool_above_its_threshold_start_no_round_and_the_refill_comes_below(
     db: Database,
 ) -> None:
-    store = CountingPoolStore(db)
-    pool = CodePool(
-        store,
-        FakeRenderer(),
-        SharedRateLimit(RateWindowStore(db), "renders", 4200),
-        RENDER,
-        PoolSettings(size=10, refill_below=4, concurrency=4),
-        clock=FakeClock(follow_real_time=True),
-    )
+    pool, store = counting_pool(db, 10, 4, FakeClock(follow_real_time=True))
     assert await pool.refill_once() == 10
-    refilling = asyncio.create_task(pool.run(interval=30.0, min_gap=0.0))
-    try:
+    async with refilling(pool, min_gap=0.0):
         await eventually(lambda: len(store.round_starts) == 2, timeout=5)  # the loop's first round
         for _ in range(6):  # 4 left: not below the threshold
             assert (await pool.take()).source == "pool"
         await asyncio.sleep(0.3)
         assert len(store.round_starts) == 2  # six issues, no Mongo round
         await pool.take()  # 3 left: below it
-
-        async def full() -> bool:
-            return await PoolStore(db).count_ready(pool.variant, up_to=30) == 10
-
-        await eventually(full, timeout=10)
+        await eventually(lambda: pool_holds(db, pool, 10), timeout=10)
         assert len(store.round_starts) >= 3
-    finally:
-        refilling.cancel()
-        await asyncio.gather(refilling, return_exceptions=True)
 
 
 async def test_claims_on_a_replica_without_the_lease_start_no_round_until_a_batch_waits_to_be_deleted(
@@ -504,18 +499,8 @@ async def test_claims_on_a_replica_without_the_lease_start_no_round_until_a_batc
     clock = FakeClock(follow_real_time=True)
     holder = make_pool(db, FakeRenderer(), clock, size=PURGE_BATCH + 4, refill_below=1, holder="holder")
     assert await holder.refill_once() == PURGE_BATCH + 4
-    store = CountingPoolStore(db)
-    other = CodePool(
-        store,
-        FakeRenderer(),
-        SharedRateLimit(RateWindowStore(db), "renders", 4200),
-        RENDER,
-        PoolSettings(size=PURGE_BATCH + 4, refill_below=1, concurrency=4),
-        clock=clock,
-        holder="other",
-    )
-    refilling = asyncio.create_task(other.run(interval=30.0, min_gap=0.0))
-    try:
+    other, store = counting_pool(db, PURGE_BATCH + 4, 1, clock, holder="other")
+    async with refilling(other, min_gap=0.0):
         await eventually(lambda: store.lease_holds == 1, timeout=5)  # its first round: refused
         for _ in range(PURGE_BATCH - 1):
             await other.take()
@@ -523,13 +508,9 @@ async def test_claims_on_a_replica_without_the_lease_start_no_round_until_a_batc
         assert store.lease_holds == 1  # no round for these claims
         assert await claimed_entries(db) == PURGE_BATCH - 1
         await other.take()
-        await eventually(lambda: _none_claimed(db), timeout=5)  # a batch: deleted at once
+        await eventually(lambda: none_claimed(db), timeout=5)  # a batch: deleted at once
         assert store.round_starts == []  # never counted: only the lease holder refills
-    finally:
-        refilling.cancel()
-        await asyncio.gather(refilling, return_exceptions=True)
 
 
-async def _none_claimed(db: Database) -> bool:
-    return await claimed_entries(db) == 0
-
+async def pool_holds(db: Database, pool: CodePool, ready: int) -> bool:
+    return await PoolStore(db).count_ready(pool.variant, up_to=100) == ready
