@@ -95,14 +95,19 @@ async def setup(
         yield stack, forger
 
 
-now = int(time.time())
+def now() -> int:
+    """Read when a case makes its token, not when the module is collected: a run whose earlier tests
+    take over ten minutes (the browser tests on a slow machine) must still see ``nbf`` in the future."""
+    return int(time.time())
+
+
 CASES: dict[str, Callable[[Forger], str]] = {
     "alg none": lambda f: f.alg_none(),
     "HS256 signed with the public key": lambda f: f.hs256_with_public_key(),
     "wrong aud": lambda f: f.sign(aud="someone-else"),
     "wrong iss": lambda f: f.sign(iss="https://evil.example"),
-    "expired": lambda f: f.sign(exp=now - 60, iat=now - 960, nbf=now - 960),
-    "nbf in the future": lambda f: f.sign(nbf=now + 600),
+    "expired": lambda f: f.sign(exp=now() - 60, iat=now() - 960, nbf=now() - 960),
+    "nbf in the future": lambda f: f.sign(nbf=now() + 600),
     "unknown kid": lambda f: f.sign(key=Ed25519PrivateKey.generate(), kid="unknown-kid-1234"),
     "known kid, attacker key": lambda f: f.sign(key=Ed25519PrivateKey.generate()),
     "attacker key with its own kid": lambda f: (lambda k: f.sign(key=k, kid=str(public_jwk(k)["kid"])))(
