@@ -91,7 +91,7 @@ bench-quick: bench-deps rabbitmq
 	$(BIN)/python -m bench --quick
 
 # A longer fuzz run of the gateway than `make test` does (Schemathesis against /openapi.json, random
-# WebSocket frames): 5 times the examples per operation and 10 times the frames; docs/security.md.
+# WebSocket frames): about 8 times the examples per operation and 10 times the frames; docs/security.md.
 fuzz: install rabbitmq
 	WXLOGIN_FUZZ_EXAMPLES=$${WXLOGIN_FUZZ_EXAMPLES:-1000} WXLOGIN_FUZZ_FRAMES=$${WXLOGIN_FUZZ_FRAMES:-3000} \
 		$(BIN)/pytest -q -s -p no:cacheprovider -o timeout=1800 tests/integration/test_fuzz.py

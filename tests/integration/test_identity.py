@@ -95,8 +95,10 @@ async def test_mp_login_gives_the_mini_program_tokens_a_site_can_verify(stack: I
     assert await mp.me() == (200, {"id": tokens["user"]["id"], "openid": mp.openid})
 
     doc = await user_doc(stack, tokens["user"]["id"])
-    # (nx-27017 keeps fewer decimals of a float written by $set than of one inserted)
-    assert doc["login_count"] == 1 and doc["last_login_at"] == pytest.approx(doc["created_at"], abs=0.01)
+    # The first login is counted as the user is created: two clock readings of one request, a few ms
+    # apart on a busy machine (14 ms seen in CI), and nx-27017 keeps fewer decimals of a float written
+    # by $set than of one inserted.
+    assert doc["login_count"] == 1 and doc["last_login_at"] == pytest.approx(doc["created_at"], abs=1.0)
 
 
 async def test_second_login_of_the_same_openid_counts_on_the_same_user_and_is_created_once(
