@@ -133,12 +133,17 @@ async def settled(
         previous = current
 
 
+def process_name(pid: int, payload: dict[str, Any], names: dict[int, str]) -> str:
+    """The launcher's name of a counting process (``qrcode-1``), else its service and PID."""
+    return names.get(pid, f"{payload['service']}-pid{pid}")
+
+
 def windows(
     before: dict[int, dict[str, Any]], after: dict[int, dict[str, Any]], names: dict[int, str]
 ) -> dict[str, float]:
     """Seconds between the two readings of each process (its own ``written_at``), by process name."""
     return {
-        names.get(pid, f"{payload['service']}-pid{pid}"): payload["written_at"] - before[pid]["written_at"]
+        process_name(pid, payload, names): payload["written_at"] - before[pid]["written_at"]
         for pid, payload in after.items()
         if pid in before
     }
@@ -155,12 +160,13 @@ def split_background(
         counted = tags.pop(BACKGROUND, Counter())
         idle_total: Counter[str] = sum(idle.get(process, {}).values(), Counter())
         span, idle_span = run_seconds.get(process, 0.0), idle_seconds.get(process, 0.0)
-        periodic: Counter[str] = Counter()
-        for key, n in counted.items():
-            expected = idle_total[key] * span / idle_span if idle_span > 0 else 0.0
-            periodic[key] = min(n, round(expected))
-        rest = Counter({k: n - periodic[k] for k, n in counted.items() if n - periodic[k]})
-        periodic = Counter({k: n for k, n in periodic.items() if n})
+        # At most what was counted; Counter arithmetic keeps only the keys left above zero.
+        periodic = +Counter(
+            {key: min(n, round(idle_total[key] * span / idle_span)) for key, n in counted.items()}
+            if idle_span > 0
+            else {}
+        )
+        rest = counted - periodic
         if rest:
             tags[BACKGROUND] = rest
         if periodic:
@@ -174,7 +180,7 @@ def difference(
     """What each process counted between two readings, by tag."""
     out: Counts = {}
     for pid, payload in after.items():
-        name = names.get(pid, f"{payload['service']}-pid{pid}")
+        name = process_name(pid, payload, names)
         old = before.get(pid, {}).get("counts", {})
         for tag, counts in payload["counts"].items():
             delta = Counter(counts)
